@@ -1,0 +1,1 @@
+"""Prompts: built-in tasks, local data sets, and prompt templates."""

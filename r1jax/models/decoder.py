@@ -1,0 +1,250 @@
+"""One Flax NNX decoder for the Qwen2 / Qwen2.5 and Llama 3.x families.
+
+Shape legend: B batch, T query length, S key/cache length, D model dim,
+N query heads, K kv heads, G = N/K queries per kv head, H head dim,
+F MLP dim, V vocab, L layers.
+
+Per layer (pre-norm):
+  x += Wo · softmax(RoPE(q) RoPE(k)ᵀ / √H + mask) v,  q,k,v = RMSNorm(x)·W{q,k,v} (+b)
+  x += W_down (silu(RMSNorm(x)·W_gate) ⊙ RMSNorm(x)·W_up)
+then a final RMSNorm and the LM head (tied to the embedding or not).
+
+Layers are stored stacked (leading L axis) and applied with `lax.scan`, so
+compile time does not grow with depth and `remat` wraps one layer body. The KV
+cache is `{'k','v'}: [L, B, K, S, H]` (the [B, K, S, H] layout is much faster
+than [B, S, K, H] on CPU), updated in place at `cache_index`.
+"""
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.models.config import ModelConfig
+from r1jax.sharding import constrain
+
+Cache = dict[str, jax.Array]
+_NEG_INF = -1e30  # finite, so fully masked rows (left padding) stay NaN-free
+
+
+def _param(rngs: nnx.Rngs | None, init: str, shape: tuple[int, ...],
+           dtype: Any, axes: tuple[str | None, ...]) -> nnx.Param:
+  if init == 'normal':
+    value = 0.02 * jax.random.normal(rngs.params(), shape, dtype)
+  elif init == 'ones':
+    value = jnp.ones(shape, dtype)
+  else:
+    value = jnp.zeros(shape, dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (w.astype(jnp.float32) * y).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H/2], with Llama 3 scaling when configured."""
+  h = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  s = cfg.rope_scaling_dict
+  if not s:
+    return inv_freq
+  factor, lo, hi = s['factor'], s['low_freq_factor'], s['high_freq_factor']
+  old_len = s['original_max_position_embeddings']
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - lo) / (hi - lo)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
+               inv_freq: jax.Array) -> jax.Array:
+  """Rotate-half RoPE (the HF convention), computed in f32."""
+  angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # B,T,H/2
+  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+class Layers(nnx.Module):
+  """All L transformer blocks, each weight stacked along a leading L axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None):
+    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pd = jnp.dtype(cfg.param_dtype)
+    p = lambda init, shape, axes: _param(rngs, init, shape, pd, axes)  # noqa: E731
+    self.input_norm = p('ones', (L, D), ('layers', 'norm'))
+    self.q_proj = p('normal', (L, D, N, H), ('layers', 'embed', 'heads', 'head_dim'))
+    self.k_proj = p('normal', (L, D, K, H), ('layers', 'embed', 'kv_heads', 'head_dim'))
+    self.v_proj = p('normal', (L, D, K, H), ('layers', 'embed', 'kv_heads', 'head_dim'))
+    if cfg.qkv_bias:
+      self.q_bias = p('zeros', (L, N, H), ('layers', 'heads', 'head_dim'))
+      self.k_bias = p('zeros', (L, K, H), ('layers', 'kv_heads', 'head_dim'))
+      self.v_bias = p('zeros', (L, K, H), ('layers', 'kv_heads', 'head_dim'))
+    self.o_proj = p('normal', (L, N, H, D), ('layers', 'heads', 'head_dim', 'embed'))
+    self.post_attention_norm = p('ones', (L, D), ('layers', 'norm'))
+    self.gate_proj = p('normal', (L, D, F), ('layers', 'embed', 'mlp'))
+    self.up_proj = p('normal', (L, D, F), ('layers', 'embed', 'mlp'))
+    self.down_proj = p('normal', (L, F, D), ('layers', 'mlp', 'embed'))
+
+  def weights(self) -> dict[str, jax.Array]:
+    return {k: v.get_value() for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
+           positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+           k_cache_BxKxSxH: jax.Array | None, v_cache_BxKxSxH: jax.Array | None,
+           cache_index: jax.Array | None):
+  """One transformer block. Returns (x, k, v) where k, v are the keys/values
+  attended to: the updated cache slices when a cache is given, else this
+  chunk's own."""
+  dt = x_BxTxD.dtype
+  B, T, _ = x_BxTxD.shape
+  K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+  w = {k: v.astype(dt) for k, v in w.items()}
+  inv_freq = rope_inv_freq(cfg)
+  mm = dict(preferred_element_type=jnp.float32)
+
+  h = rms_norm(x_BxTxD, w['input_norm'], cfg.rms_norm_eps)
+  q = jnp.einsum('btd,dnh->btnh', h, w['q_proj'], **mm)
+  k = jnp.einsum('btd,dkh->btkh', h, w['k_proj'], **mm)
+  v = jnp.einsum('btd,dkh->btkh', h, w['v_proj'], **mm)
+  if cfg.qkv_bias:
+    q, k, v = q + w['q_bias'], k + w['k_bias'], v + w['v_bias']
+  q = apply_rope(q.astype(dt), positions_BxT, inv_freq)
+  k = apply_rope(k.astype(dt), positions_BxT, inv_freq)
+  q = constrain(q, ('batch', 'length', 'act_heads', None))
+  k_BxKxTxH = jnp.swapaxes(k, 1, 2)
+  v_BxKxTxH = jnp.swapaxes(v.astype(dt), 1, 2)
+  if k_cache_BxKxSxH is not None:
+    start = (0, 0, cache_index, 0)
+    k_BxKxSxH = jax.lax.dynamic_update_slice(k_cache_BxKxSxH, k_BxKxTxH, start)
+    v_BxKxSxH = jax.lax.dynamic_update_slice(v_cache_BxKxSxH, v_BxKxTxH, start)
+  else:
+    k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
+  k_BxKxSxH = constrain(k_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
+  v_BxKxSxH = constrain(v_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
+
+  q_BxTxKxGxH = q.reshape(B, T, K, G, H)
+  scores = jnp.einsum('btkgh,bksh->bkgts', q_BxTxKxGxH, k_BxKxSxH, **mm)
+  scores = scores * (1.0 / math.sqrt(H))
+  scores = jnp.where(mask_BxTxS[:, None, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+  attn = jnp.einsum('bkgts,bksh->btkgh', probs, v_BxKxSxH, **mm).astype(dt)
+  attn = attn.reshape(B, T, K * G, H)
+  out = jnp.einsum('btnh,nhd->btd', attn, w['o_proj'], **mm).astype(dt)
+  x = constrain(x_BxTxD + out, ('batch', 'length', 'act_embed'))
+
+  h = rms_norm(x, w['post_attention_norm'], cfg.rms_norm_eps)
+  gate = jnp.einsum('btd,df->btf', h, w['gate_proj'], **mm)
+  up = jnp.einsum('btd,df->btf', h, w['up_proj'], **mm)
+  act = constrain((jax.nn.silu(gate) * up).astype(dt), ('batch', 'length', 'act_mlp'))
+  out = jnp.einsum('btf,fd->btd', act, w['down_proj'], **mm).astype(dt)
+  x = constrain(x + out, ('batch', 'length', 'act_embed'))
+  return x, k_BxKxSxH, v_BxKxSxH
+
+
+class Decoder(nnx.Module):
+  """Causal LM. `model(tokens_BxT)` → logits [B, T, V] in f32."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    self.cfg = cfg
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    pd = jnp.dtype(cfg.param_dtype)
+    V, D = cfg.vocab_size, cfg.hidden_size
+    self.embed = _param(rngs, 'normal', (V, D), pd, ('vocab', 'embed'))
+    self.layers = Layers(cfg, rngs=rngs)
+    self.final_norm = _param(rngs, 'ones', (D,), pd, ('norm',))
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, 'normal', (V, D), pd, ('vocab', 'embed'))
+
+  # -- the LM head, kept separate so fused log-prob kernels can consume
+  # hidden states without materialising [T, V] logits.
+  def head_weight(self) -> jax.Array:
+    """LM head in [V, D] layout (the tied embedding when tied)."""
+    w = self.embed if self.cfg.tie_embeddings else self.lm_head
+    return w.get_value().astype(jnp.dtype(self.cfg.dtype))
+
+  def logits_from_hidden(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    logits = jnp.einsum('btd,vd->btv', hidden_BxTxD, self.head_weight(),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, ('batch', 'length', 'act_vocab'))
+
+  def init_cache(self, batch: int, length: int) -> Cache:
+    c = self.cfg
+    shape = (c.num_layers, batch, c.num_kv_heads, length, c.head_dim)
+    zeros = jnp.zeros(shape, jnp.dtype(c.dtype))
+    return {'k': zeros, 'v': zeros}
+
+  def hidden(self, tokens_BxT: jax.Array, *,
+             positions_BxT: jax.Array | None = None,
+             mask_BxT: jax.Array | None = None,
+             cache: Cache | None = None,
+             cache_index: jax.Array | int = 0,
+             cache_mask_BxS: jax.Array | None = None,
+             ) -> tuple[jax.Array, Cache | None]:
+    """Final (normed) hidden states [B, T, D] and the updated cache.
+
+    Without a cache: a full causal forward; `mask_BxT` marks real tokens
+    (False for padding), positions default to the running count of real tokens.
+    With a cache: the T tokens are written at slots [cache_index,
+    cache_index + T) and attend to every earlier slot where `cache_mask_BxS` is
+    True (the caller keeps that mask; it must include the new slots).
+    """
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    B, T = tokens_BxT.shape
+    if mask_BxT is None:
+      mask_BxT = jnp.ones((B, T), bool)
+    if positions_BxT is None:
+      positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0)
+    x = self.embed.get_value()[tokens_BxT].astype(dt)
+    x = constrain(x, ('batch', 'length', 'act_embed'))
+
+    if cache is None:
+      causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+      mask_BxTxS = causal_TxT[None] & mask_BxT[:, None, :]
+    else:
+      S = cache['k'].shape[3]
+      if cache_mask_BxS is None:
+        raise ValueError('hidden(): cache_mask_BxS is required with a cache')
+      q_slots = cache_index + jnp.arange(T)
+      causal_TxS = jnp.arange(S)[None, :] <= q_slots[:, None]
+      mask_BxTxS = causal_TxS[None] & cache_mask_BxS[:, None, :]
+
+    block = lambda w, x, kc, vc: _block(  # noqa: E731
+        cfg, w, x, positions_BxT, mask_BxTxS, kc, vc, cache_index)
+    if cfg.remat:
+      block = jax.checkpoint(block)
+    weights = self.layers.weights()
+
+    if cache is None:
+      def body(x, w):
+        x, _, _ = block(w, x, None, None)
+        return x, None
+      x, _ = jax.lax.scan(body, x, weights)
+      new_cache = None
+    else:
+      def body(carry, w):
+        x, k_all, v_all, i = carry
+        x, k, v = block(w, x, k_all[i], v_all[i])
+        k_all = jax.lax.dynamic_update_index_in_dim(k_all, k, i, 0)
+        v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, i, 0)
+        return (x, k_all, v_all, i + 1), None
+      (x, k_all, v_all, _), _ = jax.lax.scan(
+          body, (x, cache['k'], cache['v'], jnp.int32(0)), weights)
+      new_cache = {'k': k_all, 'v': v_all}
+    return rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps), new_cache
+
+  def __call__(self, tokens_BxT: jax.Array, **kw) -> jax.Array:
+    hidden, _ = self.hidden(tokens_BxT, **kw)
+    return self.logits_from_hidden(hidden)

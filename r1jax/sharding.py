@@ -1,0 +1,157 @@
+"""Device mesh, logical-axis rules, and the "are we actually sharded" check.
+
+Every weight carries `logical_axes` metadata (e.g. ('layers', 'embed', 'mlp'))
+and the model constrains its main activations with logical names too. One rules
+table per phase maps logical names to mesh axes ('data', 'fsdp', 'tensor'):
+
+  training: weights FSDP-sharded over 'fsdp' and tensor-parallel over 'tensor';
+  sampling: weights only tensor-parallel (no all-gather per decoded token).
+
+A dimension that a mesh axis does not divide stays replicated on that axis;
+`check_sharded` reports when that leaves parameters less sharded than the mesh.
+"""
+import contextlib
+import math
+import threading
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+TRAIN_RULES: Rules = (
+    # weights
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('head_dim', None),
+    ('layers', None),
+    ('norm', None),
+    # activations
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv_heads', 'tensor'),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
+    ('cache_length', None),
+)
+SAMPLE_RULES: Rules = tuple(
+    (name, None if name == 'embed' else axes) for name, axes in TRAIN_RULES)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = {'data': data, 'fsdp': fsdp, 'tensor': tensor}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f'mesh: at most one axis may be -1, got {sizes}')
+  for k, v in sizes.items():
+    if v != -1 and v < 1:
+      raise ValueError(f'mesh.{k}: must be >= 1 or -1, got {v}')
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if len(devices) % known:
+      raise ValueError(f'mesh: {len(devices)} devices are not divisible by '
+                       f'the fixed axes {sizes}')
+    sizes[free[0]] = len(devices) // known
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f'mesh: sizes {sizes} need {math.prod(sizes.values())} '
+                     f'devices, {len(devices)} available')
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  try:
+    dev_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # pylint: disable=broad-except  # e.g. CPU or odd shapes
+    dev_array = np.asarray(devices).reshape(shape)
+  return Mesh(dev_array, MESH_AXES,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],
+                    mesh: Mesh, rules: Rules) -> P:
+  """Maps logical names to a PartitionSpec, skipping axes that don't divide."""
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name, dim in zip(names, shape, strict=True):
+    axes = table.get(name) if name is not None else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = []
+    for ax in axes:
+      size = mesh.shape[ax]
+      if ax in used or size == 1 or dim % (math.prod(
+          mesh.shape[a] for a in kept) * size):
+        continue
+      kept.append(ax)
+      used.add(ax)
+    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return P(*spec)
+
+
+def _is_var(x: Any) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+  """NamedShardings for a (possibly abstract) nnx.State from its metadata."""
+  def one(v):
+    names = v.get_metadata().get('logical_axes') or (None,) * v.get_value().ndim
+    return v.replace(NamedSharding(
+        mesh, logical_to_spec(names, v.get_value().shape, mesh, rules)))
+  return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def check_sharded(state: Any, mesh: Mesh, tolerance: float = 0.02) -> float:
+  """Fails unless parameters are spread over every device of the mesh.
+
+  Returns bytes per device / (total bytes / devices); 1.0 is perfect sharding.
+  Tensors too small to matter (norms, biases) are what the tolerance absorbs.
+  """
+  leaves = [x for x in jax.tree.leaves(state) if hasattr(x, 'sharding')]
+  total = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  per_device = sum(
+      math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+      for x in leaves)
+  ratio = per_device / (total / mesh.size)
+  if ratio > 1 + tolerance:
+    worst = sorted(
+        ((math.prod(x.sharding.shard_shape(x.shape)) / math.prod(x.shape),
+          x.shape, getattr(x.sharding, 'spec', x.sharding)) for x in leaves),
+        key=lambda t: -t[0])[:5]
+    raise AssertionError(
+        f'parameters are under-sharded: {per_device} bytes per device vs '
+        f'{total / mesh.size:.0f} ideal on {dict(mesh.shape)}; e.g. {worst}')
+  return ratio
+
+
+# Activation constraints: the model calls `constrain(x, names)`; it is a no-op
+# unless a mesh and rules are active (set by `activation_rules`).
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
+  prev = getattr(_ACTIVE, 'current', None)
+  _ACTIVE.current = (mesh, rules) if mesh is not None else None
+  try:
+    yield
+  finally:
+    _ACTIVE.current = prev
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  active = getattr(_ACTIVE, 'current', None)
+  if active is None:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))

@@ -1,0 +1,152 @@
+"""One small tokenizer interface over sentencepiece `.model` files and HF
+`tokenizer.json` files, with left-padded batch encoding for prompts.
+
+Special tokens come from the checkpoint's own files: the sentencepiece model's
+ids, or for HF `tokenizer_config.json` (bos/eos/pad strings), falling back to
+`generation_config.json` / `config.json` ids.
+"""
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+class Tokenizer:
+  """Common interface. Subclasses set vocab_size, bos_id, eos_id, pad_id."""
+
+  vocab_size: int
+  bos_id: int | None
+  eos_id: int | None
+  pad_id: int
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    raise NotImplementedError
+
+  def _decode(self, ids: list[int]) -> str:
+    raise NotImplementedError
+
+  def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
+    ids = [int(i) for i in ids]
+    if stop_at_eos and self.eos_id is not None and self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self._decode(ids)
+
+  def encode_batch(self, texts: Sequence[str], max_len: int | None = None,
+                   add_bos: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids [B, T] int32 and a mask [B, T] (True for real tokens).
+
+    T is `max_len` when given (a text longer than that is an error, not a
+    silent truncation), else the longest text.
+    """
+    seqs = [self.encode(t, add_bos=add_bos) for t in texts]
+    longest = max((len(s) for s in seqs), default=0)
+    T = longest if max_len is None else max_len
+    if longest > T:
+      i = max(range(len(seqs)), key=lambda j: len(seqs[j]))
+      raise ValueError(f'text {i} has {len(seqs[i])} tokens > max_len={T}: '
+                       f'{texts[i][:80]!r}...')
+    ids = np.full((len(seqs), T), self.pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), bool)
+    for i, s in enumerate(seqs):
+      if s:
+        ids[i, T - len(s):] = s
+        mask[i, T - len(s):] = True
+    return ids, mask
+
+  def decode_batch(self, ids_BxT: np.ndarray, mask_BxT: np.ndarray | None = None,
+                   stop_at_eos: bool = True) -> list[str]:
+    """Decodes each row, skipping positions where the mask is False."""
+    ids_BxT = np.asarray(ids_BxT)
+    if mask_BxT is None:
+      mask_BxT = np.ones(ids_BxT.shape, bool)
+    return [self.decode(row[np.asarray(m, bool)], stop_at_eos)
+            for row, m in zip(ids_BxT, mask_BxT)]
+
+
+class SentencePieceTokenizer(Tokenizer):
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    self.vocab_size = self.sp.get_piece_size()
+    self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+    self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+    pad = self.sp.pad_id()
+    self.pad_id = pad if pad >= 0 else (self.eos_id if self.eos_id is not None else 0)
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = self.sp.encode(text)
+    return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+
+  def _decode(self, ids: list[int]) -> str:
+    return self.sp.decode(ids)
+
+  def piece_to_id(self, piece: str) -> int:
+    return self.sp.piece_to_id(piece)
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+class HFTokenizer(Tokenizer):
+
+  def __init__(self, directory: str):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    self.tok = tokenizers.Tokenizer.from_file(os.path.join(directory, 'tokenizer.json'))
+    self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+    tok_cfg = _read_json(os.path.join(directory, 'tokenizer_config.json'))
+    gen_cfg = _read_json(os.path.join(directory, 'generation_config.json'))
+    model_cfg = _read_json(os.path.join(directory, 'config.json'))
+
+    def special(name: str) -> int | None:
+      tok = tok_cfg.get(f'{name}_token')
+      if isinstance(tok, dict):
+        tok = tok.get('content')
+      if isinstance(tok, str):
+        tid = self.tok.token_to_id(tok)
+        if tid is None:
+          raise ValueError(f'{directory}: {name}_token {tok!r} is not in the vocabulary')
+        return tid
+      for cfg in (gen_cfg, model_cfg):
+        tid = cfg.get(f'{name}_token_id')
+        if isinstance(tid, list):
+          tid = tid[0] if tid else None
+        if tid is not None:
+          return int(tid)
+      return None
+
+    self.bos_id, self.eos_id = special('bos'), special('eos')
+    pad = special('pad')
+    self.pad_id = pad if pad is not None else (
+        self.eos_id if self.eos_id is not None else 0)
+    self._special = {i for i in (self.bos_id, self.eos_id, pad) if i is not None}
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = self.tok.encode(text, add_special_tokens=False).ids
+    return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+
+  def _decode(self, ids: list[int]) -> str:
+    return self.tok.decode([i for i in ids if i not in self._special],
+                           skip_special_tokens=False)
+
+  def piece_to_id(self, piece: str) -> int | None:
+    return self.tok.token_to_id(piece)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """A `.model` file, or a directory holding tokenizer.json or tokenizer.model."""
+  if os.path.isfile(path):
+    if path.endswith('.json'):
+      return HFTokenizer(os.path.dirname(path) or '.')
+    return SentencePieceTokenizer(path)
+  if os.path.exists(os.path.join(path, 'tokenizer.json')):
+    return HFTokenizer(path)
+  if os.path.exists(os.path.join(path, 'tokenizer.model')):
+    return SentencePieceTokenizer(os.path.join(path, 'tokenizer.model'))
+  raise FileNotFoundError(
+      f'{path}: no tokenizer.json or tokenizer.model (or a .model file)')

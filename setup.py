@@ -1,0 +1,27 @@
+"""r1jax: DeepSeek-R1 style GRPO training in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="r1jax",
+    version="0.1.0",
+    description="JAX/TPU-native trainer for the DeepSeek-R1 recipe (GRPO, rule-based rewards).",
+    packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9.9,<5",
+        "sentencepiece>=0.2,<0.3",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "safetensors>=0.5,<1",
+        "tokenizers>=0.21,<1",
+        "math-verify>=0.7,<1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "chex>=0.1.90"],
+    },
+)

@@ -1,0 +1,235 @@
+"""Decoder: logits parity with HF transformers (committed fixtures), KV-cache
+decode, bf16, remat, HF save/load, checkpoint errors, sharding."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from conftest import FIXTURES
+from r1jax import models, sharding as shd
+
+HF_CASES = ['hf_qwen2_tiny', 'hf_llama3_tiny']
+
+
+def _greedy(model, prompt, new_tokens):
+  """Token-by-token greedy decoding through the KV cache."""
+  T = len(prompt) + new_tokens
+  cache = model.init_cache(1, T)
+  tokens = jnp.asarray(prompt, jnp.int32)[None]
+  valid = jnp.arange(T)[None] < len(prompt)
+  hidden, cache = model.hidden(tokens, cache=cache, cache_index=0, cache_mask_BxS=valid)
+  out = list(prompt)
+  nxt = int(jnp.argmax(model.logits_from_hidden(hidden[:, -1:])[0, -1]))
+  for pos in range(len(prompt), T):
+    out.append(nxt)
+    if pos == T - 1:
+      break
+    valid = jnp.arange(T)[None] <= pos
+    hidden, cache = model.hidden(
+        jnp.array([[nxt]], jnp.int32), positions_BxT=jnp.array([[pos]]),
+        cache=cache, cache_index=pos, cache_mask_BxS=valid)
+    nxt = int(jnp.argmax(model.logits_from_hidden(hidden)[0, -1]))
+  return np.array(out)
+
+
+@pytest.mark.parametrize('name', HF_CASES)
+def test_logits_match_transformers(name):
+  path = os.path.join(FIXTURES, name)
+  ref = np.load(os.path.join(path, 'reference.npz'))
+  model = models.load_hf(path)
+  logits = np.asarray(model(jnp.asarray(ref['tokens'])))
+  err = np.abs(logits - ref['logits']).max()
+  print(f'{name} f32 max|dlogits|={err:.2e}')
+  assert err <= 1e-4
+  greedy = _greedy(model, ref['prompt'], len(ref['greedy']) - len(ref['prompt']))
+  np.testing.assert_array_equal(greedy, ref['greedy'])
+
+
+@pytest.mark.parametrize('name', HF_CASES)
+def test_bf16_within_tolerance(name):
+  """bf16 weights and matmuls vs the f32 reference: |dlogits| <= 5% of the
+  logit range and the same argmax on >= 90% of positions (tiny random models have small margins)."""
+  path = os.path.join(FIXTURES, name)
+  ref = np.load(os.path.join(path, 'reference.npz'))
+  model = models.load_hf(path, dtype='bfloat16')
+  assert model.embed.get_value().dtype == jnp.bfloat16
+  logits = np.asarray(model(jnp.asarray(ref['tokens'])))
+  err = np.abs(logits - ref['logits']).max() / np.abs(ref['logits']).max()
+  agree = (logits.argmax(-1) == ref['logits'].argmax(-1)).mean()
+  print(f'{name} bf16 max|dlogits|/max|logits|={err:.3f} argmax agreement={agree:.3f}')
+  assert err <= 0.05 and agree >= 0.9
+
+
+def test_kv_cache_decode_matches_full_forward_with_left_padding():
+  cfg = models.get_preset('tiny')
+  model = models.create(cfg, seed=1)
+  rng = np.random.default_rng(0)
+  B, P, NEW = 3, 6, 5
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (B, P + NEW)), jnp.int32)
+  pad = jnp.array([0, 2, 4])  # left padding per row
+  mask = jnp.arange(P + NEW)[None] >= pad[:, None]
+  full = model(tokens, mask_BxT=mask)
+
+  S = P + NEW
+  cache = model.init_cache(B, S)
+  positions = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
+  h, cache = model.hidden(tokens[:, :P], positions_BxT=positions[:, :P], cache=cache,
+                          cache_index=0, cache_mask_BxS=mask & (jnp.arange(S) < P))
+  steps = [model.logits_from_hidden(h)]
+  for t in range(P, S):
+    h, cache = model.hidden(tokens[:, t:t + 1], positions_BxT=positions[:, t:t + 1],
+                            cache=cache, cache_index=t,
+                            cache_mask_BxS=mask & (jnp.arange(S) <= t))
+    steps.append(model.logits_from_hidden(h))
+  incremental = jnp.concatenate(steps, axis=1)
+  real = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(incremental)[real], np.asarray(full)[real],
+                             atol=1e-5, rtol=1e-5)
+  # Padded rows see the same logits as the unpadded sequence alone.
+  alone = model(tokens[2:3, 4:])
+  np.testing.assert_allclose(np.asarray(full[2, 4:]), np.asarray(alone[0]), atol=1e-5)
+
+
+def test_remat_gives_same_values_and_grads():
+  cfg = models.get_preset('tiny')
+  tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+
+  def loss_and_grad(remat):
+    model = models.create(cfg.replace(remat=remat), seed=0)
+    graphdef, state = nnx.split(model)
+    def loss(state):
+      return jnp.mean(nnx.merge(graphdef, state)(tokens) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  (l0, g0), (l1, g1) = loss_and_grad(False), loss_and_grad(True)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('tie', [True, False])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_save_load_round_trip_is_exact(tmp_path, tie, dtype):
+  cfg = models.get_preset('tiny').replace(tie_embeddings=tie, param_dtype=dtype, dtype=dtype,
+                                          arch='llama' if tie else 'qwen2')
+  model = models.create(cfg, seed=3)
+  # A small shard size forces several files and an index.
+  models.save_hf(model, str(tmp_path), max_shard_bytes=40_000)
+  files = os.listdir(tmp_path)
+  assert 'model.safetensors.index.json' in files and len(
+      [f for f in files if f.endswith('.safetensors')]) > 1
+  loaded = models.load_hf(str(tmp_path), dtype=dtype)
+  assert loaded.cfg.replace(bos_token_id=None) == cfg.replace(bos_token_id=None)
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_saved_checkpoint_matches_the_original_hf_files(tmp_path):
+  """load_hf then save_hf reproduces the HF tensors bit for bit."""
+  src = os.path.join(FIXTURES, 'hf_qwen2_tiny')
+  models.save_hf(models.load_hf(src), str(tmp_path))
+  a, b = load_file(os.path.join(src, 'model.safetensors')), load_file(
+      os.path.join(tmp_path, 'model.safetensors'))
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  cfg = json.load(open(os.path.join(tmp_path, 'config.json')))
+  assert cfg['architectures'] == ['Qwen2ForCausalLM'] and cfg['tie_word_embeddings']
+
+
+def _copy_fixture(tmp_path, name='hf_qwen2_tiny'):
+  dst = tmp_path / name
+  shutil.copytree(os.path.join(FIXTURES, name), dst)
+  return dst
+
+
+def _edit_tensors(path, fn):
+  f = os.path.join(path, 'model.safetensors')
+  tensors = load_file(f)
+  fn(tensors)
+  save_file(tensors, f, metadata={'format': 'pt'})
+
+
+def test_checkpoint_errors_name_the_tensor(tmp_path):
+  d = _copy_fixture(tmp_path)
+  _edit_tensors(d, lambda t: t.pop('model.layers.1.mlp.up_proj.weight'))
+  with pytest.raises(models.CheckpointError, match=r'model\.layers\.1\.mlp\.up_proj\.weight'):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'b')
+  _edit_tensors(d, lambda t: t.update({'model.layers.0.extra.weight': np.zeros(3, np.float32)}))
+  with pytest.raises(models.CheckpointError, match=r'model\.layers\.0\.extra\.weight'):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'c')
+  _edit_tensors(d, lambda t: t.update({'model.norm.weight': np.ones(65, np.float32)}))
+  with pytest.raises(models.CheckpointError, match=r"'model\.norm\.weight' has shape \(65,\)"):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'd')
+  cfg = json.load(open(d / 'config.json'))
+  cfg['model_type'] = 'gpt2'
+  json.dump(cfg, open(d / 'config.json', 'w'))
+  with pytest.raises(models.CheckpointError, match='unsupported model_type'):
+    models.load_hf(str(d))
+
+
+def _abstract_state(cfg):
+  return nnx.state(nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0))))
+
+
+@pytest.mark.parametrize('preset', sorted(set(models.PRESETS) - {'tiny'}))
+def test_presets_are_sharded_on_fsdp4_tensor2(preset):
+  """MaxText-style check on the full-size presets (abstract shapes only)."""
+  mesh = shd.make_mesh(data=1, fsdp=4, tensor=2)
+  cfg = models.get_preset(preset)
+  abstract = _abstract_state(cfg)
+  shardings = shd.state_shardings(abstract, mesh, shd.TRAIN_RULES)
+  structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         abstract, shardings)
+  ratio = shd.check_sharded(structs, mesh)
+  print(f'{preset}: {cfg.num_params() / 1e9:.2f}B params, per-device/ideal={ratio:.4f}')
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)) == cfg.num_params()
+
+
+def test_created_and_loaded_params_are_really_sharded():
+  mesh = shd.make_mesh(data=1, fsdp=4, tensor=2)
+  cfg = models.get_preset('qwen2.5-0.5b', num_layers=2, vocab_size=4096)
+  model = models.create(cfg, mesh=mesh)
+  shd.check_sharded(nnx.state(model), mesh)
+  assert model.layers.gate_proj.get_value().sharding.spec == jax.sharding.PartitionSpec(
+      None, 'fsdp', 'tensor')
+  # An unsharded state is caught.
+  with pytest.raises(AssertionError, match='under-sharded'):
+    shd.check_sharded(jax.device_put(nnx.state(model), jax.devices()[0]), mesh)
+
+  path = os.path.join(FIXTURES, 'hf_llama3_tiny')
+  ref = np.load(os.path.join(path, 'reference.npz'))
+  sharded = models.load_hf(path, mesh=mesh)
+  shd.check_sharded(nnx.state(sharded), mesh, tolerance=0.1)
+  graphdef, state = nnx.split(sharded)
+  logits = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.asarray(ref['tokens']))
+  np.testing.assert_allclose(np.asarray(logits), ref['logits'], atol=1e-4)
+
+
+def test_activation_constraints_under_a_mesh_keep_values():
+  mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+  cfg = models.get_preset('tiny')
+  model = models.create(cfg, seed=0, mesh=mesh)
+  tokens = jnp.arange(32, dtype=jnp.int32).reshape(4, 8)
+  graphdef, state = nnx.split(model)
+
+  def fwd(state, tokens):
+    with shd.activation_rules(mesh, shd.TRAIN_RULES):
+      return nnx.merge(graphdef, state)(tokens)
+
+  sharded = jax.jit(fwd)(state, tokens)
+  plain = models.create(cfg, seed=0)(tokens)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), atol=1e-5)
