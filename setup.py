@@ -22,6 +22,6 @@ setuptools.setup(
         "math-verify>=0.7,<1",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.90"],
+        "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11"],
     },
 )

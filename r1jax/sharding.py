@@ -110,18 +110,21 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
   return jax.tree.map(one, state, is_leaf=_is_var)
 
 
-def check_sharded(state: Any, mesh: Mesh, tolerance: float = 0.02) -> float:
-  """Fails unless parameters are spread over every device of the mesh.
+def check_sharded(state: Any, mesh: Mesh, tolerance: float = 0.02,
+                  axes: Sequence[str] = ('fsdp', 'tensor')) -> float:
+  """Fails unless parameters are spread over the mesh axes that shard them.
 
-  Returns bytes per device / (total bytes / devices); 1.0 is perfect sharding.
-  Tensors too small to matter (norms, biases) are what the tolerance absorbs.
+  Returns bytes per device / (total bytes / devices along `axes`); 1.0 is
+  perfect sharding ('data' replicates parameters by design). Tensors too small
+  to matter (norms, biases) are what the tolerance absorbs.
   """
   leaves = [x for x in jax.tree.leaves(state) if hasattr(x, 'sharding')]
   total = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
   per_device = sum(
       math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
       for x in leaves)
-  ratio = per_device / (total / mesh.size)
+  shards = math.prod(mesh.shape[a] for a in axes)
+  ratio = per_device / (total / shards)
   if ratio > 1 + tolerance:
     worst = sorted(
         ((math.prod(x.sharding.shard_shape(x.shape)) / math.prod(x.shape),
@@ -129,7 +132,8 @@ def check_sharded(state: Any, mesh: Mesh, tolerance: float = 0.02) -> float:
         key=lambda t: -t[0])[:5]
     raise AssertionError(
         f'parameters are under-sharded: {per_device} bytes per device vs '
-        f'{total / mesh.size:.0f} ideal on {dict(mesh.shape)}; e.g. {worst}')
+        f'{total / shards:.0f} ideal over {tuple(axes)} of {dict(mesh.shape)}; '
+        f'e.g. {worst}')
   return ratio
 
 

@@ -1,0 +1,184 @@
+r"""GRPO and its variants as pure functions.
+
+For a prompt q the policy samples a group of G completions o_1..o_G with
+rewards r_i (a weighted sum of rule-based rewards). The advantage of o_i is
+shared by all its tokens:
+
+  grpo      Â_i = (r_i - mean_j r_j) / (std_j r_j + eps)          (DeepSeek-R1; std with ddof 0)
+  drgrpo    Â_i =  r_i - mean_j r_j                                (Dr. GRPO: no std)
+  rloo      Â_i =  r_i - mean_{j≠i} r_j = G/(G-1) (r_i - mean_j r_j)
+  batch_std Â_i = (r_i - mean_j r_j) / (std of all r in the batch + eps)
+
+With `per_reward=True` (GDPO) each reward component is normalised on its own
+before the weighted sum, and the sum is re-standardised over the batch.
+
+Per token t of o_i, with the importance ratio against the policy that sampled
+(explicit old log-probs, so that with μ > 1 inner iterations the ratio differs
+from 1 and clipping acts):
+
+  ρ_t   = exp(log π_θ(o_t) - log π_old(o_t))          ('token')
+  ρ_t   = exp(mean_t [log π_θ - log π_old])            ('sequence': GSPO, one ratio per completion)
+  S_t   = min(ρ_t Â, clip(ρ_t, 1-ε_low, 1+ε_high) Â)   (clip-higher when ε_high > ε_low)
+  S_t   = max(S_t, c Â) when Â < 0 and c > 1           (dual clip)
+  KL_t  = k1: log π_θ - log π_ref
+          k2: ½ (log π_θ - log π_ref)²
+          k3: π_ref/π_θ - log(π_ref/π_θ) - 1           (R1's estimator; default)
+  ℓ_t   = -S_t + β KL_t
+
+and the loss aggregates ℓ over the completion tokens (mask m):
+
+  seq_mean   (GRPO)    1/N Σ_i (Σ_t ℓ m / Σ_t m)
+  token_mean (DAPO)    Σ_{i,t} ℓ m / Σ_{i,t} m
+  constant   (Dr.GRPO) Σ_{i,t} ℓ m / (N · T_max)
+
+Normalisers can be passed in so that micro-batches of one optimizer update
+(gradient accumulation) add up to the loss of the whole update.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ADVANTAGES = ('grpo', 'drgrpo', 'rloo', 'batch_std')
+AGGREGATIONS = ('seq_mean', 'token_mean', 'constant')
+KL_ESTIMATORS = ('k1', 'k2', 'k3')
+RATIOS = ('token', 'sequence')
+
+
+def _group_advantages(r_BxG: jax.Array, kind: str, eps: float) -> jax.Array:
+  mean = r_BxG.mean(axis=1, keepdims=True)
+  centred = r_BxG - mean
+  if kind == 'grpo':
+    return centred / (r_BxG.std(axis=1, keepdims=True) + eps)
+  if kind == 'drgrpo':
+    return centred
+  if kind == 'rloo':
+    G = r_BxG.shape[1]
+    return centred * (G / (G - 1))
+  if kind == 'batch_std':
+    return centred / (r_BxG.std() + eps)
+  raise ValueError(f'rl.advantage: unknown estimator {kind!r}; known: {ADVANTAGES}')
+
+
+def advantages(rewards_BxGxR: jax.Array, weights_R: jax.Array, kind: str = 'grpo',
+               per_reward: bool = False, eps: float = 1e-6) -> jax.Array:
+  """Group-relative advantages [B, G] from per-reward scores [B, G, R]."""
+  rewards_BxGxR = rewards_BxGxR.astype(jnp.float32)
+  if not per_reward:
+    return _group_advantages(rewards_BxGxR @ weights_R, kind, eps)
+  per = jax.vmap(lambda r: _group_advantages(r, kind, eps), in_axes=2, out_axes=2)(
+      rewards_BxGxR)
+  total = per @ weights_R
+  return (total - total.mean()) / (total.std() + eps)
+
+
+def zero_spread_fraction(rewards_BxG: jax.Array, tol: float = 1e-6) -> jax.Array:
+  """Share of groups whose rewards are all equal (they carry no signal)."""
+  return jnp.mean(jnp.ptp(rewards_BxG, axis=1) <= tol)
+
+
+def kl_divergence(logp_NxT: jax.Array, ref_logp_NxT: jax.Array,
+                  estimator: str = 'k3') -> jax.Array:
+  """Per-token estimate of KL(π_θ || π_ref) from samples of π_θ."""
+  d = ref_logp_NxT - logp_NxT  # log π_ref/π_θ
+  if estimator == 'k1':
+    return -d
+  if estimator == 'k2':
+    return 0.5 * d * d
+  if estimator == 'k3':
+    return jnp.exp(d) - d - 1.0
+  raise ValueError(f'rl.kl_estimator: unknown {estimator!r}; known: {KL_ESTIMATORS}')
+
+
+def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  return jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
+
+
+def importance_ratio(logp_NxT: jax.Array, old_logp_NxT: jax.Array, mask_NxT: jax.Array,
+                     kind: str = 'token') -> jax.Array:
+  """ρ per token [N, T]; 'sequence' (GSPO) broadcasts one ratio per completion."""
+  log_ratio = jnp.where(mask_NxT, logp_NxT - old_logp_NxT, 0.0)
+  if kind == 'token':
+    return jnp.exp(log_ratio)
+  if kind == 'sequence':
+    n = jnp.maximum(mask_NxT.sum(axis=1, keepdims=True), 1)
+    seq = jnp.exp(log_ratio.sum(axis=1, keepdims=True) / n)
+    return jnp.broadcast_to(seq, logp_NxT.shape)
+  raise ValueError(f'rl.ratio: unknown {kind!r}; known: {RATIOS}')
+
+
+class Normalisers(NamedTuple):
+  """Denominators of the loss over one optimizer update (see module doc)."""
+  num_seqs: jax.Array | float
+  num_tokens: jax.Array | float
+  max_len: int
+
+
+def normalisers(mask_NxT: jax.Array) -> Normalisers:
+  return Normalisers(mask_NxT.shape[0], jnp.maximum(mask_NxT.sum(), 1), mask_NxT.shape[1])
+
+
+def aggregate(loss_NxT: jax.Array, mask_NxT: jax.Array, kind: str,
+              norm: Normalisers | None = None) -> jax.Array:
+  norm = norm or normalisers(mask_NxT)
+  if kind == 'seq_mean':
+    per_seq = masked_sum(loss_NxT, mask_NxT, axis=1) / jnp.maximum(mask_NxT.sum(axis=1), 1)
+    return per_seq.sum() / norm.num_seqs
+  if kind == 'token_mean':
+    return masked_sum(loss_NxT, mask_NxT) / norm.num_tokens
+  if kind == 'constant':
+    return masked_sum(loss_NxT, mask_NxT) / (norm.num_seqs * norm.max_len)
+  raise ValueError(f'rl.loss_agg: unknown {kind!r}; known: {AGGREGATIONS}')
+
+
+class LossConfig(NamedTuple):
+  beta: float = 0.04
+  kl_estimator: str = 'k3'
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  dual_clip: float = 0.0  # c > 1 enables dual clip; 0 disables
+  ratio: str = 'token'
+  loss_agg: str = 'seq_mean'
+
+
+def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array,
+                ref_logp_NxT: jax.Array | None, adv_N: jax.Array, mask_NxT: jax.Array,
+                cfg: LossConfig, norm: Normalisers | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The clipped surrogate + β·KL loss and its measurements.
+
+  Measurements are sums over masked tokens (keys end in '_sum') so that they
+  can be added across micro-batches and divided by the token count once.
+  """
+  ratio = importance_ratio(logp_NxT, old_logp_NxT, mask_NxT, cfg.ratio)
+  adv = adv_N[:, None].astype(jnp.float32)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
+  surrogate = jnp.minimum(ratio * adv, clipped * adv)
+  if cfg.dual_clip > 1.0:
+    surrogate = jnp.where(adv < 0, jnp.maximum(surrogate, cfg.dual_clip * adv), surrogate)
+  per_token = -surrogate
+  metrics = {
+      'clip_low_sum': masked_sum((adv < 0) & (ratio < 1.0 - cfg.epsilon_low), mask_NxT),
+      'clip_high_sum': masked_sum((adv > 0) & (ratio > 1.0 + cfg.epsilon_high), mask_NxT),
+      'ratio_sum': masked_sum(ratio, mask_NxT),
+  }
+  if ref_logp_NxT is not None and cfg.beta > 0:
+    kl = kl_divergence(logp_NxT, ref_logp_NxT, cfg.kl_estimator)
+    per_token = per_token + cfg.beta * kl
+    metrics['kl_sum'] = masked_sum(kl, mask_NxT)
+  return aggregate(per_token, mask_NxT, cfg.loss_agg, norm), metrics
+
+
+def dynamic_sampling_slots(count: jax.Array, valid_B: jax.Array, capacity: int
+                           ) -> tuple[jax.Array, jax.Array]:
+  """DAPO dynamic sampling: where the valid groups of a new attempt go.
+
+  `count` groups of the buffer are already filled. Valid groups take the next
+  free slots in order; the rest (and any beyond `capacity`) get slot
+  `capacity`, out of bounds, so a scatter with mode='drop' discards them.
+  Returns (slots [B], new count).
+  """
+  rank = jnp.cumsum(valid_B) - 1
+  slot = jnp.where(valid_B, count + rank, capacity)
+  slot = jnp.where(slot < capacity, slot, capacity)
+  return slot, jnp.minimum(count + valid_B.sum(), capacity)

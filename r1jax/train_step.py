@@ -1,0 +1,355 @@
+"""The GRPO step as ONE compiled function:
+
+  (state, prompts [B·A, P], example ids) ─▶ rollout (G samples per prompt)
+    ─▶ rewards (Python, via jax.pure_callback inside jax.shard_map: each device's
+       host scores only the completions on that device)
+    ─▶ DAPO dynamic sampling (optional: A > 1 attempts refill zero-spread groups)
+    ─▶ advantages ─▶ reference log-probs (skipped when β = 0)
+    ─▶ old log-probs (μ > 1 only; with μ = 1 the current policy, detached)
+    ─▶ μ iterations × M minibatches of optimizer updates, each accumulating
+       gradients over micro-batches (lax.scan) ─▶ reference reset ─▶ metrics.
+
+Minibatches and micro-batches split the batch by prompts, so the G completions
+of a prompt share one prompt prefill in every forward pass (the prompt's KV is
+computed for B prompts and repeated G times; gradients flow through it).
+Log-probs are taken at the sampling temperature: log softmax(logits / τ).
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from r1jax import grpo, kernels, sharding as shd
+from r1jax.models import Decoder
+from r1jax.rewards import overlong_penalty
+from r1jax.rollout import SamplingConfig, generate
+
+BATCH_AXES = ('data', 'fsdp')
+# host_fn(tokens [n, T] int32, mask [n, T] bool, example_ids [n] int32) -> [n, R] float32
+HostRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+class StepConfig(NamedTuple):
+  """Static settings of the compiled step (see `step_config` for the mapping
+  from config.rl)."""
+  group_size: int
+  sampling: SamplingConfig
+  loss: grpo.LossConfig
+  reward_names: tuple[str, ...]  # scored by the host function, in order
+  reward_weights: tuple[float, ...]  # one per reward_names (+ overlong)
+  advantage: str = 'grpo'
+  per_reward_norm: bool = False
+  num_iterations: int = 1  # μ
+  minibatches: int = 1  # optimizer updates per iteration
+  grad_accum: int = 1  # micro-batches per update
+  mask_truncated: bool = False
+  reference_reset_every: int = 0  # 0: never
+  dynamic_sampling_attempts: int = 1  # 1: off
+  overlong: tuple[int, int] | None = None  # (max_len, cache_len) of DAPO's penalty
+  logprob_impl: str = 'naive'
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar (replicated)
+  params: nnx.State
+  opt_state: Any
+  ref_params: nnx.State | None  # None when β = 0
+  rng: jax.Array  # uint32 [2] raw key
+
+
+class Batch(NamedTuple):
+  prompt_BxP: jax.Array  # int32, left-padded; B·A rows with A attempts
+  prompt_mask_BxP: jax.Array  # bool
+  example_ids_B: jax.Array  # int32, the host's key for each prompt's example
+
+
+# ---------------------------------------------------------------- log-probs
+
+
+def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                        tokens_NxT: jax.Array, temperature: float, impl: str = 'naive',
+                        with_entropy: bool = False):
+  """log π(token) [N, T] of each completion token given its prompt (and the
+  entropy [N, T] when asked), N = B·G, prompts prefilled once per group."""
+  B, P = prompt_BxP.shape
+  N, T = tokens_NxT.shape
+  G = N // B
+  prompt_mask_BxP = prompt_mask_BxP.astype(bool)
+  prompt_len_B = prompt_mask_BxP.sum(axis=1)
+  cache = model.init_cache(B, P + T)
+  prefix_mask_BxS = jnp.pad(prompt_mask_BxP, ((0, 0), (0, T)))
+  h_prompt, cache = model.hidden(
+      prompt_BxP, positions_BxT=jnp.maximum(jnp.cumsum(prompt_mask_BxP, 1) - 1, 0),
+      cache=cache, cache_index=0, cache_mask_BxS=prefix_mask_BxS)
+  cache = {k: jnp.repeat(v, G, axis=1) for k, v in cache.items()}
+  full_mask_NxS = jnp.repeat(prefix_mask_BxS, G, axis=0) | (jnp.arange(P + T) >= P)[None]
+  positions_NxT = jnp.repeat(prompt_len_B, G)[:, None] + jnp.arange(T)[None]
+  h_comp, _ = model.hidden(tokens_NxT[:, :-1], positions_BxT=positions_NxT[:, :-1],
+                           cache=cache, cache_index=P, cache_mask_BxS=full_mask_NxS)
+  # The last prompt position predicts the first completion token.
+  h_NxTxD = jnp.concatenate([jnp.repeat(h_prompt[:, -1:], G, axis=0), h_comp], axis=1)
+  h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
+  D = h_NxTxD.shape[-1]
+  out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),
+                               tokens_NxT.reshape(N * T), impl=impl,
+                               with_entropy=with_entropy)
+  if with_entropy:
+    return out[0].reshape(N, T), out[1].reshape(N, T)
+  return out.reshape(N, T)
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def host_reward_fn(tokenizer, scorer, get_example: Callable[[int], dict]) -> HostRewardFn:
+  """Decodes completions and scores them with a `rewards.RewardScorer`.
+  `get_example(id)` returns the example dict (with 'prompt' and 'answer')."""
+  def fn(tokens, mask, example_ids):
+    completions = tokenizer.decode_batch(tokens, mask)
+    examples = [get_example(int(i)) for i in example_ids]
+    return scorer([e.get('prompt', '') for e in examples], completions, examples)
+  return fn
+
+
+def make_reward_fn(host_fn: HostRewardFn, mesh: jax.sharding.Mesh, num_rewards: int):
+  """A traceable (tokens, mask, ids) -> rewards [N, R] that calls `host_fn`
+  once per device on that device's rows. Devices along 'tensor' hold the same
+  rows; only tensor index 0 scores and a psum shares the result."""
+  failures = [0]
+
+  def callback(tokens, mask, ids, tensor_index):
+    n = tokens.shape[0]
+    if int(tensor_index) != 0 or n == 0:
+      return np.zeros((n, num_rewards), np.float32)
+    try:
+      out = np.asarray(host_fn(tokens, mask, ids), np.float32)
+      if out.shape != (n, num_rewards):
+        raise ValueError(f'reward function returned shape {out.shape}, '
+                         f'expected {(n, num_rewards)}')
+      return out
+    except Exception as e:  # pylint: disable=broad-except  # a reward bug must not kill training
+      failures[0] += 1
+      if failures[0] <= 3:
+        logging.exception('reward host function failed (%s); scoring 0', e)
+      return np.zeros((n, num_rewards), np.float32)
+
+  def local(tokens, mask, ids):
+    shape = jax.ShapeDtypeStruct((tokens.shape[0], num_rewards), jnp.float32)
+    r = jax.pure_callback(callback, shape, tokens, mask, ids, jax.lax.axis_index('tensor'))
+    return jax.lax.psum(r, 'tensor')
+
+  spec = P(BATCH_AXES)
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                     check_vma=False)
+  fn.failures = failures  # type: ignore[attr-defined]
+  return fn
+
+
+# ---------------------------------------------------------------- the step
+
+
+def init_state(model: Decoder, optimizer: optax.GradientTransformation, cfg: StepConfig,
+               seed: int = 0) -> TrainState:
+  params = nnx.state(model, nnx.Param)
+  ref = jax.tree.map(jnp.copy, params) if cfg.loss.beta > 0 else None
+  step = jnp.zeros((), jnp.int32)
+  rng = jax.random.key_data(jax.random.key(seed))
+  opt_state = jax.jit(optimizer.init)(params)
+  some = jax.tree.leaves(params)[0]
+  if isinstance(some.sharding, NamedSharding):
+    # Moments follow their parameters' shardings; scalars (step counts, the
+    # RNG) are replicated on the same mesh.
+    rep = NamedSharding(some.sharding.mesh, P())
+    on_mesh = lambda x: x if (isinstance(x.sharding, NamedSharding) and  # noqa: E731
+                              x.sharding.mesh == rep.mesh) else jax.device_put(x, rep)
+    step, rng, opt_state = jax.tree.map(on_mesh, (step, rng, opt_state))
+  return TrainState(step, params, opt_state, ref, rng)
+
+
+def shardings_of(tree):
+  """The shardings of a (state) pytree, for jit's in/out_shardings."""
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def _split_prompts(tree, parts: int):
+  """[B, ...] -> [parts, B/parts, ...] on every leaf."""
+  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
+
+
+def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
+                    optimizer: optax.GradientTransformation, reward_fn,
+                    mesh: jax.sharding.Mesh, state_shardings=None):
+  """Returns the jitted `step(state, batch) -> (state, metrics)`.
+
+  `reward_fn` is `make_reward_fn(...)` (or any traceable function with that
+  signature). The state is donated.
+  """
+  G, mu, M, A = cfg.group_size, cfg.num_iterations, cfg.minibatches, cfg.grad_accum
+  tau = cfg.sampling.temperature
+  names = cfg.reward_names + (('overlong',) if cfg.overlong else ())
+  weights = jnp.asarray(cfg.reward_weights, jnp.float32)
+  if len(cfg.reward_weights) != len(names):
+    raise ValueError(f'rl.rewards: {len(cfg.reward_weights)} weights for rewards {names}')
+  acc_name = next((n for n in ('accuracy', 'exact_match') if n in names), None)
+  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+
+  def model_with(params, rules):
+    params = jax.lax.with_sharding_constraint(
+        params, shd.state_shardings(params, mesh, rules))
+    return nnx.merge(graphdef, params)
+
+  def rollout_and_score(params, prompt, prompt_mask, ids, key):
+    with shd.activation_rules(mesh, shd.SAMPLE_RULES):
+      ro = generate(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
+                    cfg.sampling, G)
+    rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
+    if cfg.overlong:
+      lengths = ro.mask_NxT.sum(axis=1)
+      rewards = jnp.concatenate(
+          [rewards, overlong_penalty(lengths, *cfg.overlong)[:, None]], axis=1)
+    B = prompt.shape[0]
+    groups = dict(prompt=prompt, prompt_mask=prompt_mask, ids=ids,
+                  tokens=ro.tokens_NxT.reshape(B, G, -1), mask=ro.mask_NxT.reshape(B, G, -1),
+                  truncated=ro.truncated_N.reshape(B, G), rewards=rewards.reshape(B, G, -1))
+    return groups, ro.num_steps
+
+  def sample_groups(params, batch: Batch, key):
+    """Rollouts of B prompts; with dynamic sampling, refilled from further
+    chunks of B prompts until every group has reward spread (or A attempts)."""
+    attempts = cfg.dynamic_sampling_attempts
+    B = batch.prompt_BxP.shape[0] // attempts
+    chunk = lambda a, x: jax.lax.dynamic_slice_in_dim(x, a * B, B)  # noqa: E731
+
+    def attempt(a):
+      g, steps = rollout_and_score(params, *(chunk(a, x) for x in batch), jax.random.fold_in(key, a))
+      valid = jnp.ptp(g['rewards'] @ weights, axis=1) > 1e-6
+      return g, valid, steps
+
+    groups, valid, steps = attempt(0)
+    if attempts == 1:
+      return groups, dict(decode_steps=steps)
+    order = jnp.argsort(~valid, stable=True)  # groups with signal first
+    groups = jax.tree.map(lambda x: x[order], groups)
+    count = valid.sum()
+
+    def cond(c):
+      return (c[0] < attempts) & (c[1] < B)
+
+    def body(c):
+      a, count, groups, steps = c
+      new, valid, s = attempt(a)
+      slots, count = grpo.dynamic_sampling_slots(count, valid, B)
+      groups = jax.tree.map(lambda buf, x: buf.at[slots].set(x, mode='drop'), groups, new)
+      return a + 1, count, groups, steps + s
+
+    used, count, groups, steps = jax.lax.while_loop(cond, body, (1, count, groups, steps))
+    return groups, dict(decode_steps=steps, attempts=used, valid_groups=count / B)
+
+  def logprobs(params, g, with_entropy=False):
+    model = model_with(params, shd.TRAIN_RULES)
+    with shd.activation_rules(mesh, shd.TRAIN_RULES):
+      N = g['tokens'].shape[0] * G
+      return completion_logprobs(model, g['prompt'], g['prompt_mask'],
+                                 g['tokens'].reshape(N, -1), tau, impl=cfg.logprob_impl,
+                                 with_entropy=with_entropy)
+
+  def no_grad_logprobs(params, g):
+    """Per micro-batch (bounded memory), back in [B, G, T] layout."""
+    parts = _split_prompts(g, M * A)
+    out = jax.lax.map(lambda p: logprobs(params, p).reshape(p['tokens'].shape), parts)
+    return jax.lax.stop_gradient(out.reshape(g['tokens'].shape))
+
+  def step(state: TrainState, batch: Batch):
+    key = jax.random.wrap_key_data(state.rng)
+    key_sample, key_next = jax.random.split(key)
+    groups, sample_metrics = sample_groups(state.params, batch, key_sample)
+    B = groups['prompt'].shape[0]
+    mask = groups['mask']
+    if cfg.mask_truncated:
+      mask = mask & ~groups['truncated'][..., None]
+    adv = grpo.advantages(groups['rewards'], weights, cfg.advantage, cfg.per_reward_norm)
+    data = dict(groups, loss_mask=mask, adv=adv)
+    if state.ref_params is not None:
+      data['ref_logp'] = no_grad_logprobs(state.ref_params, groups)
+    if mu > 1:
+      data['old_logp'] = no_grad_logprobs(state.params, groups)
+
+    def micro_loss(params, mb, norm):
+      logp, entropy = logprobs(params, mb, with_entropy=True)
+      flat = lambda x: x.reshape(logp.shape) if x is not None else None  # noqa: E731
+      old = flat(mb.get('old_logp')) if mu > 1 else jax.lax.stop_gradient(logp)
+      m_NxT = flat(mb['loss_mask'])
+      loss, metrics = grpo.policy_loss(logp, old, flat(mb.get('ref_logp')),
+                                       jnp.reshape(mb['adv'], -1), m_NxT, cfg.loss, norm)
+      metrics['entropy_sum'] = grpo.masked_sum(jax.lax.stop_gradient(entropy), m_NxT)
+      return loss, metrics
+
+    def update(carry, index):
+      params, opt_state = carry
+      mb = jax.tree.map(lambda x: x[index % M], _split_prompts(data, M))
+      m_mask = mb['loss_mask'].reshape(-1, mb['loss_mask'].shape[-1])
+      norm = grpo.Normalisers(m_mask.shape[0], jnp.maximum(m_mask.sum(), 1), m_mask.shape[1])
+
+      grad_fn = lambda micro: jax.value_and_grad(micro_loss, has_aux=True)(  # noqa: E731
+          params, micro, norm)
+      micros = _split_prompts(mb, A)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
+      ((loss, metrics), grads), _ = jax.lax.scan(
+          lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+      return (params, opt_state), metrics
+
+    (params, opt_state), per_update = jax.lax.scan(
+        update, (state.params, state.opt_state), jnp.arange(mu * M))
+
+    new_step = state.step + 1
+    ref = state.ref_params
+    if ref is not None and cfg.reference_reset_every > 0:
+      ref = jax.lax.cond(new_step % cfg.reference_reset_every == 0,
+                         lambda: params, lambda: ref)
+    metrics = _metrics(per_update, groups, mask, adv, names, weights, acc_name, mu, M)
+    metrics.update(sample_metrics)
+    return TrainState(new_step, params, opt_state, ref, jax.random.key_data(key_next)), metrics
+
+  data_sharding = Batch(batch_sharding, batch_sharding, batch_sharding)
+  return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, data_sharding),
+                 out_shardings=(state_shardings, None))
+
+
+def _metrics(per_update, groups, mask, adv, names, weights, acc_name, mu, M):
+  """Scalars for logging; '*_per_iter' vectors have one entry per μ iteration."""
+  tokens = jnp.maximum(mask.sum(), 1)
+  per_iter = {k: v.reshape(mu, M).sum(axis=1) / tokens
+              for k, v in per_update.items() if k.endswith('_sum')}
+  m = {k[:-4]: v[-1] for k, v in per_iter.items()}
+  m.update({f'{k[:-4]}_per_iter': v for k, v in per_iter.items() if k != 'entropy_sum'})
+  m['loss'] = per_update['loss'].mean()
+  m['grad_norm'] = per_update['grad_norm'].mean()
+  rewards = groups['rewards']
+  total = rewards @ weights
+  for i, name in enumerate(names):
+    m[f'reward/{name}'] = rewards[..., i].mean()
+  m['reward/total'] = total.mean()
+  m['reward/zero_spread_groups'] = grpo.zero_spread_fraction(total)
+  m['advantage/abs_mean'] = jnp.abs(adv).mean()
+  if 'format' in names:
+    m['format_rate'] = (rewards[..., names.index('format')] >= 1.0).mean()
+  lengths = groups['mask'].sum(axis=-1).astype(jnp.float32)
+  m['length/mean'], m['length/max'] = lengths.mean(), lengths.max()
+  if acc_name is not None:
+    correct = rewards[..., names.index(acc_name)] >= 0.5
+    m['accuracy'] = correct.mean()
+    safe_mean = lambda x, w: (x * w).sum() / jnp.maximum(w.sum(), 1)  # noqa: E731
+    m['length/correct'] = safe_mean(lengths, correct)
+    m['length/incorrect'] = safe_mean(lengths, ~correct)
+  m['truncated'] = groups['truncated'].mean()
+  m['tokens'] = groups['mask'].sum()
+  return m

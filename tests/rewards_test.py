@@ -1,0 +1,177 @@
+"""Rule-based rewards on hand-written completions, and the scorer's limits."""
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import rewards
+
+R1 = ' <think> 3*4=12, 12+5=17 </think> <answer> {} </answer>'
+GOLD17 = {'answer': '17'}
+
+
+def acc(completion, gold):
+  return rewards.accuracy('', completion, {'answer': gold})
+
+
+def test_extract_answer():
+  assert rewards.extract_answer(R1.format(17)) == '17'
+  assert rewards.extract_answer('<answer>1</answer> so <answer> 2 </answer>') == '2'
+  assert rewards.extract_answer('x = \\boxed{\\frac{1}{2}}.') == '\\frac{1}{2}'
+  assert rewards.extract_answer('\\boxed{1} then \\boxed{2}') == '2'
+  assert rewards.extract_answer('<answer> \\boxed{17} </answer>') == '17'
+  assert rewards.extract_answer('<answer></answer>') == ''
+  assert rewards.extract_answer('no answer here') is None
+  # Nested and malformed: the innermost closed pair, or nothing; never a crash.
+  assert rewards.extract_answer('<answer><answer>5</answer></answer>') == '5'
+  assert rewards.extract_answer('<answer>3</answer> <answer>4') == '3'
+  assert rewards.extract_answer('<answer>4 </answer') is None
+  assert rewards.extract_answer('\\boxed{1} \\boxed{2') == '1'
+  assert rewards.extract_answer('\\boxed{') is None
+
+
+def test_accuracy():
+  assert acc(R1.format(17), '17') == 1.0
+  assert acc('<answer> 17 </answer>', ' 17 ') == 1.0
+  assert acc('<answer>0.5</answer>', '1/2') == 1.0
+  assert acc('<answer>\\frac{1}{2}</answer>', '0.5') == 1.0
+  assert acc('<answer>$\\frac12$</answer>', '\\frac{1}{2}') == 1.0
+  assert acc('<answer>0.75</answer>', '\\frac{3}{4}') == 1.0
+  assert acc('<answer>1 + x^2</answer>', 'x^2+1') == 1.0
+  assert acc('<answer>1,234</answer>', '1234') == 1.0
+  assert acc(R1.format(18), '17') == 0.0
+  assert acc('<answer>-17</answer>', '17') == 0.0
+  # Raw-text parsing would read 'x^2 + 1' as its last number, 1.
+  assert acc('<answer>x^2 + 1</answer>', '1') == 0.0
+  assert acc('<think>so \\boxed{17}</think>', '17') == 1.0
+  assert acc('<think>I am not sure</think>', '17') == 0.0
+  assert acc('<answer></answer>', '17') == 0.0
+  assert acc('<answer>17</answer> wait, <answer>18</answer>', '17') == 0.0
+  assert acc('<answer>18</answer> wait, <answer>17</answer>', '17') == 1.0
+  for bad in ['<answer><answer>17</answer>', '</answer>17<answer>', '\\boxed{\\frac{1}{',
+              '<answer>\\frac{</answer>', '<answer>}}}{{</answer>']:
+    assert acc(bad, '17') in (0.0, 1.0)
+
+
+def test_accuracy_off_main_thread():
+  # math-verify's default SIGALRM timeouts raise ValueError off the main thread.
+  out = []
+  t = threading.Thread(target=lambda: out.append(acc('<answer>0.5</answer>', '1/2')))
+  t.start()
+  t.join()
+  assert out == [1.0]
+
+
+def test_exact_match():
+  em = lambda c, g='17': rewards.exact_match('', c, {'answer': g})  # noqa: E731
+  assert em(R1.format(17)) == 1.0
+  assert em('<answer> +17 </answer>') == 1.0
+  assert em('<answer>17.0</answer>') == 1.0
+  assert em('<answer>1,234</answer>', '1234') == 1.0
+  assert em('<answer>-3</answer>', '-3') == 1.0
+  assert em('<answer>0.5</answer>', '0.5') == 1.0
+  assert em('<answer>18</answer>') == 0.0
+  assert em('<answer>17 apples</answer>') == 0.0
+  assert em('<answer>12,34</answer>', '1234') == 0.0
+  assert em('<answer>1/2</answer>', '0.5') == 0.0  # no sympy, no fractions
+  assert em('no answer') == 0.0
+  with pytest.raises(ValueError, match='numeric gold'):
+    em('<answer>x</answer>', 'x')
+
+
+def test_format_reward():
+  fmt = lambda c, prompt='Assistant:': rewards.format_reward(prompt, c, {})  # noqa: E731
+  assert fmt(R1.format(17)) == 1.0
+  assert fmt('<think>a</think><answer>b</answer>\n') == 1.0
+  assert fmt('<think></think> <answer>b</answer>') == 1.0
+  assert fmt(' <answer> 17 </answer>') == 0.0  # missing think
+  assert fmt(' <think> 17 </think>') == 0.0  # missing answer
+  assert fmt('<answer>1</answer> <think>a</think>') == 0.0  # answer before think
+  assert fmt('<think>a</think> <answer>1</answer> <answer>2</answer>') == 0.0
+  assert fmt('<think>a <think>b</think> c</think> <answer>1</answer>') == 0.0
+  assert fmt('<think>a</think> <answer>x <answer>1</answer></answer>') == 0.0
+  assert fmt('<think>a</think> <answer>1</answer> and more') == 0.0
+  assert fmt('So: <think>a</think> <answer>1</answer>') == 0.0
+  assert fmt('<think>a</think> between <answer>1</answer>') == 0.0
+  assert fmt('<think>a</think> <answer>  </answer>') == 0.0
+  # A template that opens <think> in the prompt.
+  assert fmt(' a </think> <answer>1</answer>', prompt='Assistant: <think>') == 1.0
+
+
+def test_language_consistency():
+  lc = lambda c, lang='en': rewards.language_consistency(  # noqa: E731
+      '', c, {'language': lang})
+  # en words: we, add, numbers (3 on target); Han: 这, 两, 个 (3 off) -> 3/6.
+  assert lc('<think>we add 这 两个 numbers</think> <answer>5</answer>') == 0.5
+  # Same words for zh: 3 Han on target out of 6.
+  assert lc('<think>we add 这 两个 numbers</think>', 'zh') == 0.5
+  # Digits and symbols count for nothing; the answer block is not the CoT.
+  assert lc('<think>3*4 = 12, so 12+5 = 17</think> <answer>十七</answer>') == 1.0
+  # No think block: the whole completion. 'café' is not ASCII: 2 of 3.
+  assert lc('un café noir') == pytest.approx(2 / 3)
+  assert lc('<think>1+1=2</think>') == 1.0  # no words at all
+  assert lc('<think>加法 is easy') == pytest.approx(2 / 4)  # unclosed think
+  assert rewards.language_consistency('', 'hello', {}) == 1.0  # default 'en'
+  with pytest.raises(ValueError, match='fr'):
+    lc('bonjour', 'fr')
+
+
+def test_overlong_penalty():
+  lengths = np.array([0, 15, 16, 18, 20, 21, 100])
+  want = [0, 0, -0.2, -0.6, -1.0, -1.0, -1.0]
+  np.testing.assert_allclose(rewards.overlong_penalty(lengths, 20, 5), want, rtol=1e-6)
+  jitted = jax.jit(rewards.overlong_penalty, static_argnums=(1, 2))
+  np.testing.assert_allclose(jitted(jnp.asarray(lengths, jnp.int32), 20, 5), want, rtol=1e-6)
+  np.testing.assert_allclose(rewards.overlong_penalty(lengths, 20, 0),
+                             [0, 0, 0, 0, 0, -1, -1])
+  with pytest.raises(ValueError, match='cache_len'):
+    rewards.overlong_penalty(lengths, 20, 21)
+
+
+def test_scorer_shapes_and_values():
+  scorer = rewards.RewardScorer({'accuracy': 1.0, 'format': 0.5, 'language_consistency': 0.1})
+  assert scorer.names == ('accuracy', 'format', 'language_consistency')
+  np.testing.assert_allclose(scorer.weights, [1.0, 0.5, 0.1])
+  assert scorer.weights.dtype == np.float32
+  completions = [R1.format(17), '<answer>17</answer>', '<think>这 is</think> <answer>3</answer>']
+  scores = scorer(['p'] * 3, completions, [GOLD17] * 3)
+  assert scores.dtype == np.float32 and scores.shape == (3, 3)
+  np.testing.assert_allclose(scores, [[1, 1, 1], [1, 0, 1], [0, 1, 0.5]])
+  assert scorer.counters() == {'reward/errors': 0, 'reward/timeouts': 0}
+  assert scorer([], [], []).shape == (0, 3)
+  with pytest.raises(ValueError, match='completions'):
+    scorer(['p'], [], [])
+
+
+def test_scorer_unknown_name():
+  with pytest.raises(ValueError, match=r"'acc'.*accuracy"):
+    rewards.RewardScorer({'acc': 1.0})
+
+
+def test_scorer_errors_and_timeouts():
+  release = threading.Event()
+
+  def boom(prompt, completion, example):
+    raise RuntimeError('bug')
+
+  def slow(prompt, completion, example):
+    if completion == 'slow':
+      release.wait(5.0)
+    return 1.0
+
+  scorer = rewards.RewardScorer({'format': 1.0, 'boom': 1.0, 'slow': 1.0}, timeout_s=0.2,
+                                max_workers=2, extra={'boom': boom, 'slow': slow})
+  try:
+    t0 = time.monotonic()
+    completions = ['slow', 'fast', 'slow', R1.format(1)]
+    scores = scorer([''] * 4, completions, [{}] * 4)
+    assert time.monotonic() - t0 < 3.0
+  finally:
+    release.set()
+  # Both 'slow' calls held the 2 workers; the pool was replaced and the rest ran.
+  np.testing.assert_allclose(scores, [[0, 0, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1]])
+  assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2}
+  assert (scorer.errors, scorer.timeouts) == (4, 2)

@@ -1,0 +1,113 @@
+"""Sampling: greedy, the sampled distribution, log-probs, truncation, stopping."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from r1jax import models
+from r1jax.rollout import SamplingConfig, filter_logits, generate, sample_logits
+from r1jax.train_step import completion_logprobs
+
+
+@pytest.fixture(scope='module')
+def model():
+  return models.create(models.get_preset('tiny', vocab_size=64), seed=0)
+
+
+def _prompts(B=3, P=7, vocab=64):
+  rng = np.random.default_rng(1)
+  ids = jnp.asarray(rng.integers(3, vocab, (B, P)), jnp.int32)
+  pad = jnp.array([0, 3, 5])[:B]
+  mask = jnp.arange(P)[None] >= pad[:, None]
+  return jnp.where(mask, ids, 0), mask
+
+
+def test_greedy_equals_full_forward_argmax(model):
+  prompt, mask = _prompts()
+  cfg = SamplingConfig(max_new_tokens=6, temperature=0.0)
+  ro = jax.jit(lambda p, m: generate(model, p, m, jax.random.key(0), cfg, group_size=2))(
+      prompt, mask)
+  seq, seq_mask = prompt, mask
+  for t in range(6):
+    nxt = jnp.argmax(model(seq, mask_BxT=seq_mask)[:, -1], axis=-1)
+    np.testing.assert_array_equal(ro.tokens_NxT[::2, t], nxt)
+    np.testing.assert_array_equal(ro.tokens_NxT[1::2, t], nxt)  # both samples agree
+    seq = jnp.concatenate([seq, nxt[:, None]], 1)
+    seq_mask = jnp.concatenate([seq_mask, jnp.ones((3, 1), bool)], 1)
+  assert ro.mask_NxT.all() and ro.truncated_N.all() and int(ro.num_steps) == 6
+
+
+def test_sampled_distribution_matches_softmax(model):
+  """Chi-square test of 20k first tokens of one prompt against softmax(logits/τ)."""
+  prompt, mask = _prompts(B=1)
+  cfg = SamplingConfig(max_new_tokens=1, temperature=0.7)
+  ro = generate(model, prompt, mask, jax.random.key(3), cfg, group_size=20_000)
+  probs = np.asarray(jax.nn.softmax(model(prompt, mask_BxT=mask)[0, -1] / 0.7), np.float64)
+  probs /= probs.sum()
+  counts = np.bincount(np.asarray(ro.tokens_NxT[:, 0]), minlength=probs.size)
+  keep = probs * 20_000 >= 5  # pool rare tokens into one cell
+  observed, expected = counts[keep], probs[keep] * 20_000
+  if (~keep).any():
+    observed = np.append(observed, counts[~keep].sum())
+    expected = np.append(expected, probs[~keep].sum() * 20_000)
+  p_value = stats.chisquare(observed, expected).pvalue
+  assert p_value > 1e-3, p_value
+
+
+def test_sampler_logprobs_equal_full_forward(model):
+  prompt, mask = _prompts()
+  cfg = SamplingConfig(max_new_tokens=8, temperature=0.8, top_p=0.9, top_k=20)
+  ro = generate(model, prompt, mask, jax.random.key(1), cfg, group_size=4)
+  # Independent reference: one full forward over prompt + completion per row.
+  seq = jnp.concatenate([jnp.repeat(prompt, 4, 0), ro.tokens_NxT], 1)
+  seq_mask = jnp.concatenate([jnp.repeat(mask, 4, 0), jnp.ones_like(ro.mask_NxT)], 1)
+  logits = model(seq, mask_BxT=seq_mask)[:, prompt.shape[1] - 1:-1] / 0.8
+  ref = jnp.take_along_axis(jax.nn.log_softmax(logits), ro.tokens_NxT[..., None], -1)[..., 0]
+  np.testing.assert_allclose(ro.logp_NxT, ref, atol=1e-5)
+  # The training-side computation (shared prompt prefill) agrees too.
+  train = completion_logprobs(model, prompt, mask, ro.tokens_NxT, 0.8)
+  np.testing.assert_allclose(train, ref, atol=1e-5)
+
+
+def test_top_k_and_top_p_never_emit_excluded_tokens():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.1, 0.06, 0.04]]))
+  np.testing.assert_array_equal(jnp.isfinite(filter_logits(logits, 1.0, 2)), [[1, 1, 0, 0, 0]])
+  # Nucleus 0.85: 0.5 + 0.3 < 0.85, so 0.1 is still needed; 0.06 is not.
+  np.testing.assert_array_equal(jnp.isfinite(filter_logits(logits, 0.85, 0)), [[1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(jnp.isfinite(filter_logits(logits, 0.5, 0)), [[1, 0, 0, 0, 0]])
+  many = jnp.repeat(logits, 5000, 0)
+  for cfg, allowed in [(SamplingConfig(1, top_k=2), {0, 1}),
+                       (SamplingConfig(1, top_p=0.85), {0, 1, 2}),
+                       (SamplingConfig(1, top_p=0.9, top_k=2), {0, 1})]:
+    tokens, _ = sample_logits(many, jax.random.key(0), cfg)
+    assert set(np.unique(np.asarray(tokens)).tolist()) == allowed
+
+
+def test_eos_stops_masks_and_flags_truncation(model):
+  prompt, mask = _prompts()
+  eos = tuple(range(0, 64, 3))  # a third of the vocabulary ends a sequence
+  cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_ids=eos, pad_id=1)
+  ro = generate(model, prompt, mask, jax.random.key(5), cfg, group_size=4)
+  tokens, m = np.asarray(ro.tokens_NxT), np.asarray(ro.mask_NxT)
+  for row, mrow, trunc in zip(tokens, m, np.asarray(ro.truncated_N)):
+    ends = [t for t in range(12) if row[t] in eos]
+    if ends:
+      n = ends[0] + 1  # mask covers the EOS itself
+      assert not trunc and mrow[:n].all() and not mrow[n:].any()
+      assert (row[n:] == 1).all()
+    else:
+      assert trunc and mrow.all()
+  lengths = m.sum(1)
+  assert int(ro.num_steps) == lengths.max() <= 12
+  assert (np.asarray(ro.logp_NxT)[~m] == 0).all()
+
+
+def test_deterministic_for_a_fixed_key(model):
+  prompt, mask = _prompts()
+  cfg = SamplingConfig(max_new_tokens=5, temperature=1.0)
+  a = generate(model, prompt, mask, jax.random.key(7), cfg, group_size=3)
+  b = generate(model, prompt, mask, jax.random.key(7), cfg, group_size=3)
+  c = generate(model, prompt, mask, jax.random.key(8), cfg, group_size=3)
+  np.testing.assert_array_equal(a.tokens_NxT, b.tokens_NxT)
+  assert not np.array_equal(a.tokens_NxT, c.tokens_NxT)

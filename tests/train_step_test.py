@@ -1,0 +1,136 @@
+"""The compiled GRPO step: inner iterations, reference handling, rewards that
+fail, dynamic sampling, and sharded == unsharded."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from r1jax import grpo, models, sharding as shd, train_step as ts
+from r1jax.rollout import SamplingConfig
+
+V, B, G, P, T = 64, 4, 4, 6, 8
+
+
+def even_share(tokens, mask, ids):
+  """Reward: the share of even tokens in the completion (it has spread)."""
+  return ((tokens % 2 == 0) & mask).sum(1, keepdims=True).astype(np.float32) / np.maximum(
+      mask.sum(1, keepdims=True), 1)
+
+
+def _setup(mesh=None, host_fn=even_share, lr=1e-3, prompts=B, optimizer=None, **kw):
+  mesh = mesh or shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  cfg = ts.StepConfig(
+      group_size=G, sampling=SamplingConfig(max_new_tokens=T, temperature=1.0),
+      loss=grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=('even',),
+      reward_weights=(1.0,), **kw)
+  model = models.create(models.get_preset('tiny', vocab_size=V), seed=0, mesh=mesh)
+  optimizer = optimizer or optax.adam(lr)
+  state = ts.init_state(model, optimizer, cfg, seed=0)
+  reward_fn = ts.make_reward_fn(host_fn, mesh, 1)
+  step = ts.make_train_step(nnx.graphdef(model), cfg, optimizer, reward_fn, mesh,
+                            ts.shardings_of(state))
+  rng = np.random.default_rng(0)
+  batch = ts.Batch(jnp.asarray(rng.integers(3, V, (prompts, P)), jnp.int32),
+                   jnp.ones((prompts, P), bool), jnp.arange(prompts, dtype=jnp.int32))
+  return step, state, batch, reward_fn
+
+
+def test_one_step_runs_and_measures():
+  step, state, batch, _ = _setup()
+  state, m = step(state, batch)
+  assert int(state.step) == 1
+  for key in ('loss', 'kl', 'clip_low', 'clip_high', 'entropy', 'grad_norm', 'reward/even',
+              'reward/total', 'reward/zero_spread_groups', 'length/mean', 'length/max',
+              'truncated', 'tokens'):
+    assert np.isfinite(np.asarray(m[key])).all(), key
+  assert float(m['length/max']) == T and float(m['truncated']) == 1.0
+  assert int(m['tokens']) == B * G * T
+  # μ = 1: the ratio is exactly 1 and nothing is clipped.
+  assert float(m['ratio']) == pytest.approx(1.0, abs=1e-6)
+  assert float(m['clip_low']) == 0 and float(m['clip_high']) == 0
+
+
+def test_mu2_ratio_moves_and_clips_in_second_iteration():
+  step, state, batch, _ = _setup(lr=3e-2, num_iterations=2, beta=0.0)
+  _, m = step(state, batch)
+  ratio, clip = np.asarray(m['ratio_per_iter']), np.asarray(m['clip_low_per_iter']) + np.asarray(
+      m['clip_high_per_iter'])
+  print('ratio per iteration', ratio, 'clip fraction per iteration', clip)
+  assert ratio[0] == pytest.approx(1.0, abs=1e-5) and clip[0] == 0
+  assert abs(ratio[1] - 1.0) > 1e-3 and clip[1] > 0
+
+
+def test_beta_zero_does_no_reference_forward(monkeypatch):
+  calls = []
+  real = ts.completion_logprobs
+
+  def counting(*args, with_entropy=False, **kw):
+    calls.append(with_entropy)
+    return real(*args, with_entropy=with_entropy, **kw)
+
+  monkeypatch.setattr(ts, 'completion_logprobs', counting)
+  step, state, batch, _ = _setup(beta=0.0)
+  assert state.ref_params is None
+  step(state, batch)
+  assert calls and all(calls), 'a forward without gradients was traced'
+  calls.clear()
+  step, state, batch, _ = _setup(beta=0.1)
+  step(state, batch)
+  assert calls.count(False) == 1  # exactly one reference forward
+
+
+def test_reference_reset():
+  step, state, batch, _ = _setup(lr=1e-2, reference_reset_every=2)
+  state, _ = step(state, batch)
+  diff = lambda s: max(float(jnp.abs(a - b).max()) for a, b in zip(  # noqa: E731
+      jax.tree.leaves(s.params), jax.tree.leaves(s.ref_params)))
+  assert diff(state) > 0
+  state, _ = step(state, batch)
+  assert diff(state) == 0
+
+
+def test_failing_python_reward_does_not_stop_the_step():
+  calls = [0]
+
+  def flaky(tokens, mask, ids):
+    calls[0] += 1
+    raise RuntimeError('reward bug')
+
+  step, state, batch, reward_fn = _setup(host_fn=flaky)
+  state, m = step(state, batch)
+  assert calls[0] >= 1 and reward_fn.failures[0] >= 1
+  assert float(m['reward/total']) == 0 and np.isfinite(float(m['loss']))
+
+
+def test_dynamic_sampling_refills_zero_spread_groups():
+  def odd_ids_only(tokens, mask, ids):  # groups of even example ids get constant 0
+    return np.where(ids[:, None] % 2 == 1, even_share(tokens, mask, ids), 0.0).astype(np.float32)
+
+  step, state, batch, _ = _setup(host_fn=odd_ids_only, prompts=3 * B,
+                                 dynamic_sampling_attempts=3)
+  # Attempt 0: ids 0..3 (2 with signal); attempt 1: ids 5, 7, 9, 11 fill the rest.
+  batch = batch._replace(example_ids_B=jnp.array([0, 1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19]))
+  _, m = step(state, batch)
+  assert int(m['attempts']) == 2 and float(m['valid_groups']) == 1.0
+  assert float(m['reward/zero_spread_groups']) == 0.0
+
+
+def test_sharded_step_equals_single_device():
+  results = {}
+  for name, mesh in [('1 device', None), ('data 2 x fsdp 4', shd.make_mesh(2, 4, 1))]:
+    # SGD, so parameter differences are gradient differences (Adam's 1/sqrt(v)
+    # would amplify reduction-order noise in near-zero gradients).
+    step, state, batch, _ = _setup(mesh=mesh, prompts=8, num_iterations=2,
+                                   optimizer=optax.sgd(1.0))
+    state, m = step(state, batch)
+    if mesh is not None:
+      shd.check_sharded(state.params, mesh, tolerance=0.05)
+    results[name] = (jax.device_get(m), jax.device_get(state.params))
+  (m1, p1), (m8, p8) = results.values()
+  print('loss 1 device', m1['loss'], 'sharded', m8['loss'])
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
