@@ -76,23 +76,12 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
                         with_entropy: bool = False):
   """log π(token) [N, T] of each completion token given its prompt (and the
   entropy [N, T] when asked), N = B·G, prompts prefilled once per group."""
-  B, P = prompt_BxP.shape
+  B = prompt_BxP.shape[0]
   N, T = tokens_NxT.shape
-  G = N // B
-  prompt_mask_BxP = prompt_mask_BxP.astype(bool)
-  prompt_len_B = prompt_mask_BxP.sum(axis=1)
-  cache = model.init_cache(B, P + T)
-  prefix_mask_BxS = jnp.pad(prompt_mask_BxP, ((0, 0), (0, T)))
-  h_prompt, cache = model.hidden(
-      prompt_BxP, positions_BxT=jnp.maximum(jnp.cumsum(prompt_mask_BxP, 1) - 1, 0),
-      cache=cache, cache_index=0, cache_mask_BxS=prefix_mask_BxS)
-  cache = {k: jnp.repeat(v, G, axis=1) for k, v in cache.items()}
-  full_mask_NxS = jnp.repeat(prefix_mask_BxS, G, axis=0) | (jnp.arange(P + T) >= P)[None]
-  positions_NxT = jnp.repeat(prompt_len_B, G)[:, None] + jnp.arange(T)[None]
-  h_comp, _ = model.hidden(tokens_NxT[:, :-1], positions_BxT=positions_NxT[:, :-1],
-                           cache=cache, cache_index=P, cache_mask_BxS=full_mask_NxS)
-  # The last prompt position predicts the first completion token.
-  h_NxTxD = jnp.concatenate([jnp.repeat(h_prompt[:, -1:], G, axis=0), h_comp], axis=1)
+  # The last prompt position predicts token 0, completion position t token t+1.
+  h_last_BxD, h_rest = model.hidden_with_prefix(prompt_BxP, prompt_mask_BxP,
+                                                tokens_NxT[:, :-1])
+  h_NxTxD = jnp.concatenate([jnp.repeat(h_last_BxD[:, None], N // B, axis=0), h_rest], axis=1)
   h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
   D = h_NxTxD.shape[-1]
   out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),

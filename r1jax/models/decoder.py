@@ -102,11 +102,17 @@ class Layers(nnx.Module):
 
 def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
            positions_BxT: jax.Array, mask_BxTxS: jax.Array,
-           k_cache_BxKxSxH: jax.Array | None, v_cache_BxKxSxH: jax.Array | None,
-           cache_index: jax.Array | None):
-  """One transformer block. Returns (x, k, v) where k, v are the keys/values
-  attended to: the updated cache slices when a cache is given, else this
-  chunk's own."""
+           cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+           cache_index: jax.Array | None = None,
+           prefix: tuple[jax.Array, jax.Array] | None = None):
+  """One transformer block; the keys attended to are one of:
+    - `cache` (k [L,B,K,S,H], v, layer index): this chunk's keys/values are
+      written into it in place (only the new slots), attention reads the
+      layer's slice;
+    - `prefix` (k [B',K,P,H], v): a shared prefix, each row repeated B/B'
+      times, followed by this chunk's own keys (mask is [B, T, P+T]);
+    - neither: this chunk's own keys.
+  Returns (x, updated cache or None, (this chunk's k, v) as [B,K,T,H])."""
   dt = x_BxTxD.dtype
   B, T, _ = x_BxTxD.shape
   K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
@@ -125,23 +131,32 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   q = constrain(q, ('batch', 'length', 'act_heads', None))
   k_BxKxTxH = jnp.swapaxes(k, 1, 2)
   v_BxKxTxH = jnp.swapaxes(v.astype(dt), 1, 2)
-  if k_cache_BxKxSxH is not None:
-    start = (0, 0, cache_index, 0)
-    k_BxKxSxH = jax.lax.dynamic_update_slice(k_cache_BxKxSxH, k_BxKxTxH, start)
-    v_BxKxSxH = jax.lax.dynamic_update_slice(v_cache_BxKxSxH, v_BxKxTxH, start)
+  if cache is not None:
+    k_all, v_all, layer = cache
+    start = (layer, 0, 0, cache_index, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
+    v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], start)
+    k_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+    v_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+    cache = (k_all, v_all, layer)
+  elif prefix is not None:
+    reps = B // prefix[0].shape[0]
+    k_BxKxSxH = jnp.concatenate([jnp.repeat(prefix[0], reps, axis=0), k_BxKxTxH], axis=2)
+    v_BxKxSxH = jnp.concatenate([jnp.repeat(prefix[1], reps, axis=0), v_BxKxTxH], axis=2)
   else:
     k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
   k_BxKxSxH = constrain(k_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
   v_BxKxSxH = constrain(v_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
 
-  q_BxTxKxGxH = q.reshape(B, T, K, G, H)
-  scores = jnp.einsum('btkgh,bksh->bkgts', q_BxTxKxGxH, k_BxKxSxH, **mm)
+  # Batch dims (b, k) lead and contractions are trailing: the layout XLA's
+  # CPU and TPU dots want, forward and backward.
+  q_BxKxGxTxH = jnp.transpose(q.reshape(B, T, K, G, H), (0, 2, 3, 1, 4))
+  scores = jnp.einsum('bkgth,bksh->bkgts', q_BxKxGxTxH, k_BxKxSxH, **mm)
   scores = scores * (1.0 / math.sqrt(H))
   scores = jnp.where(mask_BxTxS[:, None, None], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-  attn = jnp.einsum('bkgts,bksh->btkgh', probs, v_BxKxSxH, **mm).astype(dt)
-  attn = attn.reshape(B, T, K * G, H)
-  out = jnp.einsum('btnh,nhd->btd', attn, w['o_proj'], **mm).astype(dt)
+  attn = jnp.einsum('bkgts,bksh->bkgth', probs, v_BxKxSxH, **mm).astype(dt)
+  out = jnp.einsum('bkgth,kghd->btd', attn, w['o_proj'].reshape(K, G, H, -1), **mm).astype(dt)
   x = constrain(x_BxTxD + out, ('batch', 'length', 'act_embed'))
 
   h = rms_norm(x, w['post_attention_norm'], cfg.rms_norm_eps)
@@ -150,7 +165,7 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   act = constrain((jax.nn.silu(gate) * up).astype(dt), ('batch', 'length', 'act_mlp'))
   out = jnp.einsum('btf,fd->btd', act, w['down_proj'], **mm).astype(dt)
   x = constrain(x + out, ('batch', 'length', 'act_embed'))
-  return x, k_BxKxSxH, v_BxKxSxH
+  return x, cache, (k_BxKxTxH, v_BxKxTxH)
 
 
 class Decoder(nnx.Module):
@@ -182,8 +197,8 @@ class Decoder(nnx.Module):
   def init_cache(self, batch: int, length: int) -> Cache:
     c = self.cfg
     shape = (c.num_layers, batch, c.num_kv_heads, length, c.head_dim)
-    zeros = jnp.zeros(shape, jnp.dtype(c.dtype))
-    return {'k': zeros, 'v': zeros}
+    return {'k': jnp.zeros(shape, jnp.dtype(c.dtype)),
+            'v': jnp.zeros(shape, jnp.dtype(c.dtype))}  # distinct buffers (donation)
 
   def hidden(self, tokens_BxT: jax.Array, *,
              positions_BxT: jax.Array | None = None,
@@ -221,29 +236,61 @@ class Decoder(nnx.Module):
       causal_TxS = jnp.arange(S)[None, :] <= q_slots[:, None]
       mask_BxTxS = causal_TxS[None] & cache_mask_BxS[:, None, :]
 
-    block = lambda w, x, kc, vc: _block(  # noqa: E731
-        cfg, w, x, positions_BxT, mask_BxTxS, kc, vc, cache_index)
+    block = lambda w, x, c: _block(  # noqa: E731
+        cfg, w, x, positions_BxT, mask_BxTxS, c, cache_index)[:2]
     if cfg.remat:
       block = jax.checkpoint(block)
     weights = self.layers.weights()
 
     if cache is None:
       def body(x, w):
-        x, _, _ = block(w, x, None, None)
-        return x, None
+        return block(w, x, None)[0], None
       x, _ = jax.lax.scan(body, x, weights)
       new_cache = None
     else:
       def body(carry, w):
         x, k_all, v_all, i = carry
-        x, k, v = block(w, x, k_all[i], v_all[i])
-        k_all = jax.lax.dynamic_update_index_in_dim(k_all, k, i, 0)
-        v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, i, 0)
+        x, (k_all, v_all, _) = block(w, x, (k_all, v_all, i))
         return (x, k_all, v_all, i + 1), None
       (x, k_all, v_all, _), _ = jax.lax.scan(
-          body, (x, cache['k'], cache['v'], jnp.int32(0)), weights)
+          body, (x, cache["k"], cache["v"], jnp.int32(0)), weights)
       new_cache = {'k': k_all, 'v': v_all}
     return rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps), new_cache
+
+  def hidden_with_prefix(self, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                         tokens_NxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Final hidden states for N = B·G continuations of B prompts, each prompt
+    computed once: returns (last prompt position [B, D], continuations
+    [N, T, D]). Row n continues prompt n // G. Equivalent to `hidden` on the
+    concatenated sequences, without repeating the prompt work G times."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    B, P = prompt_BxP.shape
+    N, T = tokens_NxT.shape
+    G = N // B
+    prompt_mask_BxP = prompt_mask_BxP.astype(bool)
+    pos_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
+    pos_NxT = jnp.repeat(prompt_mask_BxP.sum(axis=1), G)[:, None] + jnp.arange(T)[None]
+    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+    mask_BxPxP = jnp.tril(jnp.ones((P, P), bool))[None] & prompt_mask_BxP[:, None, :]
+    mask_NxTxS = jnp.concatenate([
+        jnp.broadcast_to(jnp.repeat(prompt_mask_BxP, G, axis=0)[:, None, :], (N, T, P)),
+        jnp.broadcast_to(causal_TxT[None], (N, T, T))], axis=2)
+    embed = self.embed.get_value()
+    xp = constrain(embed[prompt_BxP].astype(dt), ('batch', 'length', 'act_embed'))
+    xc = constrain(embed[tokens_NxT].astype(dt), ('batch', 'length', 'act_embed'))
+
+    def body(carry, w):
+      xp, xc = carry
+      xp, _, kv = _block(cfg, w, xp, pos_BxP, mask_BxPxP)
+      xc, _, _ = _block(cfg, w, xc, pos_NxT, mask_NxTxS, prefix=kv)
+      return (xp, xc), None
+
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    (xp, xc), _ = jax.lax.scan(body, (xp, xc), self.layers.weights())
+    norm = lambda x: rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps)  # noqa: E731
+    return norm(xp[:, -1]), norm(xc)
 
   def __call__(self, tokens_BxT: jax.Array, **kw) -> jax.Array:
     hidden, _ = self.hidden(tokens_BxT, **kw)

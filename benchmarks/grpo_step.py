@@ -1,0 +1,149 @@
+"""Speed of one GRPO step on this machine, as a fraction of its own matmul peak.
+
+  python benchmarks/grpo_step.py [--steps 3]
+
+Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
+512, f32. Batch: 8 prompts (32 tokens) x G 8 x exactly 64 new tokens (no EOS),
+β 0.04, μ 1, AdamW. FLOPs are counted analytically (matmuls and attention over
+the causal context actually needed; nothing for masked cache slots), and the
+roofline is an f32 GEMM measured in the same run, so the ratios do not depend
+on how busy the machine is.
+
+Printed: seconds per step and the split rollout / reference / update, each as
+a fraction of the roofline. The phases are timed as separately compiled
+functions with the step's own code; the whole step is timed as compiled.
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from r1jax import grpo, models, sharding as shd, train_step as ts
+from r1jax.rollout import SamplingConfig, generate
+
+B, G, P, T = 8, 8, 32, 64
+CFG = models.ModelConfig(arch='qwen2', vocab_size=512, hidden_size=256, intermediate_size=768,
+                         num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, qkv_bias=True,
+                         tie_embeddings=True)
+
+
+def forward_flops(cfg, tokens, context_sum, logit_rows):
+  """Matmul FLOPs of a forward pass: `tokens` positions whose attention spans
+  `context_sum` key positions in total, and `logit_rows` LM-head rows."""
+  D, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+  N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  dense = 2 * L * (D * (N + 2 * K) * H + N * H * D + 3 * D * F)
+  return tokens * dense + 4 * L * N * H * context_sum + 2 * D * V * logit_rows
+
+
+def phase_flops(cfg):
+  n = B * G
+  prefill = forward_flops(cfg, B * P, B * P * (P + 1) // 2, B)
+  decode_ctx = n * sum(P + t + 1 for t in range(T - 1))
+  rollout = prefill + forward_flops(cfg, n * (T - 1), decode_ctx, n * (T - 1))
+  # Scoring: prompts once per group, completions attend to prompt + prefix.
+  score = (forward_flops(cfg, B * P, B * P * (P + 1) // 2, 0)
+           + forward_flops(cfg, n * (T - 1), decode_ctx, n * T))
+  return {'rollout': rollout, 'reference': score, 'update': 3 * score}
+
+
+def matmul_peak(n=2048, reps=5):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  best = min(_time(lambda: f(a, b).block_until_ready()) for _ in range(reps))
+  return 2 * n**3 / best
+
+
+def _time(fn):
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def even_share(tokens, mask, ids):
+  return ((tokens % 2 == 0) & mask).sum(1, keepdims=True).astype(np.float32) / np.maximum(
+      mask.sum(1, keepdims=True), 1)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--steps', type=int, default=3)
+  args = parser.parse_args()
+
+  mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
+  cfg = ts.StepConfig(group_size=G, sampling=sampling, loss=grpo.LossConfig(beta=0.04),
+                      reward_names=('even',), reward_weights=(1.0,))
+  model = models.create(CFG, seed=0, mesh=mesh)
+  optimizer = optax.adamw(1e-5)
+  state = ts.init_state(model, optimizer, cfg)
+  graphdef = nnx.graphdef(model)
+  step = ts.make_train_step(graphdef, cfg, optimizer,
+                            ts.make_reward_fn(even_share, mesh, 1), mesh, ts.shardings_of(state))
+  rng = np.random.default_rng(0)
+  batch = ts.Batch(jnp.asarray(rng.integers(0, 512, (B, P)), jnp.int32),
+                   jnp.ones((B, P), bool), jnp.arange(B, dtype=jnp.int32))
+
+  # Phases, compiled on their own.
+  rollout = jax.jit(lambda p, key: generate(nnx.merge(graphdef, p), batch.prompt_BxP,
+                                            batch.prompt_mask_BxP, key, sampling, G))
+  ro = rollout(state.params, jax.random.key(0))
+  tokens = ro.tokens_NxT
+  score = jax.jit(lambda p: ts.completion_logprobs(
+      nnx.merge(graphdef, p), batch.prompt_BxP, batch.prompt_mask_BxP, tokens, 1.0))
+  adv = jnp.asarray(rng.normal(size=B * G), jnp.float32)
+  ref_logp = score(state.params)
+
+  def update(params, opt_state):
+    def loss(params):
+      logp = ts.completion_logprobs(nnx.merge(graphdef, params), batch.prompt_BxP,
+                                    batch.prompt_mask_BxP, tokens, 1.0)
+      return grpo.policy_loss(logp, jax.lax.stop_gradient(logp), ref_logp, adv,
+                              ro.mask_NxT, cfg.loss)[0]
+    grads = jax.grad(loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  update = jax.jit(update)
+
+  def timed(fn, *a):
+    jax.block_until_ready(fn(*a))  # compile
+    return float(np.median([_time(lambda: jax.block_until_ready(fn(*a)))
+                            for _ in range(args.steps)]))
+
+  peak = matmul_peak()
+  flops = phase_flops(CFG)
+  seconds = {'rollout': timed(rollout, state.params, jax.random.key(1)),
+             'reference': timed(score, state.params),
+             'update': timed(update, state.params, state.opt_state)}
+  state, m = step(state, batch)  # compile + one step
+  assert int(m['tokens']) == B * G * T, 'EOS must be suppressed'
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  whole = float(np.median(times))
+  peak_after = matmul_peak()
+  peak = max(peak, peak_after)
+
+  print(f'matmul roofline (f32 2048^3 GEMM, best of both ends of the run): {peak / 1e9:.0f} GFLOP/s')
+  total = sum(flops.values())
+  for name in ('rollout', 'reference', 'update'):
+    s = seconds[name]
+    print(f'{name:>9}: {s * 1e3:8.1f} ms  {flops[name] / 1e9:6.2f} GFLOP  '
+          f'{flops[name] / s / peak:6.1%} of roofline')
+  print(f'{"sum":>9}: {sum(seconds.values()) * 1e3:8.1f} ms')
+  print(f'{"step":>9}: {whole * 1e3:8.1f} ms  {total / 1e9:6.2f} GFLOP  '
+        f'{total / whole / peak:6.1%} of roofline  '
+        f'({B * G * T / whole:.0f} generated tokens/s)')
+
+
+if __name__ == '__main__':
+  main()
