@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import ml_collections
 
+from r1jax import grpo, kernels
 from r1jax.models.config import PRESETS
+from r1jax.rewards import REWARDS
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -72,6 +74,35 @@ def base_config() -> ConfigDict:
   c.tokenizer = ''  # file or directory; default: the checkpoint directory
 
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  # GRPO (r1jax/grpo.py writes the objective out).
+  c.rl = ConfigDict(dict(
+      prompts_per_step=8,  # B: prompts per step
+      group_size=8,  # G: completions per prompt
+      max_prompt_len=256,  # P: prompts are left-padded to this many tokens
+      max_new_tokens=64,  # T
+      temperature=1.0, top_p=1.0, top_k=0,
+      beta=0.04, kl_estimator='k3',
+      epsilon_low=0.2, epsilon_high=0.2, dual_clip=0.0,
+      ratio='token',  # 'token' (GRPO) | 'sequence' (GSPO)
+      loss_agg='seq_mean',  # 'seq_mean' (GRPO) | 'token_mean' (DAPO) | 'constant' (Dr.GRPO)
+      advantage='grpo',  # 'grpo' | 'drgrpo' | 'rloo' | 'batch_std'
+      per_reward_norm=False,  # GDPO
+      num_iterations=1,  # μ
+      minibatches=1,  # optimizer updates per iteration
+      grad_accum=1,  # micro-batches per update
+      mask_truncated=False,
+      reference_reset_every=0,  # steps; R1 uses 400; 0 = never
+      dynamic_sampling_attempts=1,  # DAPO dynamic sampling when > 1
+      overlong_max_len=0, overlong_cache_len=0, overlong_weight=1.0,  # DAPO; 0 = off
+      logprob_impl='naive',
+  ))
+  # Rule-based rewards by name (r1jax.rewards.REWARDS) and their weights.
+  c.rewards = ConfigDict({'accuracy': 1.0, 'format': 1.0})
+  c.reward_timeout_s = 5.0
+
+  c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
+                            eps=1e-8, grad_clip=1.0))
   return c
 
 
@@ -80,6 +111,10 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 
 def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # (key, predicate, what it must be). Keys absent from a config are skipped
@@ -95,6 +130,34 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ('mesh.data', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
     ('mesh.fsdp', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
     ('mesh.tensor', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
+    ('rl.prompts_per_step', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.group_size', lambda v: _is_int(v) and v >= 2, 'an integer >= 2 (advantages are group-relative)'),
+    ('rl.max_prompt_len', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.max_new_tokens', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.temperature', lambda v: _is_num(v) and v >= 0, 'a number >= 0 (0: greedy)'),
+    ('rl.top_p', lambda v: _is_num(v) and 0 < v <= 1, 'in (0, 1]'),
+    ('rl.top_k', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: off)'),
+    ('rl.beta', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
+    ('rl.kl_estimator', lambda v: v in grpo.KL_ESTIMATORS, f'one of {grpo.KL_ESTIMATORS}'),
+    ('rl.epsilon_low', lambda v: _is_num(v) and 0 <= v < 1, 'in [0, 1)'),
+    ('rl.epsilon_high', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
+    ('rl.dual_clip', lambda v: _is_num(v) and (v == 0 or v > 1), '0 (off) or > 1'),
+    ('rl.ratio', lambda v: v in grpo.RATIOS, f'one of {grpo.RATIOS}'),
+    ('rl.loss_agg', lambda v: v in grpo.AGGREGATIONS, f'one of {grpo.AGGREGATIONS}'),
+    ('rl.advantage', lambda v: v in grpo.ADVANTAGES, f'one of {grpo.ADVANTAGES}'),
+    ('rl.num_iterations', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.minibatches', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.grad_accum', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.reference_reset_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
+    ('rl.dynamic_sampling_attempts', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('rl.overlong_max_len', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
+    ('rl.overlong_cache_len', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
+    ('rl.logprob_impl', lambda v: v in kernels.IMPLS, f'one of {kernels.IMPLS}'),
+    ('reward_timeout_s', lambda v: _is_num(v) and v > 0, 'a number > 0'),
+    ('optim.lr', lambda v: _is_num(v) and v > 0, 'a number > 0'),
+    ('optim.warmup_steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
+    ('optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
+    ('optim.grad_clip', lambda v: _is_num(v) and v >= 0, 'a number >= 0 (0: off)'),
 ]
 
 
@@ -122,4 +185,31 @@ def validate(config: ConfigDict) -> ConfigDict:
                       f'known: {sorted(PRESETS)}')
   if sum(v == -1 for v in config.mesh.values()) > 1:
     raise ConfigError('mesh', f'at most one axis may be -1, got {config.mesh}')
+  if 'rl' in config:
+    rl = config.rl
+    parts = rl.minibatches * rl.grad_accum
+    if rl.prompts_per_step % parts:
+      raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} prompts do not split '
+                        f'into minibatches x grad_accum = {parts} parts')
+    if rl.overlong_max_len and rl.overlong_cache_len > rl.overlong_max_len:
+      raise ConfigError('rl.overlong_cache_len', 'must be <= rl.overlong_max_len')
+  if 'rewards' in config:
+    for name, weight in config.rewards.items():
+      if name not in REWARDS:
+        raise ConfigError(f'rewards.{name}', f'unknown reward; known: {sorted(REWARDS)}')
+      if not _is_num(weight):
+        raise ConfigError(f'rewards.{name}', f'weight must be a number, got {weight!r}')
+    if not config.rewards:
+      raise ConfigError('rewards', 'at least one reward is needed')
   return config
+
+
+def validate_for_mesh(config: ConfigDict, mesh) -> None:
+  """Checks that need the device count: the batch must split over devices."""
+  batch_shards = mesh.shape['data'] * mesh.shape['fsdp']
+  rl = config.rl
+  completions = rl.prompts_per_step * rl.group_size
+  if completions % batch_shards:
+    raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} x group_size '
+                      f'{rl.group_size} = {completions} completions do not split over '
+                      f'data x fsdp = {batch_shards} devices')

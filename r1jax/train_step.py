@@ -54,6 +54,42 @@ class StepConfig(NamedTuple):
   logprob_impl: str = 'naive'
 
 
+def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
+  """StepConfig from a validated config (sections rl and rewards)."""
+  rl = config.rl
+  names = tuple(config.rewards.keys())
+  weights = tuple(float(w) for w in config.rewards.values())
+  overlong = None
+  if rl.overlong_max_len:
+    overlong = (rl.overlong_max_len, rl.overlong_cache_len)
+    weights += (float(rl.overlong_weight),)
+  return StepConfig(
+      group_size=rl.group_size,
+      sampling=SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                              top_p=rl.top_p, top_k=rl.top_k, eos_ids=tuple(eos_ids),
+                              pad_id=pad_id),
+      loss=grpo.LossConfig(beta=rl.beta, kl_estimator=rl.kl_estimator,
+                           epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
+                           dual_clip=rl.dual_clip, ratio=rl.ratio, loss_agg=rl.loss_agg),
+      reward_names=names, reward_weights=weights, advantage=rl.advantage,
+      per_reward_norm=rl.per_reward_norm, num_iterations=rl.num_iterations,
+      minibatches=rl.minibatches, grad_accum=rl.grad_accum, mask_truncated=rl.mask_truncated,
+      reference_reset_every=rl.reference_reset_every,
+      dynamic_sampling_attempts=rl.dynamic_sampling_attempts, overlong=overlong,
+      logprob_impl=rl.logprob_impl)
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """AdamW with linear warm-up to a constant rate (R1 uses a constant lr),
+  after global-norm clipping."""
+  lr = (optax.warmup_constant_schedule(0.0, optim.lr, optim.warmup_steps)
+        if optim.warmup_steps else optim.lr)
+  tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+  if optim.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+  return tx
+
+
 class TrainState(NamedTuple):
   step: jax.Array  # int32 scalar (replicated)
   params: nnx.State

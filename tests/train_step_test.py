@@ -134,3 +134,48 @@ def test_sharded_step_equals_single_device():
   np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_step_config_from_config_runs():
+  """The public path: config -> StepConfig + optimizer -> compiled step."""
+  from r1jax import config as rc
+  c = rc.base_config()
+  c.rl.update(prompts_per_step=2, group_size=4, max_new_tokens=4, max_prompt_len=P,
+              num_iterations=2, minibatches=2, overlong_max_len=4, overlong_cache_len=2)
+  c.rewards = {'format': 1.0}
+  rc.validate(c)
+  cfg = ts.step_config(c, eos_ids=(2,), pad_id=0)
+  assert cfg.reward_weights == (1.0, 1.0) and cfg.overlong == (4, 2)
+  mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  model = models.create(models.get_preset('tiny', vocab_size=V), mesh=mesh)
+  optimizer = ts.make_optimizer(c.optim)
+  state = ts.init_state(model, optimizer, cfg)
+  reward_fn = ts.make_reward_fn(lambda t, m, i: np.zeros((len(t), 1), np.float32), mesh, 1)
+  step = ts.make_train_step(nnx.graphdef(model), cfg, optimizer, reward_fn, mesh,
+                            ts.shardings_of(state))
+  batch = ts.Batch(jnp.ones((2, P), jnp.int32), jnp.ones((2, P), bool), jnp.arange(2))
+  state, m = step(state, batch)
+  # Every completion is 4 tokens (or stops at EOS): the overlong penalty sees it.
+  assert 'reward/overlong' in m and float(m['reward/overlong']) <= 0
+  assert m['ratio_per_iter'].shape == (2,)
+
+
+def test_validation_of_rl_section():
+  from r1jax import config as rc
+  c = rc.base_config()
+  c.rl.minibatches = 3
+  with pytest.raises(rc.ConfigError, match='config.rl.prompts_per_step'):
+    rc.validate(c)
+  c = rc.base_config()
+  c.rewards = {'acuracy': 1.0}
+  with pytest.raises(rc.ConfigError, match='config.rewards.acuracy: unknown reward'):
+    rc.validate(c)
+  c = rc.base_config()
+  c.rl.group_size = 1
+  with pytest.raises(rc.ConfigError, match='config.rl.group_size'):
+    rc.validate(c)
+  mesh = shd.make_mesh(8, 1, 1)
+  c = rc.base_config()
+  c.rl.update(prompts_per_step=1, group_size=4)
+  with pytest.raises(rc.ConfigError, match='do not split over'):
+    rc.validate_for_mesh(c, mesh)
