@@ -20,6 +20,8 @@ setuptools.setup(
         "safetensors>=0.5,<1",
         "tokenizers>=0.21,<1",
         "math-verify>=0.7,<1",
+        "tensorboardX>=2.6",
+        "pyarrow>=14",
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11"],

@@ -75,6 +75,12 @@ def base_config() -> ConfigDict:
 
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+  c.task = 'arithmetic'  # r1jax.data.TASKS: built-in generators or 'local'
+  c.data_dir = 'workdir/tfds'  # where TFDS prepares the built-in tasks
+  # Held-out evaluation as in R1: pass@1 over k samples at T 0.6, top-p 0.95.
+  c.eval = ConfigDict(dict(num_questions=128, k=4, temperature=0.6, top_p=0.95,
+                           batch_size=32))
+
   # GRPO (r1jax/grpo.py writes the objective out).
   c.rl = ConfigDict(dict(
       prompts_per_step=8,  # B: prompts per step
@@ -154,6 +160,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ('rl.overlong_cache_len', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     ('rl.logprob_impl', lambda v: v in kernels.IMPLS, f'one of {kernels.IMPLS}'),
     ('reward_timeout_s', lambda v: _is_num(v) and v > 0, 'a number > 0'),
+    ('eval.num_questions', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('eval.k', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('eval.temperature', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
+    ('eval.top_p', lambda v: _is_num(v) and 0 < v <= 1, 'in (0, 1]'),
+    ('eval.batch_size', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     ('optim.lr', lambda v: _is_num(v) and v > 0, 'a number > 0'),
     ('optim.warmup_steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     ('optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
@@ -177,10 +188,11 @@ def validate(config: ConfigDict) -> ConfigDict:
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
   model = config.model
-  if model.ckpt:
+  to_build = 'base' in config and model.ckpt == config.base.dir
+  if model.ckpt and not to_build:
     if not os.path.exists(os.path.join(model.ckpt, 'config.json')):
       raise ConfigError('model.ckpt', f'{model.ckpt!r} has no config.json')
-  elif model.name not in PRESETS:
+  elif not model.ckpt and model.name not in PRESETS:
     raise ConfigError('model.name', f'unknown preset {model.name!r}; '
                       f'known: {sorted(PRESETS)}')
   if sum(v == -1 for v in config.mesh.values()) > 1:

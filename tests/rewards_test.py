@@ -175,3 +175,29 @@ def test_scorer_errors_and_timeouts():
   np.testing.assert_allclose(scores, [[0, 0, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1]])
   assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2}
   assert (scorer.errors, scorer.timeouts) == (4, 2)
+
+
+def test_countdown():
+  ex = {'numbers': '3,8,1,5', 'answer': '24'}
+  def cd(answer, example=ex):
+    return rewards.REWARDS['countdown']('', f'<think> </think> <answer> {answer} </answer>',
+                                        example)
+  for good in ('3*8', '3*8*1', '(5-3+1)*8', ' ( 8 ) * 3 ', '\\boxed{8*3}'):
+    assert cd(good) == 1.0, good
+  assert cd('(8-5)*8') == 0.0  # 8 used twice
+  assert cd('(5-1)*(8-3+1)') == 0.0  # 1 used twice
+  assert cd('4*6') == 0.0  # numbers not given
+  assert cd('3*8+1') == 0.0  # wrong value
+  assert cd('24') == 0.0  # the bare target is not an expression over the numbers
+  assert cd('24', {'numbers': '24,2', 'answer': '24'}) == 1.0  # unless it is given
+  # Exact division, fractions in between, and division by zero.
+  assert cd('8/(1-5/3)', {'numbers': '8,1,5,3', 'answer': '-12'}) == 1.0
+  assert cd('5/3*3', {'numbers': '5,3,3', 'answer': '5'}) == 1.0
+  assert cd('8/3', {'numbers': '8,3', 'answer': '2'}) == 0.0
+  assert cd('8/(5-5)', {'numbers': '8,5,5', 'answer': '0'}) == 0.0
+  # Not arithmetic over integer literals: never evaluated.
+  for bad in ("__import__('os').system('true')", '3*8 if 1 else 0', '-3*-8', '3**2',
+              '3.0*8', '3*8=24', 'True*24', '8*3 # comment', '[3*8][0]', '08*3',
+              '1e1', '3*8;1', '3 8', '', '(' * 150 + '3' + ')' * 150, 'x'):
+    assert cd(bad) == 0.0, bad
+  assert rewards.REWARDS['countdown']('', 'no answer', ex) == 0.0

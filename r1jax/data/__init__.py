@@ -1,1 +1,20 @@
-"""Prompts: built-in tasks, local data sets, and prompt templates."""
+"""Prompts: built-in tasks, local data sets, and prompt templates.
+
+  source = load_split('countdown', 'train', data_dir)   # or 'arithmetic', 'local'
+  batches = PromptIterator(source, batch_size=32, seed=0,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  prompts = [make_prompt(ex) for ex in batches.next()]
+"""
+from r1jax.data.iterator import PromptIterator
+from r1jax.data.local import read_examples, read_split
+from r1jax.data.tasks import TASKS, Source, load_split
+from r1jax.data.templates import R1_ZERO_TEMPLATE, r1_zero_prompt
+
+__all__ = ['PromptIterator', 'R1_ZERO_TEMPLATE', 'Source', 'TASKS', 'load_split',
+           'make_prompt', 'r1_zero_prompt', 'read_examples', 'read_split']
+
+
+def make_prompt(example: dict) -> str:
+  """The R1-Zero prompt (DeepSeek-R1 Table 1) for an example's question."""
+  return r1_zero_prompt(example['question'])

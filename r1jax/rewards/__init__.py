@@ -6,6 +6,7 @@ Every reward is `f(prompt, completion, example) -> float` on plain strings;
 
   accuracy              math-verify equality of the answer with example['answer']
   exact_match           numeric equality, no sympy (see answers.py)
+  countdown             an expression over example['numbers'] that equals the target
   format                one <think> block then one <answer> block, nothing else
   language_consistency  share of target-language words in the CoT (R1 eq. 7)
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.rewards.answers import accuracy, exact_match, extract_answer, parse_number
+from r1jax.rewards.countdown import countdown
 
 __all__ = ['REWARDS', 'RewardScorer', 'accuracy', 'exact_match', 'extract_answer',
            'format_reward', 'language_consistency', 'overlong_penalty', 'parse_number']
@@ -108,6 +110,7 @@ def overlong_penalty(lengths, max_len: int, cache_len: int):
 
 REWARDS: dict[str, RewardFn] = {
     'accuracy': accuracy,
+    'countdown': countdown,
     'exact_match': exact_match,
     'format': format_reward,
     'language_consistency': language_consistency,

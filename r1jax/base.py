@@ -1,0 +1,179 @@
+"""A reproducible tiny base model for R1-Zero on a CPU.
+
+R1-Zero starts from a base model, and none can be downloaded here, so r1jax
+builds one: next-token pretraining on generated text in the R1-Zero template
+whose worked solutions are imperfect — each step of a chain carries a
+plausible carry error with probability `error_rate`, and the answer follows
+the (possibly wrong) chain. The base thus knows the format and how to add,
+but is unreliable; RL can only sharpen what the base can already do, so
+pretraining runs until a measured criterion (greedy accuracy on held-out
+questions, where the majority step is the right one) rather than for a fixed
+number of steps, and the result is reported.
+
+  corpus ─▶ sentencepiece tokenizer (template tags whole, digits split)
+         ─▶ tiny Qwen2-shaped decoder ─▶ SFT until greedy accuracy ≥ target
+         ─▶ <dir>/{config.json, model.safetensors, tokenizer.model, base_report.json}
+
+  python -m r1jax.base --config=configs/base_tiny.py
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from r1jax import models, sft
+from r1jax.data import tasks
+from r1jax.data.templates import TAGS, r1_zero_prompt
+from r1jax.rollout import SamplingConfig, generate
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dir = 'workdir/base-tiny'
+  c.task = 'arithmetic'
+  c.data_dir = 'workdir/tfds'
+  c.seed = 0
+  c.error_rate = 0.3  # per chain step
+  c.vocab_size = 320
+  c.model = ml_collections.ConfigDict(dict(
+      hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+      head_dim=32))
+  c.batch_size = 64
+  c.lr = 3e-3
+  c.max_steps = 6000
+  c.max_minutes = 10.0
+  c.eval_every = 250
+  c.eval_questions = 128
+  c.target_greedy_accuracy = 0.95
+  return c
+
+
+def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: float
+                         ) -> tuple[str, str]:
+  """A left-to-right chain for 'a+b+c+d' where each partial sum is wrong with
+  probability error_rate (off by ±10, a dropped or doubled carry, or ±1)."""
+  numbers = [int(x) for x in question.split('+')]
+  total, steps = numbers[0], []
+  for n in numbers[1:]:
+    right = total + n
+    value = right
+    if rng.random() < error_rate:
+      value = right + int(rng.choice([-10, 10, -1, 1]))
+    steps.append(f'{total}+{n}={value}')
+    total = value
+  return ', '.join(steps), str(total)
+
+
+def completion_text(chain: str, answer: str) -> str:
+  return f' <think> {chain} </think> <answer> {answer} </answer>'
+
+
+def _train_tokenizer(texts: list[str], path: str, vocab_size: int):
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  corpus = path + '.corpus.txt'
+  with open(corpus, 'w') as f:
+    f.write('\n'.join(texts))
+  spm.SentencePieceTrainer.train(
+      input=corpus, model_prefix=path, vocab_size=vocab_size, model_type='bpe',
+      user_defined_symbols=list(TAGS), split_digits=True, character_coverage=1.0,
+      bos_id=-1, eos_id=1, pad_id=2, unk_id=0, max_sentencepiece_length=64,
+      split_by_whitespace=False, minloglevel=2,
+      num_threads=os.cpu_count() or 1)
+  os.remove(corpus)
+
+
+def greedy_accuracy(graphdef, params, tokenizer, examples, max_new: int, suffix: str = ''
+                    ) -> float:
+  """Share of questions whose greedy answer equals the gold answer. `suffix`
+  is appended to each prompt (e.g. ' <think> </think> <answer>' forces an
+  answer without a chain of thought)."""
+  from r1jax.rewards import extract_answer  # pylint: disable=g-import-not-at-top
+  ids, mask = tokenizer.encode_batch([r1_zero_prompt(e['question']) + suffix for e in examples])
+  cfg = SamplingConfig(max_new_tokens=max_new, temperature=0.0, eos_ids=(tokenizer.eos_id,),
+                       pad_id=tokenizer.pad_id)
+  ro = jax.jit(lambda p, i, m: generate(nnx.merge(graphdef, p), i, m, jax.random.key(0), cfg))(
+      params, jnp.asarray(ids), jnp.asarray(mask))
+  texts = tokenizer.decode_batch(np.asarray(ro.tokens_NxT), np.asarray(ro.mask_NxT))
+  return float(np.mean([(extract_answer(suffix + t) or '').strip() == e['answer']
+                        for t, e in zip(texts, examples)]))
+
+
+def build(c: ml_collections.ConfigDict) -> str:
+  """Builds the base into c.dir unless it is there; returns c.dir."""
+  if os.path.exists(os.path.join(c.dir, 'base_report.json')):
+    return c.dir
+  if c.task != 'arithmetic':
+    raise ValueError(f'base.task: only arithmetic has imperfect solutions, got {c.task!r}')
+  t0 = time.time()
+  os.makedirs(c.dir, exist_ok=True)
+  rng = np.random.default_rng(c.seed)
+  train = tasks.load_split(c.task, 'train', c.data_dir)
+  test = tasks.load_split(c.task, 'test', c.data_dir)
+  train_ex = [train[i] for i in range(len(train))]
+  prompts = [r1_zero_prompt(e['question']) for e in train_ex]
+
+  tok_path = os.path.join(c.dir, 'tokenizer')
+  sample = rng.choice(len(train_ex), min(len(train_ex), 5000), replace=False)
+  _train_tokenizer([prompts[i] + completion_text(*imperfect_arithmetic(
+      train_ex[i]['question'], rng, c.error_rate)) for i in sample], tok_path, c.vocab_size)
+  os.replace(tok_path + '.model', os.path.join(c.dir, 'tokenizer.model'))
+  os.remove(tok_path + '.vocab')
+  from r1jax.tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
+  tok = SentencePieceTokenizer(os.path.join(c.dir, 'tokenizer.model'))
+
+  cfg = models.ModelConfig(arch='qwen2', vocab_size=tok.vocab_size, qkv_bias=True,
+                           tie_embeddings=True, max_position_embeddings=512,
+                           eos_token_id=tok.eos_id, **c.model)
+  model = models.create(cfg, seed=c.seed)
+  graphdef, params = nnx.split(model)
+  import optax  # pylint: disable=g-import-not-at-top
+  warmup = min(100, c.max_steps // 10)
+  optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(
+      0.0, c.lr, warmup, c.max_steps, c.lr * 0.1), weight_decay=0.01)
+  opt_state = optimizer.init(params)
+  step_fn = sft.make_sft_step(graphdef, optimizer)
+  length = max(len(tok.encode(prompts[0])) + 48, 64)
+  evals = [test[i] for i in range(min(c.eval_questions, len(test)))]
+  report = {'steps': 0}
+  for step in range(1, c.max_steps + 1):
+    idx = rng.integers(0, len(train_ex), c.batch_size)
+    comps = [completion_text(*imperfect_arithmetic(train_ex[i]['question'], rng, c.error_rate))
+             for i in idx]
+    batch = sft.pack_examples(tok, [prompts[i] for i in idx], comps, length)
+    params, opt_state, loss = step_fn(params, opt_state, *map(jnp.asarray, batch))
+    done = time.time() - t0 > 60 * c.max_minutes or step == c.max_steps
+    if step % c.eval_every == 0 or done:
+      acc = greedy_accuracy(graphdef, params, tok, evals, 48)
+      report = {'steps': step, 'loss': float(loss), 'greedy_accuracy': acc,
+                'minutes': (time.time() - t0) / 60}
+      logging.info('base pretraining: step %d loss %.4f greedy accuracy %.3f (%.1f min)',
+                   step, float(loss), acc, report['minutes'])
+      print(f'[base] step {step:5d}  loss {float(loss):.4f}  greedy accuracy {acc:.3f}  '
+            f'{report["minutes"]:.1f} min', flush=True)
+      if acc >= c.target_greedy_accuracy or done:
+        break
+  models.save_hf(nnx.merge(graphdef, params), c.dir)
+  report['criterion'] = f'greedy accuracy >= {c.target_greedy_accuracy}'
+  report['criterion_met'] = report.get('greedy_accuracy', 0) >= c.target_greedy_accuracy
+  with open(os.path.join(c.dir, 'base_report.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  return c.dir
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  build(flags.FLAGS.config)
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', 'configs/base_tiny.py', 'base model config')
+  app.run(main)

@@ -1,0 +1,45 @@
+"""Orbax checkpoints of the train state plus a JSON item (data position,
+config, anything small), in `<workdir>/checkpoints/<step>/`.
+
+Orbax writes each step into a temporary directory and renames it only when
+complete, so a crash or kill during a save leaves the previous checkpoint as
+the latest good one. Restoring takes an abstract state whose leaves carry the
+target shardings, so a checkpoint restores onto any mesh.
+"""
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints; saves asynchronously."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+    """Restores `step` into the structure, shapes and shardings of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

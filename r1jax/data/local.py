@@ -1,0 +1,88 @@
+"""Question/answer sets from local JSONL or parquet files (GSM8K, MATH-500, ...).
+
+Each record needs `question` and `answer`; `solution` is kept when present and
+every other field is dropped. Examples are plain dicts
+{'id': row, 'question': str, 'answer': str[, 'solution': str]}, with `id` the
+0-based row in the file (blank JSONL lines do not count).
+
+GSM8K puts the worked solution in `answer`, ending in "#### 72": when an
+answer holds '####', the text after the last one (stripped) is the answer and
+the whole text becomes `solution` (unless the record has its own).
+
+This is a plain reader, not a TFDS builder: these sets are small (GSM8K has
+7.5k train problems), and a prepared TFDS copy keyed by a config name would
+keep serving old data after the file is edited. Reading the file each run
+cannot go stale. Nothing downloads.
+"""
+import json
+import os
+
+__all__ = ['read_examples', 'read_split']
+
+_FORMATS = ('.jsonl', '.parquet')
+
+
+def _example(record, row: int, where: str) -> dict:
+  if not isinstance(record, dict):
+    raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}')
+  for field in ('question', 'answer'):
+    if record.get(field) is None:
+      raise ValueError(f'{where}: record has no {field!r} field '
+                       f'(fields: {sorted(record)})')
+  answer, solution = str(record['answer']), record.get('solution')
+  if '####' in answer:
+    solution = answer if solution is None else solution
+    answer = answer.rsplit('####', 1)[1].strip()
+  if not answer.strip():
+    raise ValueError(f'{where}: empty answer')
+  example = {'id': row, 'question': str(record['question']), 'answer': answer.strip()}
+  if solution is not None:
+    example['solution'] = str(solution)
+  return example
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  examples = []
+  with open(path, encoding='utf-8') as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{path}:{line_no}'
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where}: not valid JSON ({e})') from None
+      examples.append(_example(record, len(examples), where))
+  return examples
+
+
+def _read_parquet(path: str) -> list[dict]:
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  return [_example(record, row, f'{path} row {row}')
+          for row, record in enumerate(pq.read_table(path).to_pylist())]
+
+
+def read_examples(path: str) -> list[dict]:
+  """All records of one .jsonl or .parquet file, in file order."""
+  if path.endswith('.jsonl'):
+    examples = _read_jsonl(path)
+  elif path.endswith('.parquet'):
+    examples = _read_parquet(path)
+  else:
+    raise ValueError(f'{path}: expected a {" or ".join(_FORMATS)} file')
+  if not examples:
+    raise ValueError(f'{path}: no records')
+  return examples
+
+
+def read_split(data_dir: str, split: str) -> list[dict]:
+  """`<data_dir>/<split>.jsonl` or `.parquet` (exactly one may exist), or,
+  when `split` ends in .jsonl/.parquet, that file (relative to data_dir)."""
+  if split.endswith(_FORMATS):
+    return read_examples(os.path.join(data_dir, split))
+  candidates = [os.path.join(data_dir, split + ext) for ext in _FORMATS]
+  found = [p for p in candidates if os.path.exists(p)]
+  if len(found) != 1:
+    raise FileNotFoundError(
+        f'split {split!r}: need exactly one of {candidates}, found {len(found)}')
+  return read_examples(found[0])

@@ -1,0 +1,191 @@
+"""R1-Zero training: `python -m r1jax.launch --config=configs/zero.py`.
+
+One loop, top to bottom: config → mesh → base model → tokenizer and policy →
+data → rewards and the compiled GRPO step → restore → evaluate at step 0 →
+train (evaluate every `eval_every`, checkpoint every `checkpoint_every`) →
+final evaluation, checkpoint and summary. Re-running the same command resumes
+from the last checkpoint in `workdir`; SIGTERM / Ctrl-C save at the next step
+boundary and exit.
+"""
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
+from r1jax import tokenizer as tk, train_step as ts
+from r1jax.checkpoint import Checkpointer
+from r1jax.data import PromptIterator, load_split, make_prompt
+from r1jax.rewards import REWARDS, RewardScorer
+from r1jax.rollout import SamplingConfig
+
+config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
+
+
+class _Stop:
+  """SIGTERM/SIGINT set a flag; the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.requested = True
+    print(f'\n[r1jax] signal {signum}: saving at the end of this step, then exiting', flush=True)
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  run(config)
+
+
+def run(config) -> dict:
+  """Runs the config; returns the final evaluation metrics."""
+  # ------------------------------------------------------------------ config
+  rc.validate(config)
+  workdir = config.workdir
+  os.makedirs(workdir, exist_ok=True)
+  stop = _Stop()
+
+  # -------------------------------------------------------------------- mesh
+  mesh = shd.make_mesh(**config.mesh)
+  rc.validate_for_mesh(config, mesh)
+
+  # ---------------------------------------------------------------- policy
+  if 'base' in config and config.model.ckpt == config.base.dir:
+    base.build(config.base)  # no-op when already built
+  if config.model.ckpt:
+    tok = tk.load_tokenizer(config.tokenizer or config.model.ckpt)
+    model = models.load_hf(config.model.ckpt, config.model.param_dtype,
+                           compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
+  else:
+    tok = tk.load_tokenizer(config.tokenizer)
+    cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
+                            dtype=config.model.dtype, remat=config.model.remat)
+    if cfg.vocab_size < tok.vocab_size:
+      cfg = cfg.replace(vocab_size=tok.vocab_size)
+    model = models.create(cfg, seed=config.seed, mesh=mesh)
+  graphdef = nnx.graphdef(model)
+  eos_ids = tuple(sorted(set(model.cfg.eos_ids) | {tok.eos_id}))
+
+  # -------------------------------------------------------------------- data
+  train = load_split(config.task, 'train', config.data_dir)
+  test = load_split(config.task, 'test', config.data_dir)
+  attempts = config.rl.dynamic_sampling_attempts
+  data = PromptIterator(train, config.rl.prompts_per_step * attempts, seed=config.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def train_example(i: int) -> dict:
+    ex = dict(train[i])
+    return {**ex, 'prompt': make_prompt(ex)}
+
+  # ------------------------------------------------------ rewards and step
+  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s)
+  step_cfg = ts.step_config(config, eos_ids=eos_ids, pad_id=tok.pad_id)
+  optimizer = ts.make_optimizer(config.optim)
+  state = ts.init_state(model, optimizer, step_cfg, seed=config.seed)
+  del model
+  reward_fn = ts.make_reward_fn(ts.host_reward_fn(tok, scorer, train_example), mesh,
+                                len(scorer.names))
+  train_step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
+                                  ts.shardings_of(state))
+
+  # ----------------------------------------------------------------- restore
+  ckpt = Checkpointer(workdir, keep=config.get('checkpoint_keep', 3))
+  start = 0
+  if ckpt.latest_step() is not None:
+    start = ckpt.latest_step()
+    state, meta = ckpt.restore(start, state)
+    data.restore(meta['data'])
+    print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
+  writer = metrics.Writer(workdir)
+
+  # -------------------------------------------------------------- evaluation
+  e = config.eval
+  acc_name = next((n for n in ('accuracy', 'exact_match', 'countdown') if n in config.rewards),
+                  'accuracy')
+  sampler = evaluate.make_sampler(graphdef, SamplingConfig(
+      max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+      eos_ids=eos_ids, pad_id=tok.pad_id), e.k)
+  eval_examples = [dict(test[i]) for i in range(min(e.num_questions, len(test)))]
+  eval_prompts = [make_prompt(x) for x in eval_examples]
+
+  def run_eval(step: int) -> dict:
+    t0 = time.time()
+    m, records = evaluate.evaluate(
+        sampler, state.params, eval_examples, eval_prompts, tok, REWARDS[acc_name], e.k,
+        e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1),
+        format_score=REWARDS['format'])
+    m['eval/seconds'] = time.time() - t0
+    writer.write(step, m)
+    writer.samples(step, 'eval', records[:16])
+    print(f'[r1jax] eval @ step {step}: pass@1 {m["eval/pass@1"]:.3f}  '
+          f'cons@{e.k} {m[f"eval/cons@{e.k}"]:.3f}  format {m.get("eval/format_rate", 0):.2f}  '
+          f'({len(eval_examples)} questions x {e.k} samples, {m["eval/seconds"]:.0f}s)',
+          flush=True)
+    return m
+
+  def save(step: int) -> None:
+    ckpt.save(step, state, {'data': data.state(), 'step': step})
+
+  # -------------------------------------------------------------------- loop
+  first_eval = run_eval(0) if start == 0 else None
+  last_eval = first_eval
+  t_start = time.time()
+  step = start
+  for step in range(start + 1, config.steps + 1):
+    examples = data.next()
+    ids, mask = tok.encode_batch([make_prompt(x) for x in examples],
+                                 max_len=config.rl.max_prompt_len)
+    batch = ts.Batch(*jax.device_put(
+        (jnp.asarray(ids), jnp.asarray(mask),
+         jnp.asarray([x['index'] for x in examples], jnp.int32)),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))))
+    t0 = time.time()
+    state, m = train_step(state, batch)
+    m = metrics.scalars(m)
+    dt = time.time() - t0
+    if not np.isfinite(m['loss']) and not config.get('skip_nonfinite', False):
+      raise FloatingPointError(f'step {step}: non-finite loss {m["loss"]} (metrics: {m})')
+    m.update(scorer.counters(), step_seconds=dt, tokens_per_s=m['tokens'] / dt)
+    m['reward/callback_failures'] = reward_fn.failures[0]
+    writer.write(step, m)
+    print('[r1jax] ' + metrics.console_line(step, config.steps, m), flush=True)
+    if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+      last_eval = run_eval(step)
+    if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop.requested:
+      save(step)
+    if stop.requested:
+      ckpt.close()
+      print(f'[r1jax] stopped at step {step}; run the same command to resume', flush=True)
+      return last_eval or {}
+
+  # --------------------------------------------------------------- summary
+  if step > start or last_eval is None:
+    last_eval = run_eval(step)
+  if step > start:
+    save(step)
+  ckpt.close()
+  writer.close()
+  summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, **(last_eval or {})}
+  if first_eval:
+    summary['eval/pass@1 at step 0'] = first_eval['eval/pass@1']
+  print('[r1jax] done: ' + '  '.join(
+      f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in summary.items()),
+        flush=True)
+  return summary
+
+
+if __name__ == '__main__':
+  app.run(main)

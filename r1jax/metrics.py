@@ -1,0 +1,71 @@
+"""Where measurements go: `<workdir>/metrics.jsonl` (one JSON object per line,
+each with `step`), TensorBoard event files in `<workdir>/tb/`, sampled
+completions in `<workdir>/samples/`, and one console line per step.
+
+Only process 0 writes.
+"""
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+# Console columns: (metric key, label, format).
+_CONSOLE = (('reward/total', 'reward', '.3f'), ('accuracy', 'acc', '.3f'),
+            ('format_rate', 'format', '.2f'), ('length/mean', 'len', '.1f'),
+            ('kl', 'kl', '.4f'), ('tokens_per_s', 'tok/s', '.0f'),
+            ('eval/pass@1', 'pass@1', '.3f'))
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float | list[float]]:
+  """Host floats (vectors become lists) from device arrays."""
+  out = {}
+  for k, v in jax.device_get(metrics).items():
+    v = np.asarray(v)
+    out[k] = float(v) if v.ndim == 0 else v.astype(float).tolist()
+  return out
+
+
+class Writer:
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.workdir = workdir
+    self.tb = None
+    if self.active:
+      os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=10)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    row = {'step': step, **scalars(metrics)}
+    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for k, v in row.items():
+      if k != 'step' and isinstance(v, float):
+        self.tb.add_scalar(k, v, step)
+
+  def samples(self, step: int, name: str, records: list[dict]) -> None:
+    if self.active:
+      with open(os.path.join(self.workdir, 'samples', f'{name}_{step:06d}.json'), 'w') as f:
+        json.dump(records, f, indent=1)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def console_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+  parts = [f'step {step:>{len(str(total))}}/{total}']
+  for key, label, fmt in _CONSOLE:
+    if key in metrics:
+      parts.append(f'{label} {float(metrics[key]):{fmt}}')
+  return '  '.join(parts)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,190 @@
+"""Built-in tasks (prepared once into a temporary data_dir), local files, and
+the prompt iterator."""
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r1jax import data
+from r1jax.rewards.countdown import countdown
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  return {(name, split): data.load_split(name, split, data_dir)
+          for name in data.TASKS for split in ('train', 'test')}
+
+
+def _all(source, n=None):
+  return [source[i] for i in range(len(source) if n is None else n)]
+
+
+def test_builders_prepare_and_read(splits):
+  for name in data.TASKS:
+    train, test = splits[name, 'train'], splits[name, 'test']
+    assert (len(train), len(test)) == (20_000, 500)
+    ex = test[7]
+    assert ex['id'] == 7  # stored in generation order: index i is id i
+    assert all(type(v) is str for k, v in ex.items() if k != 'id')
+    assert {'question', 'answer', 'solution'} <= set(ex)
+
+
+def test_splits_fixed_unique_and_disjoint(splits):
+  # The fixed splits are part of the contract: a generator change must show here.
+  assert splits['arithmetic', 'test'][0]['question'] == '58+83+71+45'
+  assert splits['arithmetic', 'train'][0]['question'] == '97+72+22+82'
+  assert splits['countdown', 'test'][0]['numbers'] == '9,14,18,16'
+  assert splits['countdown', 'test'][0]['answer'] == '126'
+  assert splits['countdown', 'train'][0]['solution'] == '15*15-15-16'
+  keys = {
+      'arithmetic': lambda ex: tuple(sorted(ex['question'].split('+'))),
+      'countdown': lambda ex: (tuple(sorted(ex['numbers'].split(','))), ex['answer'])}
+  for name, key in keys.items():
+    train = {key(ex) for ex in _all(splits[name, 'train'])}
+    test = {key(ex) for ex in _all(splits[name, 'test'])}
+    assert (len(train), len(test)) == (20_000, 500)  # no repeats, even reordered
+    assert not train & test
+
+
+def test_arithmetic_answers(splits):
+  for ex in _all(splits['arithmetic', 'test']) + _all(splits['arithmetic', 'train'], 2000):
+    numbers = [int(x) for x in ex['question'].split('+')]
+    assert len(numbers) == 4 and all(10 <= x <= 99 for x in numbers)
+    assert int(ex['answer']) == sum(numbers)
+    steps = ex['solution'].split(', ')
+    assert len(steps) == 3 and steps[-1].endswith('=' + ex['answer'])
+    for step in steps:
+      lhs, rhs = step.split('=')
+      a, b = lhs.split('+')
+      assert int(a) + int(b) == int(rhs)
+
+
+def test_countdown_solutions_score_one(splits):
+  train = splits['countdown', 'train']
+  sample = [train[i] for i in random.Random(0).sample(range(len(train)), 200)]
+  for ex in sample + _all(splits['countdown', 'test'], 50):
+    numbers = [int(x) for x in ex['numbers'].split(',')]
+    assert len(numbers) in (3, 4) and all(1 <= x <= 25 for x in numbers)
+    assert int(ex['answer']) not in numbers
+    assert f'{ex["numbers"].replace(",", ", ")}, write' in ex['question']
+    completion = f' <think> </think> <answer> {ex["solution"]} </answer>'
+    assert countdown('', completion, ex) == 1.0, ex
+
+
+def test_make_prompt(splits):
+  ex = splits['arithmetic', 'test'][0]
+  prompt = data.make_prompt(ex)
+  assert prompt.startswith('A conversation between User and Assistant.')
+  assert prompt.endswith('User: 58+83+71+45. Assistant:')
+
+
+def test_load_split_unknown_name(tmp_path):
+  with pytest.raises(ValueError, match='unknown task'):
+    data.load_split('gsm9k', 'train', str(tmp_path))
+
+
+# Local files.
+
+RECORDS = [
+    {'question': 'Natalia sold 48 clips in April and half as many in May. Total?',
+     'answer': 'In May she sold 48/2 = 24 clips.\n48+24 = 72\n#### 72'},
+    {'question': 'What is 1/2 + 1/4?', 'answer': '\\frac{3}{4}',
+     'solution': 'Add: 2/4 + 1/4 = 3/4.', 'level': 'Level 1'},
+    {'question': 'How many legs do 3 cats have?', 'answer': 12},
+]
+
+
+def _write_jsonl(path, records):
+  path.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
+
+
+def test_local_jsonl_and_parquet(tmp_path):
+  _write_jsonl(tmp_path / 'test.jsonl', RECORDS)
+  pq.write_table(pa.Table.from_pylist(
+      [{'question': r['question'], 'answer': str(r['answer'])} for r in RECORDS]),
+      tmp_path / 'train.parquet')
+  test = data.load_split('local', 'test', str(tmp_path))
+  train = data.load_split('local', 'train', str(tmp_path))
+  assert [ex['id'] for ex in test] == [0, 1, 2]
+  gsm, math_, cats = test
+  assert gsm['answer'] == '72' and gsm['solution'] == RECORDS[0]['answer']
+  assert math_ == {'id': 1, 'question': 'What is 1/2 + 1/4?', 'answer': '\\frac{3}{4}',
+                   'solution': 'Add: 2/4 + 1/4 = 3/4.'}  # other fields dropped
+  assert cats['answer'] == '12' and 'solution' not in cats
+  assert [ex['answer'] for ex in train] == ['72', '\\frac{3}{4}', '12']
+  assert train[0]['solution'] == RECORDS[0]['answer']
+  # A file path as the split; blank lines are skipped and do not take an id.
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'sub' / 'x.jsonl').write_text('\n' + json.dumps(RECORDS[2]) + '\n\n')
+  assert data.load_split('local', 'sub/x.jsonl', str(tmp_path))[0]['id'] == 0
+
+
+def test_local_errors_name_the_file_and_line(tmp_path):
+  path = tmp_path / 'test.jsonl'
+  _write_jsonl(path, [RECORDS[0], {'question': 'no answer here'}])
+  with pytest.raises(ValueError, match=r"test\.jsonl:2: record has no 'answer' field"):
+    data.load_split('local', 'test', str(tmp_path))
+  path.write_text(json.dumps(RECORDS[0]) + '\n{"question": \n')
+  with pytest.raises(ValueError, match=r'test\.jsonl:2: not valid JSON'):
+    data.read_examples(str(path))
+  pq.write_table(pa.Table.from_pylist([{'problem': 'x', 'answer': '1'}]),
+                 tmp_path / 'train.parquet')
+  with pytest.raises(ValueError, match=r"train\.parquet row 0: record has no 'question'"):
+    data.load_split('local', 'train', str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='validation'):
+    data.load_split('local', 'validation', str(tmp_path))
+
+
+# The iterator.
+
+SOURCE = [{'question': f'q{i}', 'answer': str(i)} for i in range(10)]
+
+
+def _batches(it, n):
+  return [[ex['index'] for ex in it.next()] for _ in range(n)]
+
+
+def test_iterator_epochs_are_permutations_and_batches_full():
+  it = data.PromptIterator(SOURCE, batch_size=4, seed=0)
+  flat = sum(_batches(it, 5), [])  # 20 positions: two epochs, batch 3 spans both
+  assert sorted(flat[:10]) == sorted(flat[10:]) == list(range(10))
+  assert flat[:10] != flat[10:]  # a fresh permutation each epoch
+  assert it.state()['position'] == 20
+  ex = data.PromptIterator(SOURCE, batch_size=4, seed=0).next()[0]
+  assert ex['question'] == f'q{ex["index"]}' and 'index' not in SOURCE[ex['index']]
+
+
+def test_iterator_deterministic_and_resumable():
+  a = data.PromptIterator(SOURCE, batch_size=4, seed=3)
+  assert _batches(a, 4) == _batches(data.PromptIterator(SOURCE, batch_size=4, seed=3), 4)
+  assert _batches(data.PromptIterator(SOURCE, 4, seed=4), 4) != _batches(
+      data.PromptIterator(SOURCE, 4, seed=3), 4)
+  state = a.state()
+  expected = _batches(a, 6)
+  b = data.PromptIterator(SOURCE, batch_size=4, seed=3)
+  b.restore(state)
+  assert _batches(b, 6) == expected
+  with pytest.raises(ValueError, match='seed=3'):
+    data.PromptIterator(SOURCE, batch_size=4, seed=5).restore(state)
+  c = data.PromptIterator(SOURCE, batch_size=4, seed=3)
+  c.restore({'position': state['position']})  # a bare position is enough
+  assert _batches(c, 6) == expected
+
+
+def test_iterator_host_sharding(splits):
+  source = splits['countdown', 'test']
+  one = data.PromptIterator(source, batch_size=8, seed=1)
+  hosts = [data.PromptIterator(source, batch_size=8, seed=1, process_index=h,
+                               process_count=2) for h in range(2)]
+  for _ in range(3):
+    full = one.next()
+    h0, h1 = (h.next() for h in hosts)
+    assert len(h0) == len(h1) == 4
+    assert not {ex['index'] for ex in h0} & {ex['index'] for ex in h1}
+    assert h0 + h1 == full
+  assert hosts[0].state() == hosts[1].state() == one.state()
+  with pytest.raises(ValueError, match='multiple of process_count=3'):
+    data.PromptIterator(source, batch_size=8, seed=1, process_count=3)
