@@ -24,6 +24,7 @@ setuptools.setup(
         "pyarrow>=14",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11"],
+        "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
+                 "ipykernel>=6.29", "matplotlib>=3.8"],
     },
 )

@@ -40,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data_dir = 'workdir/tfds'
   c.seed = 0
   c.error_rate = 0.3  # per chain step
+  # Share of pretraining rows in the full R1-Zero template; the rest use its
+  # short tail "User: <question>. Assistant:" (same question/answer text, a
+  # third of the tokens), which makes pretraining ~1.6x cheaper per example.
+  c.template_fraction = 0.25
   c.vocab_size = 320
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -67,11 +71,15 @@ def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: fl
       value = right + int(rng.choice([-10, 10, -1, 1]))
     steps.append(f'{total}+{n}={value}')
     total = value
-  return ', '.join(steps), str(total)
+  return ','.join(steps), str(total)
 
 
 def completion_text(chain: str, answer: str) -> str:
-  return f' <think> {chain} </think> <answer> {answer} </answer>'
+  return f' <think>{chain}</think> <answer>{answer}</answer>'
+
+
+def short_prompt(question: str) -> str:
+  return f'User: {question}. Assistant:'
 
 
 def _train_tokenizer(texts: list[str], path: str, vocab_size: int):
@@ -138,14 +146,19 @@ def build(c: ml_collections.ConfigDict) -> str:
       0.0, c.lr, warmup, c.max_steps, c.lr * 0.1), weight_decay=0.01)
   opt_state = optimizer.init(params)
   step_fn = sft.make_sft_step(graphdef, optimizer)
-  length = max(len(tok.encode(prompts[0])) + 48, 64)
+  # Two compiled shapes: batches of full-template rows and of short rows.
+  longest = max(len(tok.encode(completion_text('99+99=198,198+99=297,297+99=396', '396'))) + 1, 32)
+  lengths = {True: len(tok.encode(prompts[0])) + longest + 4,
+             False: len(tok.encode(short_prompt('99+99+99+99'))) + longest + 4}
   evals = [test[i] for i in range(min(c.eval_questions, len(test)))]
   report = {'steps': 0}
   for step in range(1, c.max_steps + 1):
     idx = rng.integers(0, len(train_ex), c.batch_size)
     comps = [completion_text(*imperfect_arithmetic(train_ex[i]['question'], rng, c.error_rate))
              for i in idx]
-    batch = sft.pack_examples(tok, [prompts[i] for i in idx], comps, length)
+    full = bool(rng.random() < c.template_fraction)
+    rows = [prompts[i] if full else short_prompt(train_ex[i]['question']) for i in idx]
+    batch = sft.pack_examples(tok, rows, comps, lengths[full])
     params, opt_state, loss = step_fn(params, opt_state, *map(jnp.asarray, batch))
     done = time.time() - t0 > 60 * c.max_minutes or step == c.max_steps
     if step % c.eval_every == 0 or done:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import ml_collections
 
 from r1jax import grpo, kernels
+from r1jax.data.tasks import TASKS
 from r1jax.models.config import PRESETS
 from r1jax.rewards import REWARDS
 
@@ -197,6 +198,8 @@ def validate(config: ConfigDict) -> ConfigDict:
                       f'known: {sorted(PRESETS)}')
   if sum(v == -1 for v in config.mesh.values()) > 1:
     raise ConfigError('mesh', f'at most one axis may be -1, got {config.mesh}')
+  if 'task' in config and config.task not in (*TASKS, 'local'):
+    raise ConfigError('task', f'unknown task {config.task!r}; known: {sorted(TASKS)} or local')
   if 'rl' in config:
     rl = config.rl
     parts = rl.minibatches * rl.grad_accum
@@ -217,11 +220,10 @@ def validate(config: ConfigDict) -> ConfigDict:
 
 
 def validate_for_mesh(config: ConfigDict, mesh) -> None:
-  """Checks that need the device count: the batch must split over devices."""
+  """Checks that need the device count: prompts and completions are sharded
+  over the batch axes ('data', 'fsdp')."""
   batch_shards = mesh.shape['data'] * mesh.shape['fsdp']
   rl = config.rl
-  completions = rl.prompts_per_step * rl.group_size
-  if completions % batch_shards:
-    raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} x group_size '
-                      f'{rl.group_size} = {completions} completions do not split over '
-                      f'data x fsdp = {batch_shards} devices')
+  if rl.prompts_per_step % batch_shards:
+    raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} prompts do not split '
+                      f'over data x fsdp = {batch_shards} devices')

@@ -33,8 +33,12 @@ class _Stop:
 
   def __init__(self):
     self.requested = False
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
+    self.previous = {sig: signal.signal(sig, self._handle)
+                     for sig in (signal.SIGTERM, signal.SIGINT)}
+
+  def restore(self):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
 
   def _handle(self, signum, frame):
     del frame
@@ -56,7 +60,6 @@ def run(config) -> dict:
   rc.validate(config)
   workdir = config.workdir
   os.makedirs(workdir, exist_ok=True)
-  stop = _Stop()
 
   # -------------------------------------------------------------------- mesh
   mesh = shd.make_mesh(**config.mesh)
@@ -137,10 +140,12 @@ def run(config) -> dict:
     return m
 
   def save(step: int) -> None:
-    ckpt.save(step, state, {'data': data.state(), 'step': step})
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, {'data': data.state(), 'step': step})
 
   # -------------------------------------------------------------------- loop
   first_eval = run_eval(0) if start == 0 else None
+  stop = _Stop()  # from here on a signal saves at the next step boundary
   last_eval = first_eval
   t_start = time.time()
   step = start
@@ -167,11 +172,13 @@ def run(config) -> dict:
     if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop.requested:
       save(step)
     if stop.requested:
+      stop.restore()
       ckpt.close()
       print(f'[r1jax] stopped at step {step}; run the same command to resume', flush=True)
       return last_eval or {}
 
   # --------------------------------------------------------------- summary
+  stop.restore()
   if step > start or last_eval is None:
     last_eval = run_eval(step)
   if step > start:

@@ -38,7 +38,7 @@ def test_config_file_with_arg_and_dotted_overrides():
   c = _load([f'--config={ZERO}:model=qwen2.5-1.5b', '--config.steps=7',
              '--config.mesh.fsdp=4'])
   assert c.model.name == 'qwen2.5-1.5b' and c.steps == 7 and c.mesh.fsdp == 4
-  assert c.model.param_dtype == 'bfloat16'
+  assert c.model.param_dtype == 'float32' and c.model.dtype == 'bfloat16'
   rc.validate(c)
   assert rc.validate(_load([f'--config={ZERO}'])).model.name == 'tiny'
 

@@ -176,6 +176,6 @@ def test_validation_of_rl_section():
     rc.validate(c)
   mesh = shd.make_mesh(8, 1, 1)
   c = rc.base_config()
-  c.rl.update(prompts_per_step=1, group_size=4)
+  c.rl.update(prompts_per_step=4, group_size=4)
   with pytest.raises(rc.ConfigError, match='do not split over'):
     rc.validate_for_mesh(c, mesh)
