@@ -329,7 +329,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
           lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+      metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
       return (params, opt_state), metrics
 
     (params, opt_state), per_update = jax.lax.scan(
