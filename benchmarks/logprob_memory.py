@@ -5,8 +5,11 @@
 Memory: XLA's compiled `temp_size_in_bytes` for value-and-grad of
 Σ token_logprobs(hidden, weight, targets) w.r.t. hidden and weight, at the LM
 heads of Qwen2.5-1.5B (N 8192, D 1536, V 151,936) and Llama 3 8B (N 32768,
-D 4096, V 128,256), bf16 inputs; compiled for this CPU (nothing is executed,
-so the sizes are deterministic). Speed: wall time of `chunked` vs `naive`,
+D 4096, V 128,256), f32 inputs, compiled for this CPU (nothing is executed,
+so the sizes are deterministic). f32 because XLA:CPU has no bf16 dot: it
+upcasts the operands and hoists an f32 copy of the whole [V, D] weight out of
+the chunk loops, which would measure the CPU's missing bf16 support rather
+than the algorithm. Speed: wall time of `chunked` vs `naive`,
 f32, at a size where `naive` fits, measured in the same run.
 """
 import time
@@ -27,7 +30,7 @@ def loss_and_grads(impl):
   return f
 
 
-def temp_bytes(impl, n, d, v, dtype=jnp.bfloat16):
+def temp_bytes(impl, n, d, v, dtype=jnp.float32):
   args = (jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((v, d), dtype),
           jax.ShapeDtypeStruct((n,), jnp.int32))
   return jax.jit(loss_and_grads(impl)).lower(*args).compile().memory_analysis().temp_size_in_bytes

@@ -40,65 +40,51 @@ def _pad_to(x, multiple, axis):
   return jnp.pad(x, widths)
 
 
-def _tiles(weight_VxD, vocab_chunk):
-  """[C, Vc, D] vocab tiles and the number of real rows V."""
-  V, D = weight_VxD.shape
-  w = _pad_to(weight_VxD, vocab_chunk, 0)
-  return w.reshape(-1, vocab_chunk, D), V
+def _over_vocab(body, carry, weight_VxD, vocab_chunk):
+  """Folds `body(carry, w_tile, v0)` over the vocabulary in tiles of
+  `vocab_chunk` rows, read in place with dynamic_slice (the weight is never
+  padded or copied); a shorter last tile is a second, static call."""
+  V = weight_VxD.shape[0]
+  full, rest = divmod(V, vocab_chunk)
+
+  def step(carry, c):
+    v0 = c * vocab_chunk
+    return body(carry, jax.lax.dynamic_slice_in_dim(weight_VxD, v0, vocab_chunk), v0), None
+
+  carry, _ = jax.lax.scan(step, carry, jnp.arange(full))
+  if rest:
+    carry = body(carry, weight_VxD[full * vocab_chunk:], full * vocab_chunk)
+  return carry
 
 
-def _tile_logits(h_NxD, w_VcxD, c, vocab_chunk, V):
-  """f32 logits of one vocab tile, -inf on padded vocabulary rows."""
-  logits = jnp.einsum('nd,vd->nv', h_NxD, w_VcxD, preferred_element_type=jnp.float32)
-  valid = c * vocab_chunk + jnp.arange(vocab_chunk) < V
-  return jnp.where(valid[None], logits, -jnp.inf)
+def _logits(h_NxD, w_VcxD):
+  return jnp.einsum('nd,vd->nv', h_NxD, w_VcxD, preferred_element_type=jnp.float32)
 
 
-def _forward_rows(h_NxD, targets_N, tiles, V, vocab_chunk):
+def _forward_rows(h_NxD, targets_N, weight_VxD, vocab_chunk):
   """Online log-sum-exp over vocab tiles for one token chunk.
   Returns (logp, entropy, lse)."""
   N = h_NxD.shape[0]
 
-  def body(carry, xs):
+  def body(carry, w, v0):
     m, s, t, target_logit = carry  # running max, Σe^(l-m), Σe^(l-m)·l, target logit
-    w, c = xs
-    logits = _tile_logits(h_NxD, w, c, vocab_chunk, V)
+    logits = _logits(h_NxD, w)
     m_new = jnp.maximum(m, logits.max(axis=-1))
     scale = jnp.exp(m - m_new)
     e = jnp.exp(logits - m_new[:, None])
     s = s * scale + e.sum(axis=-1)
-    t = t * scale + jnp.sum(jnp.where(e > 0, e * logits, 0.0), axis=-1)
-    local = targets_N - c * vocab_chunk
-    in_tile = (local >= 0) & (local < vocab_chunk)
-    picked = jnp.take_along_axis(logits, jnp.clip(local, 0, vocab_chunk - 1)[:, None], -1)[:, 0]
-    target_logit = jnp.where(in_tile, picked, target_logit)
-    return (m_new, s, t, target_logit), None
+    t = t * scale + jnp.sum(e * logits, axis=-1)
+    local = targets_N - v0
+    in_tile = (local >= 0) & (local < w.shape[0])
+    picked = jnp.take_along_axis(logits, jnp.clip(local, 0, w.shape[0] - 1)[:, None], -1)[:, 0]
+    return m_new, s, t, jnp.where(in_tile, picked, target_logit)
 
-  init = (jnp.full((N,), -jnp.inf, jnp.float32), jnp.zeros((N,), jnp.float32),
-          jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32))
-  (m, s, t, target_logit), _ = jax.lax.scan(body, init, (tiles, jnp.arange(tiles.shape[0])))
+  zeros = jnp.zeros((N,), jnp.float32)
+  m, s, t, target_logit = _over_vocab(
+      body, (jnp.full((N,), -jnp.inf, jnp.float32), zeros, zeros, zeros), weight_VxD,
+      vocab_chunk)
   lse = m + jnp.log(s)
   return target_logit - lse, lse - t / s, lse
-
-
-def _backward_rows(h_NxD, targets_N, lse_N, g_N, tiles, V, vocab_chunk):
-  """d hidden [N, D] and d tiles [C, Vc, D] for one token chunk, recomputing
-  each tile: d logits = g · (onehot(target) - softmax)."""
-
-  def body(dh, xs):
-    w, c = xs
-    logits = _tile_logits(h_NxD, w, c, vocab_chunk, V)
-    p = jnp.exp(logits - lse_N[:, None])
-    onehot = (targets_N - c * vocab_chunk)[:, None] == jnp.arange(vocab_chunk)[None]
-    dlogits = g_N[:, None] * (onehot.astype(jnp.float32) - p)
-    dh = dh + jnp.einsum('nv,vd->nd', dlogits.astype(w.dtype), w,
-                         preferred_element_type=jnp.float32)
-    dw = jnp.einsum('nv,nd->vd', dlogits.astype(h_NxD.dtype), h_NxD,
-                    preferred_element_type=jnp.float32)
-    return dh, dw
-
-  dh0 = jnp.zeros(h_NxD.shape, jnp.float32)
-  return jax.lax.scan(body, dh0, (tiles, jnp.arange(tiles.shape[0])))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -108,32 +94,49 @@ def _chunked(hidden_NxD, weight_VxD, targets_N, token_chunk, vocab_chunk):
 
 def _chunked_fwd(hidden_NxD, weight_VxD, targets_N, token_chunk, vocab_chunk):
   N = hidden_NxD.shape[0]
-  tiles, V = _tiles(weight_VxD, vocab_chunk)
   h = _pad_to(hidden_NxD, token_chunk, 0).reshape(-1, token_chunk, hidden_NxD.shape[1])
   t = _pad_to(targets_N, token_chunk, 0).reshape(-1, token_chunk)
   logp, entropy, lse = jax.lax.map(
-      lambda a: _forward_rows(a[0], a[1], tiles, V, vocab_chunk), (h, t))
+      lambda a: _forward_rows(a[0], a[1], weight_VxD, vocab_chunk), (h, t))
   out = (logp.reshape(-1)[:N], jax.lax.stop_gradient(entropy.reshape(-1)[:N]))
   return out, (hidden_NxD, weight_VxD, targets_N, lse.reshape(-1)[:N])
 
 
 def _chunked_bwd(token_chunk, vocab_chunk, res, grads):
+  """Vocab tiles outside, token chunks inside: each tile's d weight is
+  accumulated over all tokens in a [Vc, D] f32 buffer and written once into
+  the output, d hidden accumulates in place in an [N, D] f32 buffer. Each
+  [Nc, Vc] logits tile is recomputed: d logits = g · (onehot(target) - softmax)."""
   hidden_NxD, weight_VxD, targets_N, lse_N = res
   g_N = grads[0].astype(jnp.float32)  # the entropy carries no gradient
   N, D = hidden_NxD.shape
-  tiles, V = _tiles(weight_VxD, vocab_chunk)
-  pad = lambda x: _pad_to(x, token_chunk, 0).reshape(-1, token_chunk, *x.shape[1:])  # noqa: E731
-  rows = (pad(hidden_NxD), pad(targets_N), pad(lse_N), pad(g_N))  # padded rows have g = 0
+  rows = lambda x: _pad_to(x, token_chunk, 0).reshape(-1, token_chunk, *x.shape[1:])  # noqa: E731
+  h, t, lse, g = rows(hidden_NxD), rows(targets_N), rows(lse_N), rows(g_N)  # padded rows: g = 0
 
-  def per_chunk(dw_acc, xs):
-    h, t, lse, g = xs
-    dh, dw = _backward_rows(h, t, lse, g, tiles, V, vocab_chunk)
-    return dw_acc + dw, dh
+  def tile(carry, w, v0):
+    dh_all, dweight = carry
 
-  dw, dh = jax.lax.scan(per_chunk, jnp.zeros(tiles.shape, jnp.float32), rows)
-  dhidden = dh.reshape(-1, D)[:N].astype(hidden_NxD.dtype)
-  dweight = dw.reshape(-1, D)[:V].astype(weight_VxD.dtype)
-  return dhidden, dweight, None
+    def chunk(inner, i):
+      dh_all, dw = inner
+      logits = _logits(h[i], w)
+      p = jnp.exp(logits - lse[i][:, None])
+      onehot = (t[i] - v0)[:, None] == jnp.arange(w.shape[0])[None]
+      dlogits = g[i][:, None] * (onehot.astype(jnp.float32) - p)
+      dh_all = dh_all.at[i].add(jnp.einsum('nv,vd->nd', dlogits.astype(w.dtype), w,
+                                           preferred_element_type=jnp.float32))
+      dw = dw + jnp.einsum('nv,nd->vd', dlogits.astype(h.dtype), h[i],
+                           preferred_element_type=jnp.float32)
+      return (dh_all, dw), None
+
+    (dh_all, dw), _ = jax.lax.scan(chunk, (dh_all, jnp.zeros(w.shape, jnp.float32)),
+                                   jnp.arange(h.shape[0]))
+    dweight = jax.lax.dynamic_update_slice_in_dim(dweight, dw.astype(dweight.dtype), v0, 0)
+    return dh_all, dweight
+
+  dh_all, dweight = _over_vocab(
+      tile, (jnp.zeros(h.shape, jnp.float32), jnp.zeros(weight_VxD.shape, weight_VxD.dtype)),
+      weight_VxD, vocab_chunk)
+  return dh_all.reshape(-1, D)[:N].astype(hidden_NxD.dtype), dweight, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
