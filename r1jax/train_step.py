@@ -293,7 +293,6 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     key = jax.random.wrap_key_data(state.rng)
     key_sample, key_next = jax.random.split(key)
     groups, sample_metrics = sample_groups(state.params, batch, key_sample)
-    B = groups['prompt'].shape[0]
     mask = groups['mask']
     if cfg.mask_truncated:
       mask = mask & ~groups['truncated'][..., None]
