@@ -1,10 +1,12 @@
-"""Log-prob paths: chunked (custom VJP, recomputed tiles) equals naive."""
+"""Log-prob paths: chunked and pallas (custom VJPs, recomputed tiles) equal naive;
+the Pallas kernels run interpreted on CPU and lower for TPU."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from r1jax import kernels
+from r1jax.kernels import pallas_tpu
 
 
 def _case(n, d, v, dtype=jnp.float32, seed=0):
@@ -58,7 +60,72 @@ def test_chunked_never_materialises_the_logits():
   assert temp('chunked') < 0.2 * logits_bytes
 
 
+@pytest.mark.parametrize('n,d,v,tb,vb', [
+    (37, 16, 1003, 16, 128),  # neither N nor V a multiple of the blocks
+    (64, 32, 512, 32, 256),  # exact multiples
+    (5, 8, 151_936, 8, 32_768),  # Qwen2.5's vocabulary: 5 vocab blocks, the last partial
+])
+def test_pallas_matches_naive_values_and_grads(n, d, v, tb, vb):
+  h, w, t, g = _case(n, d, v)
+  ref = _run('naive', h, w, t, g)
+  out = _run('pallas', h, w, t, g, token_block=tb, vocab_block=vb)  # interpreted on CPU
+  np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-5)  # log p
+  np.testing.assert_allclose(out[1], ref[1], atol=2e-5, rtol=1e-5)  # entropy
+  np.testing.assert_allclose(out[2][0], ref[2][0], atol=2e-5, rtol=1e-4)  # d hidden
+  np.testing.assert_allclose(out[2][1], ref[2][1], atol=2e-5, rtol=1e-4)  # d weight
+
+
+def test_pallas_bf16_inputs_accumulate_in_f32():
+  h, w, t, g = _case(33, 64, 700, jnp.bfloat16)
+  ref = _run('naive', h.astype(jnp.float32), w.astype(jnp.float32), t, g)
+  out = _run('pallas', h, w, t, g, token_block=16, vocab_block=256)
+  assert out[0].dtype == jnp.float32 and out[2][0].dtype == out[2][1].dtype == jnp.bfloat16
+  np.testing.assert_allclose(out[0], ref[0], atol=0.05, rtol=0.02)
+
+
+def test_auto_is_chunked_off_tpu():
+  h, w, t, g = _case(37, 16, 1003)
+  ref = _run('chunked', h, w, t, g, token_chunk=16, vocab_chunk=128)
+  out = _run('auto', h, w, t, g, token_chunk=16, vocab_chunk=128)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _lower_for_tpu(impl, n, d, v, grad):
+  args = (jax.ShapeDtypeStruct((n, d), jnp.bfloat16), jax.ShapeDtypeStruct((v, d), jnp.bfloat16),
+          jax.ShapeDtypeStruct((n,), jnp.int32))
+  f = lambda h, w, t: kernels.token_logprobs(h, w, t, impl=impl, interpret=False).sum()  # noqa: E731
+  if grad:
+    f = jax.value_and_grad(f, argnums=(0, 1))
+  return jax.jit(f).trace(*args).lower(lowering_platforms=('tpu',)).as_text()
+
+
+@pytest.mark.parametrize('impl', ['pallas', 'auto'])
+@pytest.mark.parametrize('n,d,v', [(8192, 1536, 151_936), (4096, 4096, 128_256)])
+def test_pallas_lowers_for_tpu_with_default_blocks(impl, n, d, v):
+  # Mosaic's lowering checks the (8, 128) tiling of every block; compiling needs a TPU.
+  assert _lower_for_tpu(impl, n, d, v, grad=False).count('tpu_custom_call') == 1
+  assert _lower_for_tpu(impl, n, d, v, grad=True).count('tpu_custom_call') == 3  # fwd, dh, dW
+
+
+def test_pallas_default_blocks_fit_the_vmem_budget():
+  # bf16, D 4096: the forward halves the vocab block, d hidden the token block
+  # (its [bn, D] output and f32 accumulator), d weight the vocab block.
+  assert pallas_tpu.plan(4096, 128_256, 4096, 2)[0] == {
+      'forward': (512, 512), 'dhidden': (256, 512), 'dweight': (512, 256)}
+  assert pallas_tpu.plan(8192, 151_936, 1536, 2)[0]['forward'] == (512, 1024)
+  for d in (1536, 4096):
+    for kernel, (bn, bv, mib) in pallas_tpu.vmem_plan_mib(8192, 151_936, d, 2).items():
+      assert bn % 128 == bv % 128 == 0 and mib * 2**20 <= pallas_tpu.VMEM_BUDGET, kernel
+
+
+def test_pallas_rejects_blocks_that_break_tpu_tiling():
+  h, w, t, _ = _case(37, 16, 1003)
+  with pytest.raises(ValueError, match='multiples of 128'):
+    kernels.token_logprobs(h, w, t, impl='pallas', token_block=16, interpret=False)
+
+
 def test_unknown_impl_is_an_error():
   h, w, t, _ = _case(4, 8, 16)
   with pytest.raises(ValueError, match='pallas'):
-    kernels.token_logprobs(h, w, t, impl='pallas')
+    kernels.token_logprobs(h, w, t, impl='triton')

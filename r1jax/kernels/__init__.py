@@ -10,6 +10,13 @@ RL step. Implementations:
            online log-sum-exp; a custom VJP recomputes each [Nc, Vc] tile in
            the backward (Cut Cross-Entropy / Liger style), so memory is
            O(Nc·Vc) instead of O(N·V). The CPU default.
+  pallas   the same algorithm as three Pallas TPU (Mosaic) kernels (forward;
+           d hidden; d weight), tiles living in VMEM (`pallas_tpu.py`). Off TPU
+           it runs in Pallas' interpreter unless `interpret=False` is passed
+           (which only lowering for TPU accepts): correct, but slow.
+  auto     pallas on TPU, chunked elsewhere, chosen when the computation is
+           lowered (`jax.lax.platform_dependent`), so an AOT lowering for TPU
+           from a CPU host gets the kernel.
 
 The entropy (optional, for metrics) is returned without a gradient.
 """
@@ -18,7 +25,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('naive', 'chunked')
+from r1jax.kernels import pallas_tpu
+
+IMPLS = ('naive', 'chunked', 'pallas', 'auto')
 TOKEN_CHUNK = 1024
 VOCAB_CHUNK = 8192
 
@@ -142,18 +151,50 @@ def _chunked_bwd(token_chunk, vocab_chunk, res, grads):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
+def _pallas(hidden_NxD, weight_VxD, targets_N, with_entropy, token_block, vocab_block,
+            interpret):
+  return pallas_tpu.token_logprobs(
+      hidden_NxD, weight_VxD, targets_N, with_entropy=with_entropy, token_block=token_block,
+      vocab_block=vocab_block, interpret=interpret)
+
+
+def _chunked_call(hidden_NxD, weight_VxD, targets_N, token_chunk, vocab_chunk):
+  return _chunked(hidden_NxD, weight_VxD, targets_N.astype(jnp.int32),
+                  min(token_chunk, hidden_NxD.shape[0]), min(vocab_chunk, weight_VxD.shape[0]))
+
+
 def token_logprobs(hidden_NxD: jax.Array, weight_VxD: jax.Array, targets_N: jax.Array,
                    *, impl: str = 'naive', with_entropy: bool = False,
-                   token_chunk: int = TOKEN_CHUNK, vocab_chunk: int = VOCAB_CHUNK
+                   token_chunk: int = TOKEN_CHUNK, vocab_chunk: int = VOCAB_CHUNK,
+                   token_block: int = pallas_tpu.TOKEN_BLOCK,
+                   vocab_block: int = pallas_tpu.VOCAB_BLOCK,
+                   interpret: bool | None = None
                    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-  """log p(target) [N] in f32; with_entropy also returns the entropy [N]."""
+  """log p(target) [N] in f32; with_entropy also returns the entropy [N].
+
+  *_chunk size the `chunked` tiles, *_block the Pallas ones (`pallas`,
+  `auto` on TPU). `interpret` (pallas only): None = interpret unless the
+  default backend is a TPU; False to lower for TPU from another host."""
   if impl == 'naive':
     logp, entropy = _naive(hidden_NxD, weight_VxD, targets_N)
   elif impl == 'chunked':
-    token_chunk = min(token_chunk, hidden_NxD.shape[0])
-    vocab_chunk = min(vocab_chunk, weight_VxD.shape[0])
-    logp, entropy = _chunked(hidden_NxD, weight_VxD, targets_N.astype(jnp.int32),
-                             token_chunk, vocab_chunk)
+    logp, entropy = _chunked_call(hidden_NxD, weight_VxD, targets_N, token_chunk, vocab_chunk)
+  elif impl == 'pallas':
+    if interpret is None:
+      interpret = jax.default_backend() != 'tpu'
+    logp, entropy = _pallas(hidden_NxD, weight_VxD, targets_N, with_entropy, token_block,
+                            vocab_block, interpret)
+  elif impl == 'auto':
+    # Both branches are traced, only the lowering platform's one is lowered,
+    # and differentiation goes through each branch's own custom VJP. The
+    # branches must return the same structure, hence `keep`.
+    keep = (lambda f: f) if with_entropy else (lambda f: lambda *a: (f(*a)[0], None))
+    logp, entropy = jax.lax.platform_dependent(
+        hidden_NxD, weight_VxD, targets_N,
+        tpu=keep(functools.partial(_pallas, with_entropy=with_entropy, token_block=token_block,
+                                   vocab_block=vocab_block, interpret=False)),
+        default=keep(functools.partial(_chunked_call, token_chunk=token_chunk,
+                                       vocab_chunk=vocab_chunk)))
   else:
     raise ValueError(f'logprob impl {impl!r} is not available; known: {IMPLS}')
   return (logp, entropy) if with_entropy else logp
