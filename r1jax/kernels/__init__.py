@@ -18,6 +18,10 @@ RL step. Implementations:
            lowered (`jax.lax.platform_dependent`), so an AOT lowering for TPU
            from a CPU host gets the kernel.
 
+Any of them runs vocab-parallel (`mesh=` with a 'tensor' axis > 1): each
+device handles its slice of the head and only per-token log-sum-exps are
+combined across devices (vocab_parallel.py).
+
 The entropy (optional, for metrics) is returned without a gradient.
 """
 import functools
@@ -25,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from r1jax.kernels import pallas_tpu
+from r1jax.kernels import manual, pallas_tpu, vocab_parallel
 
 IMPLS = ('naive', 'chunked', 'pallas', 'auto')
 TOKEN_CHUNK = 1024
@@ -88,10 +92,9 @@ def _forward_rows(h_NxD, targets_N, weight_VxD, vocab_chunk):
     picked = jnp.take_along_axis(logits, jnp.clip(local, 0, w.shape[0] - 1)[:, None], -1)[:, 0]
     return m_new, s, t, jnp.where(in_tile, picked, target_logit)
 
-  zeros = jnp.zeros((N,), jnp.float32)
+  zeros = manual.varying(jnp.zeros((N,), jnp.float32), h_NxD, weight_VxD, targets_N)
   m, s, t, target_logit = _over_vocab(
-      body, (jnp.full((N,), -jnp.inf, jnp.float32), zeros, zeros, zeros), weight_VxD,
-      vocab_chunk)
+      body, (zeros - jnp.inf, zeros, zeros, zeros), weight_VxD, vocab_chunk)
   lse = m + jnp.log(s)
   return target_logit - lse, lse - t / s, lse
 
@@ -137,15 +140,16 @@ def _chunked_bwd(token_chunk, vocab_chunk, res, grads):
                            preferred_element_type=jnp.float32)
       return (dh_all, dw), None
 
-    (dh_all, dw), _ = jax.lax.scan(chunk, (dh_all, jnp.zeros(w.shape, jnp.float32)),
-                                   jnp.arange(h.shape[0]))
+    dw = manual.varying(jnp.zeros(w.shape, jnp.float32), h, w, g)
+    (dh_all, dw), _ = jax.lax.scan(chunk, (dh_all, dw), jnp.arange(h.shape[0]))
     dweight = jax.lax.dynamic_update_slice_in_dim(dweight, dw.astype(dweight.dtype), v0, 0)
     return dh_all, dweight
 
+  init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(weight_VxD.shape, weight_VxD.dtype))
   dh_all, dweight = _over_vocab(
-      tile, (jnp.zeros(h.shape, jnp.float32), jnp.zeros(weight_VxD.shape, weight_VxD.dtype)),
-      weight_VxD, vocab_chunk)
-  return dh_all.reshape(-1, D)[:N].astype(hidden_NxD.dtype), dweight, None
+      tile, tuple(manual.varying(x, h, weight_VxD, g) for x in init), weight_VxD, vocab_chunk)
+  dh = dh_all.reshape(-1, D)[:N].astype(hidden_NxD.dtype)
+  return manual.cotangent_like(dh, hidden_NxD), manual.cotangent_like(dweight, weight_VxD), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -168,13 +172,21 @@ def token_logprobs(hidden_NxD: jax.Array, weight_VxD: jax.Array, targets_N: jax.
                    token_chunk: int = TOKEN_CHUNK, vocab_chunk: int = VOCAB_CHUNK,
                    token_block: int = pallas_tpu.TOKEN_BLOCK,
                    vocab_block: int = pallas_tpu.VOCAB_BLOCK,
-                   interpret: bool | None = None
+                   interpret: bool | None = None, mesh: jax.sharding.Mesh | None = None
                    ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """log p(target) [N] in f32; with_entropy also returns the entropy [N].
 
   *_chunk size the `chunked` tiles, *_block the Pallas ones (`pallas`,
   `auto` on TPU). `interpret` (pallas only): None = interpret unless the
-  default backend is a TPU; False to lower for TPU from another host."""
+  default backend is a TPU; False to lower for TPU from another host.
+  With a `mesh` whose 'tensor' axis is > 1 the weight is taken as split over
+  the vocabulary on that axis (vocab_parallel.py)."""
+  if mesh is not None and mesh.shape.get('tensor', 1) > 1:
+    local = functools.partial(token_logprobs, impl=impl, token_chunk=token_chunk,
+                              vocab_chunk=vocab_chunk, token_block=token_block,
+                              vocab_block=vocab_block, interpret=interpret)
+    return vocab_parallel.token_logprobs(hidden_NxD, weight_VxD, targets_N, mesh, local=local,
+                                         with_entropy=with_entropy)
   if impl == 'naive':
     logp, entropy = _naive(hidden_NxD, weight_VxD, targets_N)
   elif impl == 'chunked':

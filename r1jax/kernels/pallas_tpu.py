@@ -49,6 +49,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from r1jax.kernels import manual
+
 TOKEN_BLOCK = 512
 VOCAB_BLOCK = 1024
 VMEM_BUDGET = 24 * 2**20
@@ -179,6 +181,7 @@ def _forward_kernel(t_ref, h_ref, w_ref, *refs, vocab, with_entropy):
 
 def _forward(h_NxD, w_VxD, t_N, bn, bv, with_entropy, interpret):
   """Padded-N inputs → lane-replicated (logp, lse[, entropy]) [N, 128] f32."""
+  h_NxD, w_VxD, t_N = manual.align(h_NxD, w_VxD, t_N)
   (n, d), v = h_NxD.shape, w_VxD.shape[0]
   vec = pl.BlockSpec((bn, LANES), lambda i, j: (i, 0))
   n_out = 3 if with_entropy else 2
@@ -191,7 +194,7 @@ def _forward(h_NxD, w_VxD, t_N, bn, bv, with_entropy, interpret):
       in_specs=[vec, pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
                 pl.BlockSpec((bv, d), lambda i, j: (j, 0))],
       out_specs=[vec] * n_out,
-      out_shape=[jax.ShapeDtypeStruct((n, LANES), jnp.float32)] * n_out,
+      out_shape=[manual.struct((n, LANES), jnp.float32, h_NxD)] * n_out,
       scratch_shapes=[pltpu.VMEM((bn, LANES), jnp.float32)] * (n_out + 1),  # m, s, x[, u]
       compiler_params=_params(('parallel', 'arbitrary')),
       cost_estimate=cost, interpret=interpret, name='token_logprobs_fwd',
@@ -264,6 +267,7 @@ def _dweight_kernel(t_ref, lse_ref, g_ref, h_ref, w_ref, dw_ref, acc_ref, *, voc
 
 def _backward(h_NxD, w_VxD, t_N, lse_N, g_N, blocks, interpret):
   """Padded-N inputs (g = 0 on padded rows) → (d hidden [N, D], d weight [V, D])."""
+  h_NxD, w_VxD, t_N, lse_N, g_N = manual.align(h_NxD, w_VxD, t_N, lse_N, g_N)
   (n, d), v = h_NxD.shape, w_VxD.shape[0]
   flops, trans = 4 * n * v * d, n * v
   bn, bv = blocks['dhidden']
@@ -274,7 +278,7 @@ def _backward(h_NxD, w_VxD, t_N, lse_N, g_N, blocks, interpret):
       in_specs=[vec, vec, vec, pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
                 pl.BlockSpec((bv, d), lambda i, j: (j, 0))],
       out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
-      out_shape=jax.ShapeDtypeStruct(h_NxD.shape, h_NxD.dtype),
+      out_shape=manual.struct(h_NxD.shape, h_NxD.dtype, h_NxD),
       scratch_shapes=[pltpu.VMEM((bn, d), jnp.float32)],
       compiler_params=_params(('parallel', 'arbitrary')),
       cost_estimate=pl.CostEstimate(flops=flops, transcendentals=trans, bytes_accessed=(
@@ -290,7 +294,7 @@ def _backward(h_NxD, w_VxD, t_N, lse_N, g_N, blocks, interpret):
       in_specs=[vec, vec, vec, pl.BlockSpec((bn, d), lambda j, i: (i, 0)),
                 pl.BlockSpec((bv, d), lambda j, i: (j, 0))],
       out_specs=pl.BlockSpec((bv, d), lambda j, i: (j, 0)),
-      out_shape=jax.ShapeDtypeStruct(w_VxD.shape, w_VxD.dtype),
+      out_shape=manual.struct(w_VxD.shape, w_VxD.dtype, h_NxD),
       scratch_shapes=[pltpu.VMEM((bv, d), jnp.float32)],
       compiler_params=_params(('parallel', 'arbitrary')),
       cost_estimate=pl.CostEstimate(flops=flops, transcendentals=trans, bytes_accessed=(
@@ -341,7 +345,7 @@ def _logprobs_bwd(token_block, vocab_block, with_entropy, interpret, res, grads)
   pad = lambda x: _pad_rows(x, n_pad)  # noqa: E731  (padded rows: g = 0, lse = 0)
   dh, dw = _backward(pad(hidden_NxD), weight_VxD, pad(targets_N), pad(lse_N), pad(g_N),
                      blocks, interpret)
-  return dh[:n], dw, None
+  return manual.cotangent_like(dh[:n], hidden_NxD), manual.cotangent_like(dw, weight_VxD), None
 
 
 _logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
