@@ -3,14 +3,17 @@ config, anything small), in `<workdir>/checkpoints/<step>/`.
 
 Orbax writes each step into a temporary directory and renames it only when
 complete, so a crash or kill during a save leaves the previous checkpoint as
-the latest good one. Restoring takes an abstract state whose leaves carry the
-target shardings, so a checkpoint restores onto any mesh.
+the latest good one; a finished checkpoint that cannot be read back (a file
+lost or damaged later) is skipped by `restore_latest` with a warning, and the
+one before it is used. Restoring takes an abstract state whose leaves carry the
+target shardings, so a checkpoint restores onto any mesh or process count.
 """
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class Checkpointer:
@@ -36,6 +39,19 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out.state, out.meta
+
+  def restore_latest(self, like: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that restores, or None
+    when there is none; unreadable ones are reported and skipped."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return (step, *self.restore(step, like))
+      except Exception as e:  # pylint: disable=broad-except
+        message = (f'checkpoint {self.directory}/{step} cannot be restored '
+                   f'({type(e).__name__}: {str(e)[:300]}); trying the previous one')
+        logging.warning(message)
+        print(f'[r1jax] WARNING: {message}', flush=True)
+    return None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
