@@ -2,9 +2,13 @@
 
 Default — tiny base + built-in arithmetic task, on a laptop CPU:
   python -m r1jax.launch --config=configs/zero.py
-  Hardware: 2 CPU cores. Time: see README (base build included, < 20 min).
-  Result: held-out pass@1 (T 0.6, top-p 0.95, k 4) rises by > 20 points over
-  its step-0 value; format rate ends near 1.
+  Hardware: 2 CPU cores. Time: about 13 min (base build ~6 min: 1,200 steps;
+  240 GRPO steps ~7 min: 32 prompts x 8 samples, up to 32 new tokens).
+  Result (measured, see README): held-out pass@1 (256 questions, T 0.6,
+  top-p 0.95, k 4) 0.43 at step 0 -> 0.67 (+24 points); format rate 1.0;
+  completions grow from ~20 to 27 tokens as the policy learns to think (40%
+  of the base's pretraining answers skip the thinking; forced to skip it,
+  its pass@1 is 0.19).
 
 A published model from a local HF directory (R1-Zero's settings with `paper`):
   python -m r1jax.launch --config=configs/zero.py:model=qwen2.5-math-1.5b,ckpt=/data/Qwen2.5-Math-1.5B,paper \
@@ -31,14 +35,14 @@ def get_config(arg: str | None = None):
     c.model.ckpt = c.base.dir
     c.task = 'arithmetic'
     c.data_dir = c.base.data_dir
-    c.steps = 120
+    c.steps = 240
     c.eval_every = 40
     c.checkpoint_every = 20
     c.rewards = {'exact_match': 1.0, 'format': 0.2}  # integer answers: exact match
-    c.rl.update(prompts_per_step=32, group_size=8, max_prompt_len=64, max_new_tokens=40,
+    c.rl.update(prompts_per_step=32, group_size=8, max_prompt_len=64, max_new_tokens=32,
                 temperature=1.0, beta=0.01, reference_reset_every=0)
     c.optim.update(lr=1e-4, grad_clip=1.0)
-    c.eval.update(num_questions=128, k=4, batch_size=32)
+    c.eval.update(num_questions=256, k=4, batch_size=64, no_thinking=True)
   else:
     c.model.param_dtype = 'float32'  # master weights; matmuls in bf16
     c.model.dtype = 'bfloat16'

@@ -62,9 +62,14 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.workdir = ''
   c.seed = 0
+  # Multi-host: jax.distributed.initialize() before anything touches devices
+  # (also switched on by R1JAX_DISTRIBUTED=1, as the launch/ scripts do).
+  c.distributed = False
   c.steps = 100
   c.eval_every = 50
   c.checkpoint_every = 50
+  c.checkpoint_keep = 3  # the newest checkpoints kept
+  c.skip_nonfinite = False  # True: log a non-finite loss and go on instead of raising
 
   c.model = ConfigDict()
   c.model.name = 'tiny'  # a preset of r1jax.models.PRESETS
@@ -74,13 +79,16 @@ def base_config() -> ConfigDict:
   c.model.remat = False
   c.tokenizer = ''  # file or directory; default: the checkpoint directory
 
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_data: slices the data axis spans (multislice); 1 on a single slice.
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
 
   c.task = 'arithmetic'  # r1jax.data.TASKS: built-in generators or 'local'
   c.data_dir = 'workdir/tfds'  # where TFDS prepares the built-in tasks
   # Held-out evaluation as in R1: pass@1 over k samples at T 0.6, top-p 0.95.
+  # no_thinking: at step 0 also score answers forced without a chain of
+  # thought (templates.NO_THINKING), to show how much the task needs the steps.
   c.eval = ConfigDict(dict(num_questions=128, k=4, temperature=0.6, top_p=0.95,
-                           batch_size=32))
+                           batch_size=32, no_thinking=False))
 
   # GRPO (r1jax/grpo.py writes the objective out).
   c.rl = ConfigDict(dict(
@@ -102,7 +110,8 @@ def base_config() -> ConfigDict:
       reference_reset_every=0,  # steps; R1 uses 400; 0 = never
       dynamic_sampling_attempts=1,  # DAPO dynamic sampling when > 1
       overlong_max_len=0, overlong_cache_len=0, overlong_weight=1.0,  # DAPO; 0 = off
-      logprob_impl='naive',
+      # auto: the Pallas kernel on TPU, chunked elsewhere; naive (full logits) to debug.
+      logprob_impl='auto',
   ))
   # Rule-based rewards by name (r1jax.rewards.REWARDS) and their weights.
   c.rewards = ConfigDict({'accuracy': 1.0, 'format': 1.0})
@@ -131,12 +140,16 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ('steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     ('eval_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: only at start and end)'),
     ('checkpoint_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: only at the end)'),
+    ('checkpoint_keep', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('skip_nonfinite', lambda v: isinstance(v, bool), 'a bool'),
     ('model.param_dtype', lambda v: v in DTYPES, f'one of {DTYPES}'),
     ('model.dtype', lambda v: v in DTYPES, f'one of {DTYPES}'),
     ('model.remat', lambda v: isinstance(v, bool), 'a bool'),
     ('mesh.data', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
     ('mesh.fsdp', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
     ('mesh.tensor', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
+    ('mesh.dcn_data', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('distributed', lambda v: isinstance(v, bool), 'a bool'),
     ('rl.prompts_per_step', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     ('rl.group_size', lambda v: _is_int(v) and v >= 2, 'an integer >= 2 (advantages are group-relative)'),
     ('rl.max_prompt_len', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
@@ -166,6 +179,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ('eval.temperature', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
     ('eval.top_p', lambda v: _is_num(v) and 0 < v <= 1, 'in (0, 1]'),
     ('eval.batch_size', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    ('eval.no_thinking', lambda v: isinstance(v, bool), 'a bool'),
     ('optim.lr', lambda v: _is_num(v) and v > 0, 'a number > 0'),
     ('optim.warmup_steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     ('optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
@@ -196,7 +210,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   elif not model.ckpt and model.name not in PRESETS:
     raise ConfigError('model.name', f'unknown preset {model.name!r}; '
                       f'known: {sorted(PRESETS)}')
-  if sum(v == -1 for v in config.mesh.values()) > 1:
+  if sum(v == -1 for k, v in config.mesh.items() if k != 'dcn_data') > 1:
     raise ConfigError('mesh', f'at most one axis may be -1, got {config.mesh}')
   if 'task' in config and config.task not in (*TASKS, 'local'):
     raise ConfigError('task', f'unknown task {config.task!r}; known: {sorted(TASKS)} or local')

@@ -12,7 +12,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -22,6 +21,7 @@ from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
 from r1jax import tokenizer as tk, train_step as ts
 from r1jax.checkpoint import Checkpointer
 from r1jax.data import PromptIterator, load_split, make_prompt
+from r1jax.data.templates import NO_THINKING
 from r1jax.rewards import REWARDS, RewardScorer
 from r1jax.rollout import SamplingConfig
 
@@ -54,10 +54,31 @@ def main(argv):
   run(config)
 
 
+def init_distributed(config) -> None:
+  """Joins the multi-host job when asked (config.distributed or
+  R1JAX_DISTRIBUTED=1). The coordinator, process count and id come from the
+  cluster (TPU VM metadata, SLURM, Kubernetes) unless R1JAX_COORDINATOR,
+  R1JAX_NUM_PROCESSES and R1JAX_PROCESS_ID give them (e.g. localhost tests)."""
+  if not (config.distributed or os.environ.get('R1JAX_DISTRIBUTED') == '1'):
+    return
+  if jax.distributed.is_initialized():
+    return
+  env = os.environ.get
+  kwargs = {}
+  if env('R1JAX_COORDINATOR'):
+    kwargs = dict(coordinator_address=env('R1JAX_COORDINATOR'),
+                  num_processes=int(env('R1JAX_NUM_PROCESSES', '1')),
+                  process_id=int(env('R1JAX_PROCESS_ID', '0')))
+  jax.distributed.initialize(**kwargs)
+  print(f'[r1jax] process {jax.process_index()} of {jax.process_count()}: '
+        f'{jax.local_device_count()} local devices, {jax.device_count()} in all', flush=True)
+
+
 def run(config) -> dict:
   """Runs the config; returns the final evaluation metrics."""
   # ------------------------------------------------------------------ config
   rc.validate(config)
+  init_distributed(config)
   workdir = config.workdir
   os.makedirs(workdir, exist_ok=True)
 
@@ -105,14 +126,14 @@ def run(config) -> dict:
                                   ts.shardings_of(state))
 
   # ----------------------------------------------------------------- restore
-  ckpt = Checkpointer(workdir, keep=config.get('checkpoint_keep', 3))
+  ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
   start = 0
-  if ckpt.latest_step() is not None:
-    start = ckpt.latest_step()
-    state, meta = ckpt.restore(start, state)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    start, state, meta = restored
     data.restore(meta['data'])
     print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
-  writer = metrics.Writer(workdir)
+  writer = metrics.Writer(workdir, resume_step=start if restored else None)
 
   # -------------------------------------------------------------- evaluation
   e = config.eval
@@ -120,31 +141,36 @@ def run(config) -> dict:
                   'accuracy')
   sampler = evaluate.make_sampler(graphdef, SamplingConfig(
       max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-      eos_ids=eos_ids, pad_id=tok.pad_id), e.k)
+      eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
   eval_examples = [dict(test[i]) for i in range(min(e.num_questions, len(test)))]
   eval_prompts = [make_prompt(x) for x in eval_examples]
 
-  def run_eval(step: int) -> dict:
+  def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
     t0 = time.time()
     m, records = evaluate.evaluate(
         sampler, state.params, eval_examples, eval_prompts, tok, REWARDS[acc_name], e.k,
         e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1),
-        format_score=REWARDS['format'])
+        format_score=REWARDS['format'], forced=forced)
     m['eval/seconds'] = time.time() - t0
+    m = {k + tag: v for k, v in m.items()}
     writer.write(step, m)
-    writer.samples(step, 'eval', records[:16])
-    print(f'[r1jax] eval @ step {step}: pass@1 {m["eval/pass@1"]:.3f}  '
-          f'cons@{e.k} {m[f"eval/cons@{e.k}"]:.3f}  format {m.get("eval/format_rate", 0):.2f}  '
-          f'({len(eval_examples)} questions x {e.k} samples, {m["eval/seconds"]:.0f}s)',
+    writer.samples(step, 'eval' + tag, records[:16])
+    print(f'[r1jax] eval{tag} @ step {step}: pass@1 {m["eval/pass@1" + tag]:.3f}  '
+          f'cons@{e.k} {m[f"eval/cons@{e.k}" + tag]:.3f}  '
+          f'format {m.get("eval/format_rate" + tag, 0):.2f}  '
+          f'({len(eval_examples)} questions x {e.k} samples, {m["eval/seconds" + tag]:.0f}s)',
           flush=True)
     return m
 
   def save(step: int) -> None:
     if ckpt.latest_step() != step:
-      ckpt.save(step, state, {'data': data.state(), 'step': step})
+      ckpt.save(step, state, {'data': data.state(), 'step': step,
+                              'config': config.to_dict()})
 
   # -------------------------------------------------------------------- loop
   first_eval = run_eval(0) if start == 0 else None
+  if first_eval and e.no_thinking:
+    first_eval.update(run_eval(0, forced=NO_THINKING, tag='_no_thinking'))
   stop = _Stop()  # from here on a signal saves at the next step boundary
   last_eval = first_eval
   t_start = time.time()
@@ -153,15 +179,15 @@ def run(config) -> dict:
     examples = data.next()
     ids, mask = tok.encode_batch([make_prompt(x) for x in examples],
                                  max_len=config.rl.max_prompt_len)
-    batch = ts.Batch(*jax.device_put(
-        (jnp.asarray(ids), jnp.asarray(mask),
-         jnp.asarray([x['index'] for x in examples], jnp.int32)),
-        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))))
+    # Global arrays from each host's own prompts (hosts read disjoint slices).
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
+    batch = ts.Batch(*(jax.make_array_from_process_local_data(rows, x) for x in (
+        ids, mask, np.asarray([x['index'] for x in examples], np.int32))))
     t0 = time.time()
     state, m = train_step(state, batch)
     m = metrics.scalars(m)
     dt = time.time() - t0
-    if not np.isfinite(m['loss']) and not config.get('skip_nonfinite', False):
+    if not np.isfinite(m['loss']) and not config.skip_nonfinite:
       raise FloatingPointError(f'step {step}: non-finite loss {m["loss"]} (metrics: {m})')
     m.update(scorer.counters(), step_seconds=dt, tokens_per_s=m['tokens'] / dt)
     m['reward/callback_failures'] = reward_fn.failures[0]
@@ -188,6 +214,8 @@ def run(config) -> dict:
   summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, **(last_eval or {})}
   if first_eval:
     summary['eval/pass@1 at step 0'] = first_eval['eval/pass@1']
+    if 'eval/pass@1_no_thinking' in first_eval:
+      summary['eval/pass@1 at step 0, no thinking'] = first_eval['eval/pass@1_no_thinking']
   print('[r1jax] done: ' + '  '.join(
       f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in summary.items()),
         flush=True)

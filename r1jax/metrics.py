@@ -28,13 +28,24 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float | list[float]]:
 
 
 class Writer:
+  """`resume_step`: the checkpoint a run resumes from (None: a fresh run).
+  Lines after it, written by a run stopped before its next checkpoint, are
+  dropped, so a resumed run's metrics.jsonl reads as if it never stopped."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self.workdir = workdir
     self.tb = None
     if self.active:
       os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if os.path.exists(path):
+        with open(path) as f:
+          keep = [line for line in f if resume_step is not None and line.strip()
+                  and json.loads(line)['step'] <= resume_step]
+        with open(path + '.tmp', 'w') as f:
+          f.writelines(keep)
+        os.replace(path + '.tmp', path)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=10)
 

@@ -48,8 +48,12 @@ SAMPLE_RULES: Rules = tuple(
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= the rest)."""
+              devices: Sequence[jax.Device] | None = None, dcn_data: int = 1) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= the rest).
+
+  Multislice: `dcn_data` > 1 splits the data axis over that many slices
+  (data-parallel gradients cross the slower DCN once per step; FSDP and
+  tensor collectives stay on each slice's ICI)."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = {'data': data, 'fsdp': fsdp, 'tensor': tensor}
   free = [k for k, v in sizes.items() if v == -1]
@@ -67,10 +71,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
   if math.prod(sizes.values()) != len(devices):
     raise ValueError(f'mesh: sizes {sizes} need {math.prod(sizes.values())} '
                      f'devices, {len(devices)} available')
+  if dcn_data < 1 or sizes['data'] % dcn_data:
+    raise ValueError(f'mesh.dcn_data: {dcn_data} must be >= 1 and divide the data axis '
+                     f'({sizes["data"]})')
   shape = tuple(sizes[a] for a in MESH_AXES)
   try:
-    dev_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # pylint: disable=broad-except  # e.g. CPU or odd shapes
+    if dcn_data > 1:
+      dev_array = jax.experimental.mesh_utils.create_hybrid_device_mesh(
+          (sizes['data'] // dcn_data, sizes['fsdp'], sizes['tensor']), (dcn_data, 1, 1),
+          devices)
+    else:
+      dev_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # pylint: disable=broad-except  # e.g. CPU (no slices) or odd shapes
     dev_array = np.asarray(devices).reshape(shape)
   return Mesh(dev_array, MESH_AXES,
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))

@@ -51,7 +51,7 @@ class StepConfig(NamedTuple):
   reference_reset_every: int = 0  # 0: never
   dynamic_sampling_attempts: int = 1  # 1: off
   overlong: tuple[int, int] | None = None  # (max_len, cache_len) of DAPO's penalty
-  logprob_impl: str = 'naive'
+  logprob_impl: str = 'auto'
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -108,10 +108,12 @@ class Batch(NamedTuple):
 
 
 def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-                        tokens_NxT: jax.Array, temperature: float, impl: str = 'naive',
-                        with_entropy: bool = False):
+                        tokens_NxT: jax.Array, temperature: float, impl: str = 'auto',
+                        with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None):
   """log π(token) [N, T] of each completion token given its prompt (and the
-  entropy [N, T] when asked), N = B·G, prompts prefilled once per group."""
+  entropy [N, T] when asked), N = B·G, prompts prefilled once per group.
+  With a mesh whose 'tensor' axis divides the vocabulary, the LM head runs
+  vocab-parallel (kernels/vocab_parallel.py)."""
   B = prompt_BxP.shape[0]
   N, T = tokens_NxT.shape
   # The last prompt position predicts token 0, completion position t token t+1.
@@ -120,9 +122,11 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
   h_NxTxD = jnp.concatenate([jnp.repeat(h_last_BxD[:, None], N // B, axis=0), h_rest], axis=1)
   h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
   D = h_NxTxD.shape[-1]
+  if mesh is not None and model.cfg.vocab_size % mesh.shape.get('tensor', 1):
+    mesh = None  # an uneven split: left to XLA's partitioner
   out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),
                                tokens_NxT.reshape(N * T), impl=impl,
-                               with_entropy=with_entropy)
+                               with_entropy=with_entropy, mesh=mesh)
   if with_entropy:
     return out[0].reshape(N, T), out[1].reshape(N, T)
   return out.reshape(N, T)
@@ -281,7 +285,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       N = g['tokens'].shape[0] * G
       return completion_logprobs(model, g['prompt'], g['prompt_mask'],
                                  g['tokens'].reshape(N, -1), tau, impl=cfg.logprob_impl,
-                                 with_entropy=with_entropy)
+                                 with_entropy=with_entropy, mesh=mesh)
 
   def no_grad_logprobs(params, g):
     """Per micro-batch (bounded memory), back in [B, G, T] layout."""

@@ -1,7 +1,9 @@
 """Built-in tasks (prepared once into a temporary data_dir), local files, and
 the prompt iterator."""
+import itertools
 import json
 import random
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,32 +36,39 @@ def test_builders_prepare_and_read(splits):
 
 def test_splits_fixed_unique_and_disjoint(splits):
   # The fixed splits are part of the contract: a generator change must show here.
-  assert splits['arithmetic', 'test'][0]['question'] == '58+83+71+45'
-  assert splits['arithmetic', 'train'][0]['question'] == '97+72+22+82'
+  assert splits['arithmetic', 'test'][0]['question'] == '5+8-4-4'
+  assert splits['arithmetic', 'train'][0]['question'] == '9+7-8-2'
   assert splits['countdown', 'test'][0]['numbers'] == '9,14,18,16'
   assert splits['countdown', 'test'][0]['answer'] == '126'
   assert splits['countdown', 'train'][0]['solution'] == '15*15-15-16'
   keys = {
-      'arithmetic': lambda ex: tuple(sorted(ex['question'].split('+'))),
+      'arithmetic': lambda ex: ex['question'],
       'countdown': lambda ex: (tuple(sorted(ex['numbers'].split(','))), ex['answer'])}
   for name, key in keys.items():
     train = {key(ex) for ex in _all(splits[name, 'train'])}
     test = {key(ex) for ex in _all(splits[name, 'test'])}
-    assert (len(train), len(test)) == (20_000, 500)  # no repeats, even reordered
+    assert (len(train), len(test)) == (20_000, 500)  # no repeats
     assert not train & test
 
 
 def test_arithmetic_answers(splits):
   for ex in _all(splits['arithmetic', 'test']) + _all(splits['arithmetic', 'train'], 2000):
-    numbers = [int(x) for x in ex['question'].split('+')]
-    assert len(numbers) == 4 and all(10 <= x <= 99 for x in numbers)
-    assert int(ex['answer']) == sum(numbers)
-    steps = ex['solution'].split(', ')
-    assert len(steps) == 3 and steps[-1].endswith('=' + ex['answer'])
-    for step in steps:
-      lhs, rhs = step.split('=')
-      a, b = lhs.split('+')
-      assert int(a) + int(b) == int(rhs)
+    terms = re.findall(r'[+-]?\d+', ex['question'])
+    n = data.tasks.ARITHMETIC_TERMS
+    assert len(terms) == n and all(1 <= abs(int(x)) <= 9 for x in terms)
+    partial = list(itertools.accumulate(int(x) for x in terms))
+    assert min(partial) >= 0 and int(ex['answer']) == partial[-1]
+    # The reduction: n expressions, each step evaluating the leading operation.
+    lines = ex['solution'].split('=')
+    assert lines[0] == ex['question'] and lines[-1] == ex['answer'] and len(lines) == n
+    for line, total, k in zip(lines, partial, range(n)):
+      assert line == str(total) + ''.join(terms[k + 1:])
+      assert eval(line) == partial[-1]  # noqa: S307 (digits and +/- only)
+
+
+def test_reduction_follows_a_mistake():
+  chain, total = data.tasks.reduction('7+5-3+9-6', wrong=lambda v: v + 10 if v == 12 else v)
+  assert (chain, total) == ('7+5-3+9-6=22-3+9-6=19+9-6=28-6=22', 22)
 
 
 def test_countdown_solutions_score_one(splits):
@@ -78,7 +87,7 @@ def test_make_prompt(splits):
   ex = splits['arithmetic', 'test'][0]
   prompt = data.make_prompt(ex)
   assert prompt.startswith('A conversation between User and Assistant.')
-  assert prompt.endswith('User: 58+83+71+45. Assistant:')
+  assert prompt.endswith('User: 5+8-4-4. Assistant:')
 
 
 def test_load_split_unknown_name(tmp_path):

@@ -1,30 +1,11 @@
 """End to end through launch.run on the smoke preset: metrics, checkpoint,
 resume."""
-import importlib.util
 import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import zero_config
 from r1jax import launch, metrics
-
-
-def zero_config(arg):
-  spec = importlib.util.spec_from_file_location('zero', os.path.join(ROOT, 'configs', 'zero.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-@pytest.fixture(scope='session')
-def smoke_base(tmp_path_factory):
-  """The smoke-sized tiny base, built once for the session."""
-  from r1jax import base
-  c = zero_config('smoke').base
-  root = tmp_path_factory.mktemp('base')
-  c.dir, c.data_dir = str(root / 'base'), str(root / 'tfds')
-  base.build(c)
-  return c
 
 
 def _config(tmp_path, smoke_base, steps=3):

@@ -117,19 +117,28 @@ def test_dynamic_sampling_refills_zero_spread_groups():
   assert float(m['reward/zero_spread_groups']) == 0.0
 
 
-def test_sharded_step_equals_single_device():
-  results = {}
-  for name, mesh in [('1 device', None), ('data 2 x fsdp 4', shd.make_mesh(2, 4, 1))]:
-    # SGD, so parameter differences are gradient differences (Adam's 1/sqrt(v)
-    # would amplify reduction-order noise in near-zero gradients).
-    step, state, batch, _ = _setup(mesh=mesh, prompts=8, num_iterations=2,
-                                   optimizer=optax.sgd(1.0))
-    state, m = step(state, batch)
-    if mesh is not None:
-      shd.check_sharded(state.params, mesh, tolerance=0.05)
-    results[name] = (jax.device_get(m), jax.device_get(state.params))
-  (m1, p1), (m8, p8) = results.values()
-  print('loss 1 device', m1['loss'], 'sharded', m8['loss'])
+@pytest.fixture(scope='module')
+def single_device_step():
+  return _sharded_run(None)
+
+
+def _sharded_run(mesh):
+  # SGD, so parameter differences are gradient differences (Adam's 1/sqrt(v)
+  # would amplify reduction-order noise in near-zero gradients).
+  step, state, batch, _ = _setup(mesh=mesh, prompts=8, num_iterations=2,
+                                 optimizer=optax.sgd(1.0))
+  state, m = step(state, batch)
+  if mesh is not None:
+    shd.check_sharded(state.params, mesh, tolerance=0.05)
+  return jax.device_get(m), jax.device_get(state.params)
+
+
+@pytest.mark.parametrize('shape', [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (2, 4, 1)])
+def test_sharded_step_equals_single_device(shape, single_device_step):
+  """(data, fsdp, tensor) meshes over 8 devices: same rollouts, rewards, loss
+  and updated parameters as one device (f32, tiny preset, SGD lr 1)."""
+  m1, p1 = single_device_step
+  m8, p8 = _sharded_run(shd.make_mesh(*shape))
   np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):

@@ -1,7 +1,8 @@
 """Built-in reasoning tasks, generated locally as TFDS builders, and `load_split`.
 
-  arithmetic  sums of four 2-digit numbers, "47+36+12+85" -> "180", with the
-              worked chain "47+36=83, 83+12=95, 95+85=180" as `solution`
+  arithmetic  chains of four one-digit numbers with + and -, "7+5-3+9" -> "18",
+              with the worked reduction "7+5-3+9=12-3+9=9+9=18" as `solution`
+              (three dependent steps)
   countdown   reach a target from 3 or 4 numbers in 1..25 with + - * / and
               parentheses, each number at most once; `solution` is one
               expression that does it (checked by rewards.countdown)
@@ -24,6 +25,7 @@ prepared copy is reused by VERSION: a change to a generator must bump it.
 Questions carry no final period: the R1-Zero template adds ". Assistant:".
 """
 import random
+import re
 import time
 from typing import Callable
 
@@ -34,8 +36,9 @@ import tensorflow_datasets as tfds
 from r1jax.data import local
 
 __all__ = ['Arithmetic', 'Countdown', 'Source', 'TASKS', 'arithmetic_problem',
-           'countdown_problem', 'load_split']
+           'countdown_problem', 'load_split', 'reduction']
 
+ARITHMETIC_TERMS = 4
 _MAX_TARGET = 999  # countdown targets; above it a product of big numbers is the whole trick
 
 
@@ -45,13 +48,31 @@ def _randint(rng: random.Random, lo: int, hi: int) -> int:
 
 
 def arithmetic_problem(rng: random.Random) -> dict:
-  numbers = [_randint(rng, 10, 99) for _ in range(4)]
-  steps, total = [], numbers[0]
-  for x in numbers[1:]:
-    steps.append(f'{total}+{x}={total + x}')
-    total += x
-  return {'question': '+'.join(map(str, numbers)), 'answer': str(total),
-          'solution': ', '.join(steps)}
+  """A chain of one-digit numbers joined by + and -, evaluated left to
+  right; a '-' that would take the running total below zero becomes '+'. The
+  solution reduces the expression one operation at a time."""
+  terms = [str(_randint(rng, 1, 9))]
+  total = int(terms[0])
+  for _ in range(ARITHMETIC_TERMS - 1):
+    x = _randint(rng, 1, 9)
+    op = '-' if _randint(rng, 0, 1) and x <= total else '+'
+    total = total + x if op == '+' else total - x
+    terms.append(f'{op}{x}')
+  question = ''.join(terms)
+  return {'question': question, 'answer': str(total), 'solution': reduction(question)[0]}
+
+
+def reduction(question: str, wrong: Callable[[int], int] = lambda value: value
+              ) -> tuple[str, int]:
+  """'7+5-3+9-6' -> ('7+5-3+9-6=12-3+9-6=9+9-6=18-6=12', 12): each step
+  evaluates the leading operation and copies the rest. `wrong(value)` may
+  replace a step's result (a plausible mistake); later steps follow it."""
+  head, *rest = re.findall(r'[+-]?\d+', question)
+  total, line = int(head), [question]
+  while rest:
+    total = wrong(total + int(rest.pop(0)))
+    line.append(str(total) + ''.join(rest))
+  return '='.join(line), total
 
 
 # An expression node is (value, text, precedence): 2 leaf, 1 for * and /, 0 for + and -.
@@ -122,8 +143,8 @@ def _features(*text_fields: str) -> tfds.features.FeaturesDict:
 
 
 class Arithmetic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Sums of four 2-digit numbers with a worked chain of partial sums."""
-  VERSION = tfds.core.Version('1.0.0')
+  """Chains of + and - over one-digit numbers with a worked chain of partial results."""
+  VERSION = tfds.core.Version('2.0.0')
   TRAIN_SIZE, TEST_SIZE = 20_000, 500
   # TFDS looks for a checksums file next to a builder's code; for a builder in
   # a package that lookup imports `importlib_resources`, which TFDS declares
@@ -139,7 +160,7 @@ class Arithmetic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # nothing to download
     splits = _fixed_splits(
         self.name, arithmetic_problem,
-        lambda ex: tuple(sorted(map(int, ex['question'].split('+')))),
+        lambda ex: ex['question'],  # order matters: it fixes the chain
         self.TRAIN_SIZE, self.TEST_SIZE)
     return {s: self._generate_examples(exs) for s, exs in splits.items()}
 

@@ -15,3 +15,7 @@ TAGS = ('<think>', '</think>', '<answer>', '</answer>')
 
 def r1_zero_prompt(question: str) -> str:
   return R1_ZERO_TEMPLATE.format(question=question)
+
+# Appended to a prompt, this forces an answer without a chain of thought (the
+# base's "no thinking" accuracy shows how much the task needs the steps).
+NO_THINKING = ' <think> </think> <answer>'

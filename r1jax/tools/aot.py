@@ -1,0 +1,164 @@
+"""Ahead-of-time check of the compiled GRPO step for a target TPU topology,
+from any machine: see the per-device memory (and OOMs) before launching.
+
+  python -m r1jax.tools.aot --config=configs/zero.py:model=qwen2.5-1.5b,paper --topology=v5p-64
+
+The step (rollouts, rewards callback, reference and policy log-probs, update)
+is traced on abstract values (nothing is allocated, no checkpoint is read),
+lowered for TPU on the config's mesh over the topology's devices, and
+compiled when a TPU compiler is installed (`pip install 'jax[tpu]'`: libtpu
+compiles for a topology without the chips); without one it is lowered only
+and the state's per-device bytes are reported. `--topology=cpu` uses this
+machine's devices instead (what the tests run).
+"""
+import dataclasses
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from r1jax import config as rc, models, sharding as shd, train_step as ts
+
+# name -> (libtpu topology prefix, chips per core-count unit, HBM GiB per chip,
+# chips per host). v4/v5p slice names count TensorCores (2 per chip).
+_TPUS = {'v4': ('v4', 2, 32, 4), 'v5p': ('v5p', 2, 95, 4), 'v5e': ('v5e', 1, 16, 4),
+         'v5litepod': ('v5e', 1, 16, 4), 'v6e': ('v6e', 1, 32, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str
+  chips: int
+  shape: tuple[int, ...]  # chips per dimension
+  hbm_gib: float
+  libtpu_name: str
+
+
+def parse_topology(name: str) -> Topology:
+  """'v5p-64' → 32 chips in a 2x4x4 cube; 'v5e-16' → 16 chips in 4x4."""
+  m = re.fullmatch(r'(v4|v5p|v5e|v5litepod|v6e)-(\d+)', name)
+  if not m:
+    raise ValueError(f'--topology: expected e.g. v5p-64 or v5e-16, got {name!r}')
+  kind, count = m.group(1), int(m.group(2))
+  prefix, per_chip, hbm, _ = _TPUS[kind]
+  chips = count // per_chip
+  if chips < 1 or chips * per_chip != count or chips & (chips - 1):
+    raise ValueError(f'--topology: {name!r} is not a power-of-two slice')
+  dims = 3 if prefix in ('v4', 'v5p') else 2
+  shape = [1] * dims
+  for i in range(int(math.log2(chips))):  # grow the smallest dimension first
+    shape[sorted(range(dims), key=lambda d: (shape[d], -d))[0]] *= 2
+  shape = tuple(sorted(shape))
+  return Topology(name, chips, shape, hbm, f'{prefix}:{"x".join(map(str, shape))}')
+
+
+def topology_devices(topology: Topology) -> list:
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  desc = topologies.get_topology_desc(platform='tpu', topology_name=topology.libtpu_name)
+  return list(desc.devices)
+
+
+def abstract_state(config, mesh):
+  """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
+  cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
+                          dtype=config.model.dtype, remat=config.model.remat)
+  step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
+  optimizer = ts.make_optimizer(config.optim)
+  abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(abstract)
+  shardings = shd.state_shardings(params, mesh, shd.TRAIN_RULES)
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, shardings)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_state = jax.eval_shape(optimizer.init, params)
+  # Moments follow their parameters (optax keeps the tree); counters replicated.
+  opt_state = jax.tree.map(
+      lambda x: x if getattr(x, 'sharding', None) is not None else
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), opt_state)
+  state = ts.TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params,
+      opt_state=opt_state, ref_params=params if step_cfg.loss.beta > 0 else None,
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
+  return state, graphdef, step_cfg, optimizer
+
+
+def check(config, devices) -> dict:
+  """Lowers (and compiles where possible) the train step; returns a report."""
+  rc.validate(config)
+  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  rc.validate_for_mesh(config, mesh)
+  state, graphdef, step_cfg, optimizer = abstract_state(config, mesh)
+  R = len(step_cfg.reward_names)
+  reward_fn = ts.make_reward_fn(lambda tokens, mask, ids: np.zeros((len(tokens), R), np.float32),
+                                mesh, R)
+  step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
+                            ts.shardings_of(state))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
+  B = config.rl.prompts_per_step * config.rl.dynamic_sampling_attempts
+  P = config.rl.max_prompt_len
+  batch = ts.Batch(jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows),
+                   jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
+                   jax.ShapeDtypeStruct((B,), jnp.int32, sharding=rows))
+  t0 = time.time()
+  lowered = step.trace(state, batch).lower()
+  report = {'devices': len(devices), 'mesh': dict(mesh.shape),
+            'lower_seconds': round(time.time() - t0, 1),
+            'state_gib_per_device': _bytes_per_device(state) / 2**30}
+  try:
+    t0 = time.time()
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    report['compiled'] = False
+    report['compile_error'] = f'{type(e).__name__}: {str(e)[:500]}'
+    return report
+  mem = compiled.memory_analysis()
+  report.update(compiled=True, compile_seconds=round(time.time() - t0, 1))
+  if mem is not None:
+    gib = lambda b: b / 2**30  # noqa: E731
+    report.update(
+        argument_gib=gib(mem.argument_size_in_bytes), output_gib=gib(mem.output_size_in_bytes),
+        alias_gib=gib(mem.alias_size_in_bytes), temp_gib=gib(mem.temp_size_in_bytes),
+        peak_gib=gib(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                     - mem.alias_size_in_bytes + mem.temp_size_in_bytes))
+  return report
+
+
+def _bytes_per_device(tree) -> float:
+  """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape)
+    total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+  return total
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  name = flags.FLAGS.topology
+  if name == 'cpu':
+    devices, hbm = jax.devices(), None
+  else:
+    topology = parse_topology(name)
+    devices, hbm = topology_devices(topology), topology.hbm_gib
+    print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
+          f'{topology.hbm_gib} GiB HBM each')
+  report = check(config, devices)
+  for k, v in report.items():
+    print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
+  if hbm is not None and report.get('compiled'):
+    verdict = 'fits' if report['peak_gib'] <= hbm else 'DOES NOT FIT (OOM)'
+    print(f'[aot] peak {report["peak_gib"]:.2f} GiB per device of {hbm} GiB: {verdict}')
+
+
+if __name__ == '__main__':
+  # Flags only when run as a program (r1jax.launch defines its own --config).
+  config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=False)
+  flags.DEFINE_string('topology', 'v5p-64', "e.g. v5p-64, v5e-256, v6e-16, v4-32, or 'cpu'")
+  app.run(main)

@@ -1,0 +1,28 @@
+"""The ahead-of-time tool: topology names, and the whole step compiled for
+this machine's 8 CPU devices (the TPU path differs only in the devices)."""
+import jax
+import pytest
+
+from conftest import zero_config
+from r1jax.tools import aot
+
+
+def test_topology_names():
+  t = aot.parse_topology('v5p-64')  # v5p names count TensorCores: 32 chips
+  assert (t.chips, t.shape, t.libtpu_name, t.hbm_gib) == (32, (2, 4, 4), 'v5p:2x4x4', 95)
+  assert aot.parse_topology('v5e-16').shape == (4, 4)
+  assert aot.parse_topology('v6e-8').libtpu_name == 'v6e:2x4'
+  assert aot.parse_topology('v4-8').shape == (1, 2, 2)
+  for bad in ('v5p-48', 'tpu-8', 'v5e'):
+    with pytest.raises(ValueError, match='--topology'):
+      aot.parse_topology(bad)
+
+
+def test_step_compiles_and_reports_memory_per_device():
+  c = zero_config('smoke')
+  c.mesh.update(data=1, fsdp=4, tensor=2)
+  report = aot.check(c, jax.devices())
+  assert report['compiled'], report
+  assert report['devices'] == 8 and report['mesh'] == {'data': 1, 'fsdp': 4, 'tensor': 2}
+  # Weights, Adam moments and the reference are split 8 ways.
+  assert 0 < report['state_gib_per_device'] < report['peak_gib']

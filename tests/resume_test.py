@@ -1,0 +1,139 @@
+"""Exact resume: a run killed with SIGKILL and started again ends with the same
+parameters, bit for bit, and the same metrics.jsonl training lines as a run
+that was never interrupted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from conftest import ROOT
+from launch_test import _config
+from r1jax import metrics
+
+WORKER = os.path.join(ROOT, 'tests', 'worker.py')
+TIMING = ('step_seconds', 'tokens_per_s')  # wall-clock, not results
+
+
+def start(config, path, env=None):
+  with open(path, 'w') as f:
+    json.dump(config.to_dict(), f)
+  return subprocess.Popen([sys.executable, WORKER, path], cwd=ROOT, env={**os.environ, **(env or {})},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=600):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def final_params(workdir, step):
+  """The saved parameters as numpy arrays (whatever mesh or processes saved them)."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  ckptr = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          ckptr.metadata(path).item_metadata.tree)
+  return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))['params']
+
+
+def training_lines(workdir):
+  rows = [r for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+          if 'reward/total' in r]
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _leaves(tree, prefix=''):
+  if isinstance(tree, dict):
+    for k in sorted(tree):
+      yield from _leaves(tree[k], f'{prefix}/{k}')
+  else:
+    yield prefix, np.asarray(tree)
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, smoke_base):
+  steps = 5
+  straight = _config(tmp_path / 'a', smoke_base, steps=steps)
+  straight.checkpoint_every = 1
+  finish(start(straight, str(tmp_path / 'a.json')))
+
+  killed = _config(tmp_path / 'b', smoke_base, steps=steps)
+  killed.checkpoint_every = 1
+  proc = start(killed, str(tmp_path / 'b.json'))
+  ckpts = os.path.join(killed.workdir, 'checkpoints')
+  deadline = time.time() + 600
+  while not (os.path.isdir(ckpts) and '2' in os.listdir(ckpts)):  # step 2 committed
+    assert proc.poll() is None and time.time() < deadline, 'worker ended before step 2'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  assert done[-1] < steps, f'killed too late to test anything: {done}'
+  out = finish(start(killed, str(tmp_path / 'b.json')))
+  assert 'resumed from' in out
+
+  assert training_lines(killed.workdir) == training_lines(straight.workdir)
+  a = dict(_leaves(final_params(straight.workdir, steps)))
+  b = dict(_leaves(final_params(killed.workdir, steps)))
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(config, path):
+  """One run as 2 processes x 4 CPU devices on localhost (gloo collectives)."""
+  env = {'R1JAX_TEST_DEVICES': '4', 'R1JAX_NUM_PROCESSES': '2', 'R1JAX_DISTRIBUTED': '1',
+         'R1JAX_COORDINATOR': f'127.0.0.1:{_free_port()}'}
+  procs = [start(config, f'{path}.{i}.json', {**env, 'R1JAX_PROCESS_ID': str(i)})
+           for i in range(2)]
+  try:
+    return [finish(p, timeout=600) for p in procs]
+  finally:
+    for p in procs:  # never leave a peer waiting on a dead coordinator
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def test_two_processes_equal_one_process_and_resume(tmp_path, smoke_base):
+  """2 processes x 4 devices == 1 process x 8 devices on the same (data 4,
+  tensor 2) mesh: the same training lines and parameters; then both resume
+  from their checkpoint for one more step."""
+  t0 = time.time()
+  results = {}
+  for name in ('one', 'two'):
+    c = _config(tmp_path / name, smoke_base, steps=2)
+    c.checkpoint_every = 1
+    if name == 'one':
+      finish(start(c, str(tmp_path / 'one.json')))
+    else:
+      outs = run_two_processes(c, str(tmp_path / 'two'))
+      assert 'process 1 of 2' in outs[1] and '4 local devices, 8 in all' in outs[1]
+    c.steps = 3  # restore from step 2 and go on
+    if name == 'one':
+      finish(start(c, str(tmp_path / 'one.json')))
+    else:
+      outs = run_two_processes(c, str(tmp_path / 'two'))
+      assert all('resumed from' in out for out in outs)
+    results[name] = (training_lines(c.workdir), dict(_leaves(final_params(c.workdir, 3))))
+  print(f'two-process test: {time.time() - t0:.0f}s')
+  (lines1, params1), (lines2, params2) = results.values()
+  assert [r['step'] for r in lines2] == [1, 2, 3]
+  for r1, r2 in zip(lines1, lines2):
+    assert r1.keys() == r2.keys()
+    for k in r1:
+      np.testing.assert_allclose(r2[k], r1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for name in params1:
+    np.testing.assert_allclose(params2[name], params1[name], rtol=1e-5, atol=1e-6, err_msg=name)
