@@ -113,7 +113,7 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
   """log π(token) [N, T] of each completion token given its prompt (and the
   entropy [N, T] when asked), N = B·G, prompts prefilled once per group.
   With a mesh whose 'tensor' axis divides the vocabulary, the LM head runs
-  vocab-parallel (kernels/vocab_parallel.py)."""
+  per device under shard_map, vocab-parallel (kernels/vocab_parallel.py)."""
   B = prompt_BxP.shape[0]
   N, T = tokens_NxT.shape
   # The last prompt position predicts token 0, completion position t token t+1.
@@ -123,7 +123,9 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
   h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
   D = h_NxTxD.shape[-1]
   if mesh is not None and model.cfg.vocab_size % mesh.shape.get('tensor', 1):
-    mesh = None  # an uneven split: left to XLA's partitioner
+    # An uneven vocabulary split: left to XLA's partitioner, which cannot
+    # partition a Pallas kernel, so the pure-JAX path.
+    mesh, impl = None, 'naive' if impl == 'naive' else 'chunked'
   out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),
                                tokens_NxT.reshape(N * T), impl=impl,
                                with_entropy=with_entropy, mesh=mesh)

@@ -18,9 +18,9 @@ RL step. Implementations:
            lowered (`jax.lax.platform_dependent`), so an AOT lowering for TPU
            from a CPU host gets the kernel.
 
-Any of them runs vocab-parallel (`mesh=` with a 'tensor' axis > 1): each
-device handles its slice of the head and only per-token log-sum-exps are
-combined across devices (vocab_parallel.py).
+Given a mesh (`mesh=`), any of them runs per device under `jax.shard_map`,
+vocab-parallel over the 'tensor' axis: each device handles its slice of the
+head and only per-token log-sum-exps are combined (vocab_parallel.py).
 
 The entropy (optional, for metrics) is returned without a gradient.
 """
@@ -179,9 +179,11 @@ def token_logprobs(hidden_NxD: jax.Array, weight_VxD: jax.Array, targets_N: jax.
   *_chunk size the `chunked` tiles, *_block the Pallas ones (`pallas`,
   `auto` on TPU). `interpret` (pallas only): None = interpret unless the
   default backend is a TPU; False to lower for TPU from another host.
-  With a `mesh` whose 'tensor' axis is > 1 the weight is taken as split over
-  the vocabulary on that axis (vocab_parallel.py)."""
-  if mesh is not None and mesh.shape.get('tensor', 1) > 1:
+  With a `mesh` of more than one device the call runs under `jax.shard_map`
+  (vocab_parallel.py): tokens split over 'data' x 'fsdp', the weight over the
+  vocabulary on 'tensor' (Mosaic kernels cannot be partitioned automatically,
+  and a vocab-parallel head never gathers whole logits rows)."""
+  if mesh is not None and mesh.size > 1:
     local = functools.partial(token_logprobs, impl=impl, token_chunk=token_chunk,
                               vocab_chunk=vocab_chunk, token_block=token_block,
                               vocab_block=vocab_block, interpret=interpret)

@@ -76,11 +76,18 @@ def abstract_state(config, mesh):
   params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, shardings)
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_state = jax.eval_shape(optimizer.init, params)
-  # Moments follow their parameters (optax keeps the tree); counters replicated.
-  opt_state = jax.tree.map(
-      lambda x: x if getattr(x, 'sharding', None) is not None else
-      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), opt_state)
+  # Moments follow their parameters: optax nests a params-shaped tree in its
+  # state, so a leaf whose key path ends with a parameter's path (and has its
+  # shape) takes its sharding; counters are replicated.
+  by_path = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(params)}
+
+  def like_param(path, x):
+    key = jax.tree_util.keystr(path)
+    for suffix, p in by_path.items():
+      if key.endswith(suffix) and p.shape == x.shape:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)
+  opt_state = jax.tree_util.tree_map_with_path(like_param, jax.eval_shape(optimizer.init, params))
   state = ts.TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params,
       opt_state=opt_state, ref_params=params if step_cfg.loss.beta > 0 else None,
