@@ -171,6 +171,7 @@ def run(config) -> dict:
   first_eval = run_eval(0) if start == 0 else None
   if first_eval and e.no_thinking:
     first_eval.update(run_eval(0, forced=NO_THINKING, tag='_no_thinking'))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
   stop = _Stop()  # from here on a signal saves at the next step boundary
   last_eval = first_eval
   t_start = time.time()
@@ -180,7 +181,6 @@ def run(config) -> dict:
     ids, mask = tok.encode_batch([make_prompt(x) for x in examples],
                                  max_len=config.rl.max_prompt_len)
     # Global arrays from each host's own prompts (hosts read disjoint slices).
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
     batch = ts.Batch(*(jax.make_array_from_process_local_data(rows, x) for x in (
         ids, mask, np.asarray([x['index'] for x in examples], np.int32))))
     t0 = time.time()

@@ -22,6 +22,13 @@ def _run(impl, h, w, t, g, **chunks):
   return logp, ent, grads
 
 
+def _assert_matches(out, ref):
+  np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-5)  # log p
+  np.testing.assert_allclose(out[1], ref[1], atol=2e-5, rtol=1e-5)  # entropy
+  np.testing.assert_allclose(out[2][0], ref[2][0], atol=2e-5, rtol=1e-4)  # d hidden
+  np.testing.assert_allclose(out[2][1], ref[2][1], atol=2e-5, rtol=1e-4)  # d weight
+
+
 @pytest.mark.parametrize('n,d,v,tc,vc', [
     (37, 16, 1003, 16, 128),  # neither N nor V a multiple of the chunks
     (64, 32, 512, 64, 512),  # exact multiples, one tile
@@ -31,10 +38,7 @@ def test_chunked_matches_naive_values_and_grads(n, d, v, tc, vc):
   h, w, t, g = _case(n, d, v)
   ref = _run('naive', h, w, t, g)
   out = _run('chunked', h, w, t, g, token_chunk=tc, vocab_chunk=vc)
-  np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-5)  # log p
-  np.testing.assert_allclose(out[1], ref[1], atol=2e-5, rtol=1e-5)  # entropy
-  np.testing.assert_allclose(out[2][0], ref[2][0], atol=2e-5, rtol=1e-4)  # d hidden
-  np.testing.assert_allclose(out[2][1], ref[2][1], atol=2e-5, rtol=1e-4)  # d weight
+  _assert_matches(out, ref)
 
 
 def test_chunked_bf16_inputs_accumulate_in_f32():
@@ -69,10 +73,7 @@ def test_pallas_matches_naive_values_and_grads(n, d, v, tb, vb):
   h, w, t, g = _case(n, d, v)
   ref = _run('naive', h, w, t, g)
   out = _run('pallas', h, w, t, g, token_block=tb, vocab_block=vb)  # interpreted on CPU
-  np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-5)  # log p
-  np.testing.assert_allclose(out[1], ref[1], atol=2e-5, rtol=1e-5)  # entropy
-  np.testing.assert_allclose(out[2][0], ref[2][0], atol=2e-5, rtol=1e-4)  # d hidden
-  np.testing.assert_allclose(out[2][1], ref[2][1], atol=2e-5, rtol=1e-4)  # d weight
+  _assert_matches(out, ref)
 
 
 def test_pallas_bf16_inputs_accumulate_in_f32():
@@ -146,10 +147,7 @@ def test_vocab_parallel_matches_single_device(impl, mesh_shape):
   w_sharded = jax.device_put(w, jax.sharding.NamedSharding(mesh, spec))
   out = jax.jit(lambda h, w: _run(impl, h, w, t, g, mesh=mesh, vocab_chunk=64, token_chunk=16))(
       h, w_sharded)
-  np.testing.assert_allclose(out[0], ref[0], atol=2e-5, rtol=1e-5)  # log p
-  np.testing.assert_allclose(out[1], ref[1], atol=2e-5, rtol=1e-5)  # entropy
-  np.testing.assert_allclose(out[2][0], ref[2][0], atol=2e-5, rtol=1e-4)  # d hidden
-  np.testing.assert_allclose(out[2][1], ref[2][1], atol=2e-5, rtol=1e-4)  # d weight
+  _assert_matches(out, ref)
 
 
 def test_vocab_parallel_rejects_an_uneven_split():
