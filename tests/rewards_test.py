@@ -1,4 +1,7 @@
 """Rule-based rewards on hand-written completions, and the scorer's limits."""
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -7,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hostile
 from r1jax import rewards
 
 R1 = ' <think> 3*4=12, 12+5=17 </think> <answer> {} </answer>'
@@ -46,7 +50,8 @@ def test_accuracy():
   assert acc('<answer>-17</answer>', '17') == 0.0
   # Raw-text parsing would read 'x^2 + 1' as its last number, 1.
   assert acc('<answer>x^2 + 1</answer>', '1') == 0.0
-  assert acc('<think>so \\boxed{17}</think>', '17') == 1.0
+  assert acc('<think>so \\boxed{17}</think>', '17') == 0.0  # inside the thinking
+  assert acc('<think>so</think> \\boxed{17}', '17') == 1.0
   assert acc('<think>I am not sure</think>', '17') == 0.0
   assert acc('<answer></answer>', '17') == 0.0
   assert acc('<answer>17</answer> wait, <answer>18</answer>', '17') == 0.0
@@ -140,7 +145,7 @@ def test_scorer_shapes_and_values():
   scores = scorer(['p'] * 3, completions, [GOLD17] * 3)
   assert scores.dtype == np.float32 and scores.shape == (3, 3)
   np.testing.assert_allclose(scores, [[1, 1, 1], [1, 0, 1], [0, 1, 0.5]])
-  assert scorer.counters() == {'reward/errors': 0, 'reward/timeouts': 0}
+  assert scorer.counters() == {'reward/errors': 0, 'reward/timeouts': 0, 'reward/rejected': 0}
   assert scorer([], [], []).shape == (0, 3)
   with pytest.raises(ValueError, match='completions'):
     scorer(['p'], [], [])
@@ -152,29 +157,111 @@ def test_scorer_unknown_name():
 
 
 def test_scorer_errors_and_timeouts():
-  release = threading.Event()
-
-  def boom(prompt, completion, example):
-    raise RuntimeError('bug')
-
-  def slow(prompt, completion, example):
-    if completion == 'slow':
-      release.wait(5.0)
-    return 1.0
-
-  scorer = rewards.RewardScorer({'format': 1.0, 'boom': 1.0, 'slow': 1.0}, timeout_s=0.2,
-                                max_workers=2, extra={'boom': boom, 'slow': slow})
-  try:
-    t0 = time.monotonic()
-    completions = ['slow', 'fast', 'slow', R1.format(1)]
-    scores = scorer([''] * 4, completions, [{}] * 4)
-    assert time.monotonic() - t0 < 3.0
-  finally:
-    release.set()
-  # Both 'slow' calls held the 2 workers; the pool was replaced and the rest ran.
+  scorer = rewards.RewardScorer({'format': 1.0, 'boom': 1.0, 'slow': 1.0}, timeout_s=0.5,
+                                workers=2, extra={'boom': hostile.boom, 'slow': hostile.slow})
+  t0 = time.monotonic()
+  completions = ['slow', 'fast', 'slow', R1.format(1)]
+  scores = scorer([''] * 4, completions, [{}] * 4)
+  assert time.monotonic() - t0 < 4.0
+  # Both 'slow' calls were killed with their workers; the rest ran.
   np.testing.assert_allclose(scores, [[0, 0, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1]])
-  assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2}
-  assert (scorer.errors, scorer.timeouts) == (4, 2)
+  assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2, 'reward/rejected': 0}
+  assert scorer.pool.restarts == 2
+  t0 = time.monotonic()
+  scorer([''], [R1.format(1)], [{}])  # the replacements serve at once
+  assert time.monotonic() - t0 < 1.0
+  scorer.close()
+
+
+# Inputs that made sympy (or a regex) run for minutes: each must score 0
+# within the time limit + 1 s, be counted if it timed out, and leave the
+# process able to exit (no runaway thread).
+HOSTILE = [
+    ('<answer>9^{9^{9}}</answer>', '17'),
+    ('<answer>10^{10^{9}}</answer>', '17'),
+    ('<answer>17</answer>', '9^{9^{9}}'),  # the gold itself
+    ('<answer>' + '\\frac{' * 10_000 + '</answer>', '17'),
+    ('<answer>(10^{10})!</answer>', '17'),
+    ('<answer>2^{100000000}</answer>', '17'),
+]
+
+
+@pytest.mark.parametrize('completion,gold', HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_answers_score_zero_in_bounded_time(completion, gold):
+  scorer = rewards.RewardScorer({'accuracy': 1.0, 'format': 1.0}, timeout_s=2.0, workers=1)
+  t0 = time.monotonic()
+  scores = scorer([''], [completion], [{'answer': gold}])
+  assert time.monotonic() - t0 < 3.0
+  assert scores[0, 0] == 0.0
+  assert scorer.rejected + scorer.timeouts == 1  # counted
+  scorer.close()
+
+
+def test_sympy_hang_is_killed_and_counted():
+  """A hang past the cheap guards (math-verify parsing a huge factorial
+  directly) is killed at the limit and counted as a timeout."""
+  scorer = rewards.RewardScorer({'hang': 1.0}, timeout_s=1.0, workers=1,
+                                extra={'hang': hostile.sympy_hang})
+  assert scorer([''], ['warm up'], [{}])[0, 0] == 0.0  # imports the module in the worker
+  t0 = time.monotonic()
+  scores = scorer([''], ['hang'], [{}])
+  assert time.monotonic() - t0 < 2.0 and scores[0, 0] == 0.0
+  assert scorer.timeouts == 1
+  scorer.close()
+
+
+def test_process_exits_after_a_timeout():
+  """A thread-based limit leaked the runaway thread and the interpreter could
+  not exit; with worker processes it exits at once."""
+  code = ('import hostile\nfrom r1jax import rewards\n'
+          's = rewards.RewardScorer({"hang": 1.0}, timeout_s=1.0, workers=1, '
+          'extra={"hang": hostile.sympy_hang})\n'
+          'print(s([""], ["hang"], [{}])[0, 0], s.timeouts)\n')
+  t0 = time.monotonic()
+  out = subprocess.run([sys.executable, '-c', code], cwd=os.path.dirname(__file__),
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ['0.0', '1']
+  assert time.monotonic() - t0 < 30
+
+
+def test_format_reward_is_linear_on_many_tags():
+  text = '<think>a</think><answer>1</answer>' * 8000
+  t0 = time.monotonic()
+  assert rewards.format_reward('', text, {}) == 0.0
+  assert rewards.extract_answer('<answer>' * 20_000 + '1') is None
+  assert rewards.extract_answer('\\boxed{' * 20_000) is None
+  assert time.monotonic() - t0 < 0.5
+
+
+def test_answer_inside_thinking_does_not_count():
+  """Issue 10.10: the last <answer> anywhere counted, also inside <think>."""
+  assert acc('<think><answer>18</answer></think>', '18') == 0.0
+  assert acc('<think><answer>18</answer></think> <answer>17</answer>', '18') == 0.0
+  assert acc('<think>hmm <answer>18</answer>', '18') == 0.0  # still thinking
+  assert acc('<think>ok</think> <answer>18</answer>', '18') == 1.0
+  assert rewards.exact_match('', '<think><answer>18</answer></think>', {'answer': '18'}) == 0.0
+  assert rewards.extract_answer('<think><answer>18</answer></think>') is None
+
+
+@pytest.mark.parametrize('hedge', ['17 \\lor 18', '17 \\wedge 18', '17 \\cup 18', '17 = 18',
+                                   '{17 \\atop 18}', '17, 18', '\\{17, 18\\}', '17 \\pm 1',
+                                   '17 \\text{ or } 18', '17 < 18', '18 \\text{ and } 17',
+                                   '17 \\vee 18', '17 \\land 18', '(17, 18)'])
+def test_hedged_answers_score_zero_for_a_scalar_gold(hedge):
+  """Issue 10.10: math-verify accepted these for gold 18."""
+  assert acc(f'<answer>{hedge}</answer>', '18') == 0.0
+
+
+def test_single_values_still_score():
+  assert acc('<answer>x = 18</answer>', '18') == 1.0  # one symbol assigned one value
+  assert acc('<answer>1,234</answer>', '1234') == 1.0  # thousands, not a set
+  assert acc('<answer>\\frac{36}{2}</answer>', '18') == 1.0
+  assert acc('<answer>5!</answer>', '120') == 1.0
+  assert acc('<answer>2^{10}</answer>', '1024') == 1.0
+  # A gold that is itself a set or an interval is compared as such.
+  assert acc('<answer>\\{1, 2\\}</answer>', '\\{1, 2\\}') == 1.0
+  assert acc('<answer>(1, 3)</answer>', '(1, 3)') == 1.0
 
 
 def test_countdown():
@@ -201,3 +288,16 @@ def test_countdown():
               '1e1', '3*8;1', '3 8', '', '(' * 150 + '3' + ')' * 150, 'x'):
     assert cd(bad) == 0.0, bad
   assert rewards.REWARDS['countdown']('', 'no answer', ex) == 0.0
+
+
+def test_countdown_all_needs_every_number_exactly_once():
+  """Issue 10.10: `countdown` (r1jax's task: each number at most once)
+  takes 3+5 for 8 from {3, 5, 7}; `countdown_all` (TinyZero) does not."""
+  ex = {'numbers': '3,5,7', 'answer': '8'}
+  done = lambda fn, a: rewards.REWARDS[fn]('', f'<think> </think> <answer> {a} </answer>', ex)  # noqa: E731
+  assert done('countdown', '3+5') == 1.0
+  assert done('countdown_all', '3+5') == 0.0
+  assert done('countdown_all', '3+5+7-7') == 0.0  # 7 twice
+  assert done('countdown_all', '(7-5)*3+5-3') == 0.0  # 5 and 3 twice
+  assert done('countdown_all', '5*3-7') == 1.0
+  assert done('countdown', '<think><answer>3+5</answer></think>') == 0.0

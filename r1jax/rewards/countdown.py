@@ -1,9 +1,17 @@
-"""Countdown reward: the answer must be an expression that reaches the target.
+"""Countdown rewards: the answer must be an expression that reaches the target.
 
-1.0 iff the extracted answer (see answers.py) is an arithmetic expression of
-non-negative integer literals, binary + - * / and parentheses, whose literals
-are a sub-multiset of example['numbers'] (each given number used at most
-once) and whose exact value (fractions, so 7/2*2 is 7) is int(example['answer']).
+  countdown      each given number used at most once (the rule r1jax's
+                 built-in task states in its questions, whose targets are
+                 made from a subset of the numbers)
+  countdown_all  each given number used exactly once (TinyZero's rule and
+                 data set, Countdown-Tasks-3to4): `3+5` for target 8 from
+                 {3, 5, 7} scores 1.0 under `countdown`, 0.0 here
+
+Use the one that matches what the questions say. Either is 1.0 iff the final
+answer (see answers.py) is an arithmetic expression of non-negative integer
+literals, binary + - * / and parentheses, whose literals are a sub-multiset
+(countdown_all: exactly the multiset) of example['numbers'] and whose exact
+value (fractions, so 7/2*2 is 7) is int(example['answer']).
 Anything else scores 0.0: a division by zero, a unary minus, a power, a
 name, a float, "=" anywhere, or the bare target when the target is not
 itself one of the numbers.
@@ -19,6 +27,7 @@ import operator
 import re
 
 from r1jax.rewards.answers import extract_answer
+from r1jax.rewards.rules import response
 
 _CHARS = re.compile(r'[\d\s+\-*/()]+')
 _MAX_LEN = 200  # characters; a real answer over four numbers is ~20
@@ -48,11 +57,8 @@ def _numbers(numbers) -> list[int]:
   return [int(x) for x in numbers]
 
 
-def countdown(prompt: str, completion: str, example: dict) -> float:
-  """1.0 iff the answer is an expression over the given numbers (each at most
-  once) equal to the target."""
-  del prompt
-  answer = extract_answer(completion)
+def _score(prompt: str, completion: str, example: dict, use_all: bool) -> float:
+  answer = extract_answer(response(prompt, completion))
   if answer is None or len(answer) > _MAX_LEN or not _CHARS.fullmatch(answer):
     return 0.0
   try:
@@ -60,9 +66,22 @@ def countdown(prompt: str, completion: str, example: dict) -> float:
   except (SyntaxError, ValueError, RecursionError):
     return 0.0
   used = _literals(tree.body)
-  if used is None or Counter(used) - Counter(_numbers(example['numbers'])):
+  given = Counter(_numbers(example['numbers']))
+  if used is None or Counter(used) - given or (use_all and Counter(used) != given):
     return 0.0
   try:
     return float(_value(tree.body) == int(example['answer']))
   except ZeroDivisionError:
     return 0.0
+
+
+def countdown(prompt: str, completion: str, example: dict) -> float:
+  """1.0 iff the answer is an expression over the given numbers (each at most
+  once) equal to the target."""
+  return _score(prompt, completion, example, use_all=False)
+
+
+def countdown_all(prompt: str, completion: str, example: dict) -> float:
+  """1.0 iff the answer is an expression using every given number exactly
+  once and equal to the target (TinyZero)."""
+  return _score(prompt, completion, example, use_all=True)
