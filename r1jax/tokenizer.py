@@ -13,12 +13,29 @@ import numpy as np
 
 
 class Tokenizer:
-  """Common interface. Subclasses set vocab_size, bos_id, eos_id, pad_id."""
+  """Common interface. Subclasses set vocab_size, bos_id, eos_id, pad_id.
+
+  `stop_ids` are the ids that end a completion (the eos, plus every id in
+  generation_config.json's eos_token_id list, plus what `set_stop_ids` adds):
+  decoding stops at the first of them, exactly where the sampler stops.
+  """
 
   vocab_size: int
   bos_id: int | None
   eos_id: int | None
   pad_id: int
+  _extra_stop_ids: frozenset = frozenset()
+
+  @property
+  def stop_ids(self) -> frozenset:
+    base = frozenset() if self.eos_id is None else frozenset({self.eos_id})
+    return base | self._extra_stop_ids
+
+  def set_stop_ids(self, ids) -> tuple[int, ...]:
+    """Adds `ids` (e.g. the model config's eos ids); returns all stop ids,
+    sorted, for the sampler."""
+    self._extra_stop_ids = self._extra_stop_ids | frozenset(int(i) for i in ids)
+    return tuple(sorted(self.stop_ids))
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     raise NotImplementedError
@@ -27,9 +44,12 @@ class Tokenizer:
     raise NotImplementedError
 
   def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
+    """Text of `ids` up to (not including) the first stop id."""
     ids = [int(i) for i in ids]
-    if stop_at_eos and self.eos_id is not None and self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
+    if stop_at_eos:
+      stops = self.stop_ids
+      end = next((j for j, i in enumerate(ids) if i in stops), len(ids))
+      ids = ids[:end]
     return self._decode(ids)
 
   def encode_batch(self, texts: Sequence[str], max_len: int | None = None,
@@ -121,6 +141,9 @@ class HFTokenizer(Tokenizer):
       return None
 
     self.bos_id, self.eos_id = special('bos'), special('eos')
+    listed = gen_cfg.get('eos_token_id', model_cfg.get('eos_token_id'))
+    listed = listed if isinstance(listed, list) else [] if listed is None else [listed]
+    self._extra_stop_ids = frozenset(int(i) for i in listed)
     pad = special('pad')
     self.pad_id = pad if pad is not None else (
         self.eos_id if self.eos_id is not None else 0)

@@ -233,3 +233,35 @@ def test_activation_constraints_under_a_mesh_keep_values():
   sharded = jax.jit(fwd)(state, tokens)
   plain = models.create(cfg, seed=0)(tokens)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), atol=1e-5)
+
+
+def test_sliding_window_config_is_refused(tmp_path):
+  """Issue 10.6: Qwen2 with use_sliding_window loaded as full attention
+  (logits differed from transformers by up to 5.9); now refused."""
+  d = _copy_fixture(tmp_path)
+  cfg = json.load(open(d / 'config.json'))
+  cfg.update(use_sliding_window=True, sliding_window=16, max_window_layers=0)
+  del cfg['layer_types']  # transformers derives it from max_window_layers
+  json.dump(cfg, open(d / 'config.json', 'w'))
+  with pytest.raises(models.CheckpointError, match='sliding-window attention'):
+    models.load_hf(str(d))
+  cfg['layer_types'] = ['full_attention', 'sliding_attention']
+  json.dump(cfg, open(d / 'config.json', 'w'))
+  with pytest.raises(models.CheckpointError, match=r'in layers \[1\]'):
+    models.load_hf(str(d))
+  # Switched on for no layer (max_window_layers >= layers): full attention, loads.
+  del cfg['layer_types']
+  cfg.update(max_window_layers=cfg['num_hidden_layers'])
+  json.dump(cfg, open(d / 'config.json', 'w'))
+  models.load_hf(str(d))
+
+
+def test_duplicate_tensor_in_unindexed_files_is_refused(tmp_path):
+  """Issue 10.6: two un-indexed safetensors files with the same tensor: the
+  later file silently won; now an error naming both files."""
+  d = _copy_fixture(tmp_path)
+  t = load_file(os.path.join(d, 'model.safetensors'))
+  save_file({'model.norm.weight': t['model.norm.weight'] * 2}, os.path.join(d, 'zz.safetensors'),
+            metadata={'format': 'pt'})
+  with pytest.raises(models.CheckpointError, match=r"'model\.norm\.weight'.*model\.safetensors.*zz\.safetensors"):
+    models.load_hf(str(d))

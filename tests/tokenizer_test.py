@@ -34,7 +34,7 @@ def hf_dir(tmp_path_factory):
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=300, special_tokens=['<unk>', '<|endoftext|>', '<|pad|>', '<|bos|>'],
+      vocab_size=300, special_tokens=['<unk>', '<|endoftext|>', '<|pad|>', '<|bos|>', '<|eot_id|>'],
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator(TEXTS * 20, trainer)
   tok.save(str(d / 'tokenizer.json'))
@@ -74,6 +74,24 @@ def test_hf_specials_fall_back_to_generation_config(tmp_path, hf_dir):
       {'bos_token_id': 3, 'eos_token_id': [1, 2]}))
   tok = tk.load_tokenizer(str(tmp_path))
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (3, 1, 1)
+  assert tok.stop_ids == {1, 2}  # every listed eos ends decoding
+
+
+def test_every_stop_id_ends_decoding(hf_dir):
+  """Issue 10.4: the rollout stopped at the model's eos ids (Llama 3's
+  <|eot_id|>) but decoding only at the tokenizer's eos, so the stop token
+  was decoded into the text and the format reward scored 0."""
+  from r1jax import rewards
+  tok = tk.load_tokenizer(hf_dir)
+  eot = tok.tok.token_to_id('<|eot_id|>')
+  text = '<think> 2+2=4 </think> <answer> 4 </answer>'
+  ids = tok.encode(text) + [eot] + tok.encode(' junk')
+  stops = tok.set_stop_ids([eot])  # the model config's eos ids, as launch passes them
+  assert set(stops) == {eot, tok.eos_id}
+  mask = np.ones((1, len(ids)), bool)
+  decoded = tok.decode_batch(np.asarray([ids]), mask)[0]
+  assert decoded == text
+  assert rewards.format_reward('', decoded, {}) == 1.0
 
 
 @pytest.mark.parametrize('kind', ['sp', 'hf'])

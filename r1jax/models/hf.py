@@ -40,6 +40,27 @@ class CheckpointError(ValueError):
 # config.json <-> ModelConfig
 
 
+def _refuse_sliding_window(hf: dict[str, Any]) -> None:
+  """The decoder attends over the whole context. A config whose layers use
+  sliding-window attention (Qwen2's use_sliding_window: layers from
+  max_window_layers on; or an explicit layer_types list) would load and give
+  different logits past the window, so it is refused."""
+  if not hf.get('use_sliding_window'):
+    return  # transformers then drops the window whatever layer_types says
+  layers = hf.get('num_hidden_layers', 0)
+  types = hf.get('layer_types')
+  if types is None:
+    first = hf.get('max_window_layers', 0)
+    types = ['sliding_attention' if i >= first else 'full_attention' for i in range(layers)]
+  sliding = [i for i, t in enumerate(types or []) if t == 'sliding_attention']
+  window = hf.get('sliding_window')
+  if sliding and window is not None and window < hf.get('max_position_embeddings', 1 << 62):
+    raise CheckpointError(
+        f'config.json: sliding-window attention (sliding_window={window}) in layers '
+        f'{sliding[:4]}{"..." if len(sliding) > 4 else ""} is not supported: r1jax attends '
+        'over the full context, so logits would differ from transformers past the window')
+
+
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
   model_type = hf.get('model_type')
   if model_type not in _ARCHS:
@@ -50,6 +71,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     raise CheckpointError('config.json: mlp_bias=true is not supported')
   if hf.get('hidden_act', 'silu') != 'silu':
     raise CheckpointError(f'config.json: hidden_act={hf["hidden_act"]!r} is not supported')
+  _refuse_sliding_window(hf)
   # transformers<5 writes rope_theta/rope_scaling; >=5 writes rope_parameters.
   rope = dict(hf.get('rope_parameters') or hf.get('rope_scaling') or {})
   theta = hf.get('rope_theta', rope.get('rope_theta', 10_000.0))
@@ -184,6 +206,10 @@ def _index_files(path: str) -> dict[str, str]:
   for fname in files:
     with safe_open(os.path.join(path, fname), framework='numpy') as f:
       for k in f.keys():
+        if k in out:
+          raise CheckpointError(
+              f'{path}: tensor {k!r} is in both {os.path.basename(out[k])} and {fname} and '
+              'there is no model.safetensors.index.json to say which one holds it')
         out[k] = os.path.join(path, fname)
   return out
 
