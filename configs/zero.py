@@ -17,7 +17,9 @@ A published model from a local HF directory (R1-Zero's settings with `paper`):
   thousands of steps; expect AIME-style accuracy to rise over hundreds of steps.
 
 Arg keys: model (preset name), ckpt (HF directory), paper (R1-Zero's published
-GRPO settings), smoke (a seconds-long run for tests). Override any field with
+GRPO schedule: 512 questions x 16 samples per rollout in 16 minibatches, one
+inner epoch; one launcher step = 16 policy updates = 16 of the paper's
+training steps), smoke (a seconds-long run for tests). Override any field with
 --config.a.b=value.
 """
 from r1jax import base, config as rc
@@ -51,13 +53,21 @@ def get_config(arg: str | None = None):
     c.rewards = {'accuracy': 1.0, 'format': 1.0}
     c.rl.max_prompt_len = 512
   if arg.paper:
-    # DeepSeek-R1 (arXiv 2501.12948) R1-Zero: lr 3e-6, β 0.001, G 16,
-    # 32 questions per step, temperature 1, 32,768 new tokens, π_ref reset
-    # every 400 steps.
+    # DeepSeek-R1 (arXiv 2501.12948 / Nature 2025) R1-Zero: lr 3e-6, β 0.001
+    # (k3), G 16, temperature 1, 32,768 new tokens. Each rollout samples
+    # 8,192 outputs (512 questions x 16) and splits them into 16 minibatches
+    # trained for one inner epoch: 32 questions x 16 = 512 completions per
+    # policy update. One launcher step is that rollout, i.e. 16 of the
+    # paper's training steps (its curves count policy updates), so the
+    # reference reset "every 400 steps" is every 25 launcher steps, and the
+    # 10,400 training steps of R1-Zero are 650 launcher steps.
     c.optim.lr = 3e-6
-    c.rl.update(beta=0.001, group_size=16, prompts_per_step=32, temperature=1.0,
-                max_new_tokens=32768, reference_reset_every=400)
-    c.eval.update(k=16, num_questions=500)
+    c.rl.update(beta=0.001, kl_estimator='k3', group_size=16, prompts_per_step=512,
+                minibatches=16, num_iterations=1, temperature=1.0, max_new_tokens=32768,
+                reference_reset_every=25)
+    c.steps = 650
+    c.eval_every = 25
+    c.eval.update(k=16, num_questions=500, temperature=0.6, top_p=0.95)
   if arg.smoke:
     c.workdir = 'workdir/zero-smoke'
     c.steps, c.eval_every, c.checkpoint_every = 3, 2, 2

@@ -4,15 +4,16 @@ and validation that runs before anything compiles and names the bad key.
 Config files (`configs/*.py`) are loaded by path, so they import this module
 from the installed package rather than a sibling file.
 """
+import math
 import os
 from typing import Any, Callable
 
 import ml_collections
 
 from r1jax import grpo, kernels
-from r1jax.data.tasks import TASKS
+from r1jax.data.tasks import TASKS, VERIFIERS
 from r1jax.models.config import PRESETS
-from r1jax.rewards import REWARDS
+from r1jax.rewards import CORRECTNESS, REWARDS
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -60,7 +61,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
 def base_config() -> ConfigDict:
   """Defaults shared by every recipe; recipes override what they need."""
   c = ConfigDict()
-  c.workdir = ''
+  c.workdir = 'workdir/run'
   c.seed = 0
   # Multi-host: jax.distributed.initialize() before anything touches devices
   # (also switched on by R1JAX_DISTRIBUTED=1, as the launch/ scripts do).
@@ -69,7 +70,9 @@ def base_config() -> ConfigDict:
   c.eval_every = 50
   c.checkpoint_every = 50
   c.checkpoint_keep = 3  # the newest checkpoints kept
-  c.skip_nonfinite = False  # True: log a non-finite loss and go on instead of raising
+  # A non-finite loss, gradient or update is never applied. False: stop
+  # (nothing is saved); True: skip that update, count it and go on.
+  c.skip_nonfinite = False
 
   c.model = ConfigDict()
   c.model.name = 'tiny'  # a preset of r1jax.models.PRESETS
@@ -115,7 +118,8 @@ def base_config() -> ConfigDict:
   ))
   # Rule-based rewards by name (r1jax.rewards.REWARDS) and their weights.
   c.rewards = ConfigDict({'accuracy': 1.0, 'format': 1.0})
-  c.reward_timeout_s = 5.0
+  c.reward_timeout_s = 5.0  # per call; the worker process is killed past it
+  c.reward_workers = 0  # scoring processes per host; 0: one per core, at most 8
 
   c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
                             eps=1e-8, grad_clip=1.0))
@@ -130,61 +134,126 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-# (key, predicate, what it must be). Keys absent from a config are skipped
-# here; configs are built from base_config(), so absence is a recipe's choice.
-_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
-    ('seed', _is_int, 'an integer'),
-    ('steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('eval_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: only at start and end)'),
-    ('checkpoint_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: only at the end)'),
-    ('checkpoint_keep', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('skip_nonfinite', lambda v: isinstance(v, bool), 'a bool'),
-    ('model.param_dtype', lambda v: v in DTYPES, f'one of {DTYPES}'),
-    ('model.dtype', lambda v: v in DTYPES, f'one of {DTYPES}'),
-    ('model.remat', lambda v: isinstance(v, bool), 'a bool'),
-    ('mesh.data', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
-    ('mesh.fsdp', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
-    ('mesh.tensor', lambda v: _is_int(v) and (v >= 1 or v == -1), '>= 1 or -1'),
-    ('mesh.dcn_data', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('distributed', lambda v: isinstance(v, bool), 'a bool'),
-    ('rl.prompts_per_step', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.group_size', lambda v: _is_int(v) and v >= 2, 'an integer >= 2 (advantages are group-relative)'),
-    ('rl.max_prompt_len', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.max_new_tokens', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.temperature', lambda v: _is_num(v) and v >= 0, 'a number >= 0 (0: greedy)'),
-    ('rl.top_p', lambda v: _is_num(v) and 0 < v <= 1, 'in (0, 1]'),
-    ('rl.top_k', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: off)'),
-    ('rl.beta', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
-    ('rl.kl_estimator', lambda v: v in grpo.KL_ESTIMATORS, f'one of {grpo.KL_ESTIMATORS}'),
-    ('rl.epsilon_low', lambda v: _is_num(v) and 0 <= v < 1, 'in [0, 1)'),
-    ('rl.epsilon_high', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
-    ('rl.dual_clip', lambda v: _is_num(v) and (v == 0 or v > 1), '0 (off) or > 1'),
-    ('rl.ratio', lambda v: v in grpo.RATIOS, f'one of {grpo.RATIOS}'),
-    ('rl.loss_agg', lambda v: v in grpo.AGGREGATIONS, f'one of {grpo.AGGREGATIONS}'),
-    ('rl.advantage', lambda v: v in grpo.ADVANTAGES, f'one of {grpo.ADVANTAGES}'),
-    ('rl.num_iterations', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.minibatches', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.grad_accum', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.reference_reset_every', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('rl.dynamic_sampling_attempts', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('rl.overlong_max_len', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('rl.overlong_cache_len', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('rl.logprob_impl', lambda v: v in kernels.IMPLS, f'one of {kernels.IMPLS}'),
-    ('reward_timeout_s', lambda v: _is_num(v) and v > 0, 'a number > 0'),
-    ('eval.num_questions', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('eval.k', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('eval.temperature', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
-    ('eval.top_p', lambda v: _is_num(v) and 0 < v <= 1, 'in (0, 1]'),
-    ('eval.batch_size', lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    ('eval.no_thinking', lambda v: isinstance(v, bool), 'a bool'),
-    ('optim.lr', lambda v: _is_num(v) and v > 0, 'a number > 0'),
-    ('optim.warmup_steps', lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    ('optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0'),
-    ('optim.grad_clip', lambda v: _is_num(v) and v >= 0, 'a number >= 0 (0: off)'),
+def _int(lo: int) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: _is_int(v) and v >= lo), f'an integer >= {lo}'
+
+
+def _num(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False
+         ) -> tuple[Callable[[Any], bool], str]:
+  def ok(v):
+    return (_is_num(v) and (v > lo if lo_open else v >= lo)
+            and (v < hi if hi_open else v <= hi))
+  if hi == math.inf:
+    what = f'a finite number {">" if lo_open else ">="} {lo}'
+  else:
+    what = f'a number in {"(" if lo_open else "["}{lo}, {hi}{")" if hi_open else "]"}'
+  return ok, what
+
+
+def _one_of(values) -> tuple[Callable[[Any], bool], str]:
+  values = tuple(values)
+  return (lambda v: v in values), f'one of {values}'
+
+
+_BOOL = (lambda v: isinstance(v, bool)), 'a bool'
+_STR = (lambda v: isinstance(v, str)), 'a string'
+_PATH = (lambda v: isinstance(v, str) and bool(v.strip())), 'a non-empty path'
+_AXIS = (lambda v: _is_int(v) and (v >= 1 or v == -1)), '>= 1 or -1'
+
+# (key, (predicate, what it must be)). Every field of base_config() and of
+# base.default_config() has a line (tests/config_test.py checks that). Keys
+# absent from a config are skipped: a recipe may drop a section.
+_CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
+    ('workdir', _PATH),
+    ('seed', _int(0)),
+    ('distributed', _BOOL),
+    ('steps', _int(0)),
+    ('eval_every', (_int(0)[0], 'an integer >= 0 (0: only at start and end)')),
+    ('checkpoint_every', (_int(0)[0], 'an integer >= 0 (0: only at the end)')),
+    ('checkpoint_keep', _int(1)),
+    ('skip_nonfinite', _BOOL),
+    ('model.name', _STR),
+    ('model.ckpt', _STR),
+    ('model.param_dtype', _one_of(DTYPES)),
+    ('model.dtype', _one_of(DTYPES)),
+    ('model.remat', _BOOL),
+    ('tokenizer', _STR),
+    ('mesh.data', _AXIS),
+    ('mesh.fsdp', _AXIS),
+    ('mesh.tensor', _AXIS),
+    ('mesh.dcn_data', _int(1)),
+    ('task', _one_of((*TASKS, 'local'))),
+    ('data_dir', _PATH),
+    ('eval.num_questions', _int(1)),
+    ('eval.k', _int(1)),
+    ('eval.temperature', _num(0, 100)),
+    ('eval.top_p', _num(0, 1, lo_open=True)),
+    ('eval.batch_size', _int(1)),
+    ('eval.no_thinking', _BOOL),
+    ('rl.prompts_per_step', _int(1)),
+    ('rl.group_size', (_int(2)[0], 'an integer >= 2 (advantages are group-relative)')),
+    ('rl.max_prompt_len', _int(1)),
+    ('rl.max_new_tokens', _int(1)),
+    ('rl.temperature', (_num(0, 100)[0], 'a number in [0, 100] (0: greedy)')),
+    ('rl.top_p', _num(0, 1, lo_open=True)),
+    ('rl.top_k', (_int(0)[0], 'an integer >= 0 (0: off)')),
+    ('rl.beta', _num(0)),
+    ('rl.kl_estimator', _one_of(grpo.KL_ESTIMATORS)),
+    ('rl.epsilon_low', _num(0, 1, hi_open=True)),
+    ('rl.epsilon_high', _num(0)),
+    ('rl.dual_clip', ((lambda v: _is_num(v) and (v == 0 or v > 1)), '0 (off) or a finite number > 1')),
+    ('rl.ratio', _one_of(grpo.RATIOS)),
+    ('rl.loss_agg', _one_of(grpo.AGGREGATIONS)),
+    ('rl.advantage', _one_of(grpo.ADVANTAGES)),
+    ('rl.per_reward_norm', _BOOL),
+    ('rl.num_iterations', _int(1)),
+    ('rl.minibatches', _int(1)),
+    ('rl.grad_accum', _int(1)),
+    ('rl.mask_truncated', _BOOL),
+    ('rl.reference_reset_every', _int(0)),
+    ('rl.dynamic_sampling_attempts', _int(1)),
+    ('rl.overlong_max_len', _int(0)),
+    ('rl.overlong_cache_len', _int(0)),
+    ('rl.overlong_weight', _num(-math.inf)),
+    ('rl.logprob_impl', _one_of(kernels.IMPLS)),
+    ('reward_timeout_s', _num(0, lo_open=True)),
+    ('reward_workers', (_int(0)[0], 'an integer >= 0 (0: one per core, at most 8)')),
+    ('optim.lr', _num(0, lo_open=True)),
+    ('optim.warmup_steps', _int(0)),
+    ('optim.weight_decay', _num(0)),
+    ('optim.b1', _num(0, 1, hi_open=True)),
+    ('optim.b2', _num(0, 1, hi_open=True)),
+    ('optim.eps', _num(0, lo_open=True)),
+    ('optim.grad_clip', (_num(0)[0], 'a finite number >= 0 (0: off)')),
+    # The tiny base build (r1jax/base.py).
+    ('base.dir', _PATH),
+    ('base.task', _one_of(TASKS)),
+    ('base.data_dir', _PATH),
+    ('base.seed', _int(0)),
+    ('base.error_rate', _num(0, 1)),
+    ('base.direct_fraction', _num(0, 1)),
+    ('base.template_fraction', _num(0, 1)),
+    ('base.vocab_size', _int(64)),
+    ('base.number_symbols', _int(10)),
+    ('base.model.hidden_size', _int(1)),
+    ('base.model.intermediate_size', _int(1)),
+    ('base.model.num_layers', _int(1)),
+    ('base.model.num_heads', _int(1)),
+    ('base.model.num_kv_heads', _int(1)),
+    ('base.model.head_dim', _int(1)),
+    ('base.batch_size', _int(1)),
+    ('base.lr', _num(0, lo_open=True)),
+    ('base.max_steps', _int(1)),
+    ('base.max_minutes', _num(0, lo_open=True)),
+    ('base.eval_every', _int(1)),
+    ('base.eval_questions', _int(1)),
+    ('base.target_greedy_accuracy', _num(0, 1)),
+    ('base.max_new_tokens', _int(1)),
 ]
+CHECKED_KEYS = frozenset(k for k, _ in _CHECKS)
 
 
 def _get(config: ConfigDict, key: str) -> tuple[bool, Any]:
@@ -198,7 +267,7 @@ def _get(config: ConfigDict, key: str) -> tuple[bool, Any]:
 
 def validate(config: ConfigDict) -> ConfigDict:
   """Raises ConfigError naming the first bad key; returns the config."""
-  for key, ok, what in _CHECKS:
+  for key, (ok, what) in _CHECKS:
     present, value = _get(config, key)
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
@@ -212,8 +281,6 @@ def validate(config: ConfigDict) -> ConfigDict:
                       f'known: {sorted(PRESETS)}')
   if sum(v == -1 for k, v in config.mesh.items() if k != 'dcn_data') > 1:
     raise ConfigError('mesh', f'at most one axis may be -1, got {config.mesh}')
-  if 'task' in config and config.task not in (*TASKS, 'local'):
-    raise ConfigError('task', f'unknown task {config.task!r}; known: {sorted(TASKS)} or local')
   if 'rl' in config:
     rl = config.rl
     parts = rl.minibatches * rl.grad_accum
@@ -227,10 +294,24 @@ def validate(config: ConfigDict) -> ConfigDict:
       if name not in REWARDS:
         raise ConfigError(f'rewards.{name}', f'unknown reward; known: {sorted(REWARDS)}')
       if not _is_num(weight):
-        raise ConfigError(f'rewards.{name}', f'weight must be a number, got {weight!r}')
+        raise ConfigError(f'rewards.{name}', f'weight must be a finite number, got {weight!r}')
     if not config.rewards:
       raise ConfigError('rewards', 'at least one reward is needed')
+    if 'task' in config:
+      _check_verifier(config)
   return config
+
+
+def _check_verifier(config: ConfigDict) -> None:
+  """The task decides which correctness rewards can score it."""
+  fits = VERIFIERS[config.task]
+  named = [n for n in config.rewards if n in CORRECTNESS]
+  wrong = [n for n in named if n not in fits]
+  if wrong:
+    raise ConfigError(f'rewards.{wrong[0]}', f'cannot score task {config.task!r}; '
+                      f'use one of {fits}')
+  if len(named) > 1:
+    raise ConfigError('rewards', f'one correctness reward at a time, got {named}')
 
 
 def validate_for_mesh(config: ConfigDict, mesh) -> None:
@@ -241,3 +322,7 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
   if rl.prompts_per_step % batch_shards:
     raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} prompts do not split '
                       f'over data x fsdp = {batch_shards} devices')
+  if 'eval' in config and config.eval.batch_size % batch_shards:
+    raise ConfigError('eval.batch_size', f'{config.eval.batch_size} questions do not split '
+                      f'over data x fsdp = {batch_shards} devices (evaluation is sharded '
+                      'like the rollout)')

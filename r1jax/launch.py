@@ -9,6 +9,7 @@ boundary and exit.
 """
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -21,8 +22,9 @@ from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
 from r1jax import tokenizer as tk, train_step as ts
 from r1jax.checkpoint import Checkpointer
 from r1jax.data import PromptIterator, load_split, make_prompt
+from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
-from r1jax.rewards import REWARDS, RewardScorer
+from r1jax.rewards import CORRECTNESS, RewardScorer
 from r1jax.rollout import SamplingConfig
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
@@ -50,8 +52,10 @@ class _Stop:
 
 def main(argv):
   del argv
-  config = flags.FLAGS.config
-  run(config)
+  try:
+    run(flags.FLAGS.config)
+  except rc.ConfigError as e:
+    sys.exit(f'FATAL: {e}')
 
 
 def init_distributed(config) -> None:
@@ -101,7 +105,9 @@ def run(config) -> dict:
       cfg = cfg.replace(vocab_size=tok.vocab_size)
     model = models.create(cfg, seed=config.seed, mesh=mesh)
   graphdef = nnx.graphdef(model)
-  eos_ids = tuple(sorted(set(model.cfg.eos_ids) | {tok.eos_id}))
+  # One set of stop ids for the sampler and the decoder (Llama 3 ends turns
+  # with <|eot_id|>, which the tokenizer's own eos is not).
+  eos_ids = tok.set_stop_ids(model.cfg.eos_ids)
 
   # -------------------------------------------------------------------- data
   train = load_split(config.task, 'train', config.data_dir)
@@ -115,7 +121,8 @@ def run(config) -> dict:
     return {**ex, 'prompt': make_prompt(ex)}
 
   # ------------------------------------------------------ rewards and step
-  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s)
+  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
+                        workers=config.reward_workers)
   step_cfg = ts.step_config(config, eos_ids=eos_ids, pad_id=tok.pad_id)
   optimizer = ts.make_optimizer(config.optim)
   state = ts.init_state(model, optimizer, step_cfg, seed=config.seed)
@@ -137,8 +144,8 @@ def run(config) -> dict:
 
   # -------------------------------------------------------------- evaluation
   e = config.eval
-  acc_name = next((n for n in ('accuracy', 'exact_match', 'countdown') if n in config.rewards),
-                  'accuracy')
+  acc_name = next((n for n in CORRECTNESS if n in config.rewards),
+                  VERIFIERS[config.task][0])
   sampler = evaluate.make_sampler(graphdef, SamplingConfig(
       max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
       eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
@@ -148,9 +155,8 @@ def run(config) -> dict:
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
     t0 = time.time()
     m, records = evaluate.evaluate(
-        sampler, state.params, eval_examples, eval_prompts, tok, REWARDS[acc_name], e.k,
-        e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1),
-        format_score=REWARDS['format'], forced=forced)
+        sampler, state.params, eval_examples, eval_prompts, tok, scorer, acc_name, e.k,
+        e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1), forced=forced)
     m['eval/seconds'] = time.time() - t0
     m = {k + tag: v for k, v in m.items()}
     writer.write(step, m)
@@ -187,12 +193,24 @@ def run(config) -> dict:
     state, m = train_step(state, batch)
     m = metrics.scalars(m)
     dt = time.time() - t0
-    if not np.isfinite(m['loss']) and not config.skip_nonfinite:
-      raise FloatingPointError(f'step {step}: non-finite loss {m["loss"]} (metrics: {m})')
     m.update(scorer.counters(), step_seconds=dt, tokens_per_s=m['tokens'] / dt)
     m['reward/callback_failures'] = reward_fn.failures[0]
     writer.write(step, m)
     print('[r1jax] ' + metrics.console_line(step, config.steps, m), flush=True)
+    if m['nonfinite_skipped']:
+      # The step did not apply those updates (the state is the last finite
+      # one), so stopping here keeps every checkpoint finite.
+      what = (f'step {step}: {int(m["nonfinite_skipped"])} of '
+              f'{config.rl.num_iterations * config.rl.minibatches} updates had a non-finite '
+              f'loss, gradient or result (loss {m["loss"]:.4g}, grad norm {m["grad_norm"]:.4g})')
+      if not config.skip_nonfinite:
+        ckpt.close()
+        writer.close()
+        raise FloatingPointError(
+            f'{what}; they were not applied and nothing was saved (last checkpoint: '
+            f'{ckpt.latest_step()}). Lower optim.lr, or set skip_nonfinite=True to skip such '
+            'updates and go on.')
+      print(f'[r1jax] WARNING: {what}; skipped (skip_nonfinite=True)', flush=True)
     if config.eval_every and step % config.eval_every == 0 and step != config.steps:
       last_eval = run_eval(step)
     if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop.requested:
@@ -211,6 +229,7 @@ def run(config) -> dict:
     save(step)
   ckpt.close()
   writer.close()
+  scorer.close()
   summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, **(last_eval or {})}
   if first_eval:
     summary['eval/pass@1 at step 0'] = first_eval['eval/pass@1']
@@ -222,5 +241,26 @@ def run(config) -> dict:
   return summary
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with errors a user can act on: a missing --config, and
+  an override of a key the config does not have (config_flags raises a bare
+  AttributeError or KeyError) name the key."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    bad = str(e).strip('"\'')
+    arg = next((a for a in argv if a.startswith('--config.')
+                and a.partition('=')[0].split('.')[-1] == bad), None)
+    key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
+    sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
+             'keys the config already has (a typo? a new reward goes into the config file '
+             'or its :arg)')
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  if flags.FLAGS.config is None:
+    sys.exit('FATAL: --config is required, e.g. python -m r1jax.launch --config=configs/zero.py')
+  return rest
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

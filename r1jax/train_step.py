@@ -5,9 +5,14 @@
        host scores only the completions on that device)
     ─▶ DAPO dynamic sampling (optional: A > 1 attempts refill zero-spread groups)
     ─▶ advantages ─▶ reference log-probs (skipped when β = 0)
-    ─▶ old log-probs (μ > 1 only; with μ = 1 the current policy, detached)
+    ─▶ old log-probs (the sampling policy's, whenever μ·M > 1: every update
+       after the first sees a policy that has moved since sampling; with
+       μ·M = 1 the current policy, detached, is the sampling policy)
     ─▶ μ iterations × M minibatches of optimizer updates, each accumulating
-       gradients over micro-batches (lax.scan) ─▶ reference reset ─▶ metrics.
+       gradients over micro-batches (lax.scan); an update whose loss, gradient
+       norm or new parameters are not finite is not applied (params and
+       optimizer state kept, counted in `nonfinite_skipped`)
+    ─▶ reference reset ─▶ metrics.
 
 Minibatches and micro-batches split the batch by prompts, so the G completions
 of a prompt share one prompt prefill in every forward pass (the prompt's KV is
@@ -26,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import grpo, kernels, sharding as shd
 from r1jax.models import Decoder
-from r1jax.rewards import overlong_penalty
+from r1jax.rewards import CORRECTNESS, overlong_penalty
 from r1jax.rollout import SamplingConfig, generate
 
 BATCH_AXES = ('data', 'fsdp')
@@ -226,7 +231,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   weights = jnp.asarray(cfg.reward_weights, jnp.float32)
   if len(cfg.reward_weights) != len(names):
     raise ValueError(f'rl.rewards: {len(cfg.reward_weights)} weights for rewards {names}')
-  acc_name = next((n for n in ('accuracy', 'exact_match') if n in names), None)
+  acc_name = next((n for n in CORRECTNESS if n in names), None)
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
 
   def model_with(params, rules):
@@ -306,13 +311,14 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     data = dict(groups, loss_mask=mask, adv=adv)
     if state.ref_params is not None:
       data['ref_logp'] = no_grad_logprobs(state.ref_params, groups)
-    if mu > 1:
+    stale = mu * M > 1  # some update sees a policy other than the sampler
+    if stale:
       data['old_logp'] = no_grad_logprobs(state.params, groups)
 
     def micro_loss(params, mb, norm):
       logp, entropy = logprobs(params, mb, with_entropy=True)
       flat = lambda x: x.reshape(logp.shape) if x is not None else None  # noqa: E731
-      old = flat(mb.get('old_logp')) if mu > 1 else jax.lax.stop_gradient(logp)
+      old = flat(mb['old_logp']) if stale else jax.lax.stop_gradient(logp)
       m_NxT = flat(mb['loss_mask'])
       loss, metrics = grpo.policy_loss(logp, old, flat(mb.get('ref_logp')),
                                        jnp.reshape(mb['adv'], -1), m_NxT, cfg.loss, norm)
@@ -332,9 +338,13 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
                            jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
       ((loss, metrics), grads), _ = jax.lax.scan(
           lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+      grad_norm = optax.tree.norm(grads)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+      params, opt_state = jax.tree.map(keep, (new_params, new_opt_state), (params, opt_state))
+      metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=~finite)
       return (params, opt_state), metrics
 
     (params, opt_state), per_update = jax.lax.scan(
@@ -354,6 +364,10 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
                  out_shardings=(state_shardings, None))
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def _metrics(per_update, groups, mask, adv, names, weights, acc_name, mu, M):
   """Scalars for logging; '*_per_iter' vectors have one entry per μ iteration."""
   tokens = jnp.maximum(mask.sum(), 1)
@@ -363,6 +377,7 @@ def _metrics(per_update, groups, mask, adv, names, weights, acc_name, mu, M):
   m.update({f'{k[:-4]}_per_iter': v for k, v in per_iter.items() if k != 'entropy_sum'})
   m['loss'] = per_update['loss'].mean()
   m['grad_norm'] = per_update['grad_norm'].mean()
+  m['nonfinite_skipped'] = per_update['nonfinite'].sum()
   rewards = groups['rewards']
   total = rewards @ weights
   for i, name in enumerate(names):

@@ -26,3 +26,5 @@ def test_step_compiles_and_reports_memory_per_device():
   assert report['devices'] == 8 and report['mesh'] == {'data': 1, 'fsdp': 4, 'tensor': 2}
   # Weights, Adam moments and the reference are split 8 ways.
   assert 0 < report['state_gib_per_device'] < report['peak_gib']
+  assert report['eval_compiled'], report
+  assert report['eval_peak_gib'] > 0

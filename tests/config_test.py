@@ -72,3 +72,81 @@ def test_two_free_mesh_axes_rejected():
   c.mesh.fsdp = -1
   with pytest.raises(rc.ConfigError, match='config.mesh: at most one axis'):
     rc.validate(c)
+
+
+def test_paper_preset_is_r1_zero_schedule():
+  """Issue 10.2: 512 completions per policy update (32 questions x G 16);
+  a rollout of 8,192 (512 questions) in 16 minibatches, one inner epoch."""
+  c = rc.validate(_load([f'--config={ZERO}:model=qwen2.5-math-1.5b,paper']))
+  rl = c.rl
+  assert (rl.prompts_per_step, rl.group_size, rl.minibatches, rl.num_iterations) == (512, 16, 16, 1)
+  assert rl.prompts_per_step * rl.group_size == 8192
+  assert rl.prompts_per_step // rl.minibatches * rl.group_size == 512  # per update
+  assert (c.optim.lr, rl.beta, rl.kl_estimator, rl.temperature) == (3e-6, 0.001, 'k3', 1.0)
+  assert rl.max_new_tokens == 32768
+  assert rl.reference_reset_every * rl.minibatches == 400  # policy updates
+  assert (c.eval.temperature, c.eval.top_p, c.eval.k) == (0.6, 0.95, 16)
+
+
+@pytest.mark.parametrize('key,value', [
+    ('rewards.accuracy', float('nan')), ('rewards.format', float('inf')),
+    ('optim.lr', float('inf')), ('rl.temperature', float('inf')), ('optim.b2', 1.5),
+    ('optim.b1', -0.1), ('optim.eps', 0.0), ('rl.beta', float('nan')), ('workdir', ''),
+    ('data_dir', ' '), ('rl.overlong_weight', float('nan')), ('reward_timeout_s', float('inf')),
+    ('eval.temperature', float('nan')), ('task', 'gsm8k'),
+    ('rl.epsilon_high', float('inf')), ('rl.dual_clip', float('inf')),
+])
+def test_validation_rejects_non_finite_and_out_of_range(key, value):
+  """Issue 10.7: these passed validation (b2 1.5 and temperature inf ran to exit 0)."""
+  c = rc.base_config()
+  node = c
+  *parents, leaf = key.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(rc.ConfigError, match=f'config.{key}') as e:
+    rc.validate(c)
+  assert e.value.key == key
+
+
+def test_every_field_has_a_check():
+  """Every leaf of the default recipe (with the base section) is validated."""
+  from conftest import zero_config
+  c = zero_config(None)
+
+  def leaves(node, prefix=''):
+    for k, v in node.items():
+      if isinstance(v, (dict, rc.ConfigDict)) and k != 'rewards':
+        yield from leaves(v, f'{prefix}{k}.')
+      else:
+        yield f'{prefix}{k}'
+  missing = [k for k in leaves(c) if k not in rc.CHECKED_KEYS and k != 'rewards']
+  assert not missing
+
+
+def test_unknown_override_names_the_key(capsys):
+  """`--config.rewards.foo=1` gave a bare AttributeError: "'foo'"."""
+  from r1jax import launch
+  argv = ['prog', f'--config={ZERO}', '--config.rewards.foo=1']
+  saved, sys.argv = sys.argv, argv
+  try:
+    with pytest.raises(SystemExit, match='config.rewards.foo: no such key'):
+      launch.parse_flags(argv)
+  finally:
+    sys.argv = saved
+
+
+@pytest.mark.parametrize('task,rewards,bad', [
+    ('countdown', {'exact_match': 1.0, 'format': 1.0}, 'rewards.exact_match'),
+    ('countdown', {'accuracy': 1.0}, 'rewards.accuracy'),
+    ('arithmetic', {'countdown': 1.0}, 'rewards.countdown'),
+    ('arithmetic', {'accuracy': 1.0, 'exact_match': 1.0}, 'rewards'),
+])
+def test_task_decides_its_verifier(task, rewards, bad):
+  """Issue 10.5: countdown with accuracy/exact_match scored the bare target."""
+  c = rc.base_config()
+  c.task, c.rewards = task, rewards
+  with pytest.raises(rc.ConfigError, match=f'config.{bad}'):
+    rc.validate(c)
+  c.rewards = {'countdown': 1.0, 'format': 1.0} if task == 'countdown' else {'exact_match': 1.0}
+  rc.validate(c)

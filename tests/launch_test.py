@@ -49,3 +49,33 @@ def test_invalid_config_fails_before_compiling(tmp_path, smoke_base):
   with pytest.raises(rc.ConfigError, match='config.rl.group_size'):
     launch.run(c)
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_nonfinite_updates_never_reach_a_checkpoint(tmp_path, smoke_base, skip):
+  """Issue 10.3: with a huge learning rate the first update blows the model
+  up; no checkpoint may hold non-finite parameters. skip_nonfinite=False
+  stops with a FloatingPointError before saving; True skips and counts."""
+  import numpy as np
+  import jax
+  from r1jax.checkpoint import Checkpointer
+  c = _config(tmp_path, smoke_base, steps=4)
+  c.optim.lr = 1e30
+  c.checkpoint_every = 1
+  c.skip_nonfinite = skip
+  if skip:
+    launch.run(c)
+  else:
+    with pytest.raises(FloatingPointError, match='not applied and nothing was saved'):
+      launch.run(c)
+  rows = [r for r in metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
+          if 'reward/total' in r]
+  assert any(r['nonfinite_skipped'] > 0 for r in rows)
+  ckpt = Checkpointer(str(tmp_path / 'run'))
+  steps = ckpt.manager.all_steps()
+  assert steps
+  for s in steps:
+    restored = ckpt.manager.restore(s)
+    leaves = jax.tree.leaves(restored['state']['params'])
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves), f'checkpoint {s} is not finite'
+  ckpt.close()

@@ -50,6 +50,7 @@ def test_one_step_runs_and_measures():
   # μ = 1: the ratio is exactly 1 and nothing is clipped.
   assert float(m['ratio']) == pytest.approx(1.0, abs=1e-6)
   assert float(m['clip_low']) == 0 and float(m['clip_high']) == 0
+  assert int(m['nonfinite_skipped']) == 0
 
 
 def test_mu2_ratio_moves_and_clips_in_second_iteration():
@@ -62,7 +63,10 @@ def test_mu2_ratio_moves_and_clips_in_second_iteration():
   assert abs(ratio[1] - 1.0) > 1e-3 and clip[1] > 0
 
 
-def test_beta_zero_does_no_reference_forward(monkeypatch):
+@pytest.fixture
+def forwards(monkeypatch):
+  """with_entropy of every log-prob forward traced (False: no gradients:
+  a reference or old-policy forward)."""
   calls = []
   real = ts.completion_logprobs
 
@@ -71,6 +75,11 @@ def test_beta_zero_does_no_reference_forward(monkeypatch):
     return real(*args, with_entropy=with_entropy, **kw)
 
   monkeypatch.setattr(ts, 'completion_logprobs', counting)
+  return calls
+
+
+def test_beta_zero_does_no_reference_forward(forwards):
+  calls = forwards
   step, state, batch, _ = _setup(beta=0.0)
   assert state.ref_params is None
   step(state, batch)
@@ -188,3 +197,78 @@ def test_validation_of_rl_section():
   c.rl.update(prompts_per_step=4, group_size=4)
   with pytest.raises(rc.ConfigError, match='do not split over'):
     rc.validate_for_mesh(c, mesh)
+
+
+def test_mu1_several_minibatches_use_sampling_policy_ratio():
+  """Issue 10.1: μ = 1 with M = 2 minibatches. The second minibatch was
+  sampled by the policy before the first update, so its ratio is not 1 and
+  clipping acts (R1's own schedule: one inner epoch over 16 minibatches)."""
+  step, state, batch, _ = _setup(lr=3e-2, minibatches=2, beta=0.0)
+  _, m = step(state, batch)
+  ratio = float(m['ratio'])
+  clipped = float(m['clip_low']) + float(m['clip_high'])
+  print('μ 1, M 2: mean ratio', ratio, 'clipped fraction', clipped)
+  assert abs(ratio - 1.0) > 1e-3, 'ratio of later minibatches is forced to 1'
+  assert clipped > 0
+
+
+def test_mu1_two_minibatches_take_one_old_logprob_forward(forwards):
+  calls = forwards
+  # (μ·M = 1 takes none: test_beta_zero_does_no_reference_forward.)
+  step, state, batch, _ = _setup(beta=0.0, minibatches=2)
+  step(state, batch)
+  assert calls.count(False) == 1  # μ·M = 2: one old-policy forward
+
+
+def test_nonfinite_update_is_skipped_inside_the_step():
+  """Issue 10.3: a NaN loss or gradient leaves params and optimizer state
+  untouched and is counted in `nonfinite_skipped`."""
+  step, state, batch, _ = _setup(lr=1e-3)
+  before = jax.device_get((state.params, state.opt_state))
+  poisoned = jax.tree.map(lambda x: x, state)
+  leaves, treedef = jax.tree.flatten(poisoned.params)
+  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+  poisoned = poisoned._replace(params=jax.tree.unflatten(treedef, leaves))
+  nan_params = jax.device_get(poisoned.params)
+  new, m = step(poisoned, batch)
+  assert int(m['nonfinite_skipped']) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(nan_params)):
+    np.testing.assert_array_equal(a, b)  # untouched (NaN where it was NaN)
+  for a, b in zip(jax.tree.leaves(jax.device_get(new.opt_state)), jax.tree.leaves(before[1])):
+    np.testing.assert_array_equal(a, b)
+  assert int(new.step) == 1  # the step still counts (data moved on)
+
+
+def test_update_that_makes_params_nonfinite_is_skipped():
+  """A finite loss whose update overflows the parameters is skipped too."""
+  step, state, batch, _ = _setup(optimizer=optax.chain(optax.scale(1e30), optax.scale(1e30)),
+                                 beta=0.0)
+  before = jax.device_get(state.params)
+  new, m = step(state, batch)
+  assert int(m['nonfinite_skipped']) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_step_finishes_when_a_reward_hangs():
+  """Issue 10.9: a reward stuck in sympy inside the compiled step's
+  pure_callback never returned (the thread-based limit could not fire)."""
+  import time
+  import hostile
+  from r1jax import rewards
+  scorer = rewards.RewardScorer({'hang': 1.0}, timeout_s=1.0, workers=2,
+                                extra={'hang': hostile.sympy_hang})
+  scorer([''], ['warm up'], [{}])
+
+  def host_fn(tokens, mask, ids):
+    texts = ['hang' if i == 0 else 'x' for i in range(len(tokens))]
+    return scorer([''] * len(texts), texts, [{}] * len(texts))
+
+  step, state, batch, _ = _setup(host_fn=host_fn)
+  t0 = time.monotonic()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  print(f'step with a hanging reward: {time.monotonic() - t0:.1f}s (compile included)')
+  assert scorer.timeouts == 1 and int(state.step) == 1
+  assert time.monotonic() - t0 < 120
+  scorer.close()

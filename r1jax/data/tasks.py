@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from r1jax.data import local
 
-__all__ = ['Arithmetic', 'Countdown', 'Source', 'TASKS', 'arithmetic_problem',
+__all__ = ['Arithmetic', 'Countdown', 'Source', 'TASKS', 'VERIFIERS', 'arithmetic_problem',
            'countdown_problem', 'load_split', 'reduction']
 
 ARITHMETIC_TERMS = 4
@@ -194,6 +194,12 @@ class Countdown(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 TASKS = {'arithmetic': Arithmetic, 'countdown': Countdown}
+# The correctness rewards that can score each task. Countdown's answer is an
+# expression: `accuracy` or `exact_match` would take the bare target as
+# correct. Local files hold whatever the user brings.
+VERIFIERS = {'arithmetic': ('exact_match', 'accuracy'),
+             'countdown': ('countdown', 'countdown_all'),
+             'local': ('accuracy', 'exact_match', 'countdown', 'countdown_all')}
 
 
 class Source:

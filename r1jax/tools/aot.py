@@ -8,8 +8,10 @@ is traced on abstract values (nothing is allocated, no checkpoint is read),
 lowered for TPU on the config's mesh over the topology's devices, and
 compiled when a TPU compiler is installed (`pip install 'jax[tpu]'`: libtpu
 compiles for a topology without the chips); without one it is lowered only
-and the state's per-device bytes are reported. `--topology=cpu` uses this
-machine's devices instead (what the tests run).
+and the state's per-device bytes are reported. The evaluation sampler (k
+samples of eval.batch_size questions, sharded like the rollout) is compiled
+and reported the same way (`eval_*`). `--topology=cpu` uses this machine's
+devices instead (what the tests run).
 """
 import dataclasses
 import math
@@ -23,7 +25,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from r1jax import config as rc, models, sharding as shd, train_step as ts
+from r1jax import config as rc, evaluate, models, sharding as shd, train_step as ts
+from r1jax.rollout import SamplingConfig
 
 # name -> (libtpu topology prefix, chips per core-count unit, HBM GiB per chip,
 # chips per host). v4/v5p slice names count TensorCores (2 per chip).
@@ -117,15 +120,34 @@ def check(config, devices) -> dict:
   report = {'devices': len(devices), 'mesh': dict(mesh.shape),
             'lower_seconds': round(time.time() - t0, 1),
             'state_gib_per_device': _bytes_per_device(state) / 2**30}
+  report.update(_compile(lowered))
+  if not report['compiled']:
+    return report
+  # The evaluation sampler (R1's protocol: k samples of eval.batch_size
+  # questions), sharded over the batch axes like the rollout.
+  e = config.eval
+  sampler = evaluate.make_sampler(graphdef, SamplingConfig(
+      max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+      eos_ids=step_cfg.sampling.eos_ids), e.k, mesh)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  t0 = time.time()
+  lowered = sampler.jitted.trace(
+      state.params, jax.ShapeDtypeStruct((e.batch_size, P), jnp.int32, sharding=rows),
+      jax.ShapeDtypeStruct((e.batch_size, P), jnp.bool_, sharding=rows),
+      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)).lower()
+  report['eval_lower_seconds'] = round(time.time() - t0, 1)
+  report.update({f'eval_{k}': v for k, v in _compile(lowered).items()})
+  return report
+
+
+def _compile(lowered) -> dict:
   try:
     t0 = time.time()
     compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except
-    report['compiled'] = False
-    report['compile_error'] = f'{type(e).__name__}: {str(e)[:500]}'
-    return report
+    return {'compiled': False, 'compile_error': f'{type(e).__name__}: {str(e)[:500]}'}
+  report = {'compiled': True, 'compile_seconds': round(time.time() - t0, 1)}
   mem = compiled.memory_analysis()
-  report.update(compiled=True, compile_seconds=round(time.time() - t0, 1))
   if mem is not None:
     gib = lambda b: b / 2**30  # noqa: E731
     report.update(
@@ -159,9 +181,11 @@ def main(argv):
   report = check(config, devices)
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
-  if hbm is not None and report.get('compiled'):
-    verdict = 'fits' if report['peak_gib'] <= hbm else 'DOES NOT FIT (OOM)'
-    print(f'[aot] peak {report["peak_gib"]:.2f} GiB per device of {hbm} GiB: {verdict}')
+  for what, prefix in (('train step', ''), ('evaluation sampler', 'eval_')):
+    if hbm is not None and report.get(prefix + 'compiled') and prefix + 'peak_gib' in report:
+      peak = report[prefix + 'peak_gib']
+      verdict = 'fits' if peak <= hbm else 'DOES NOT FIT (OOM)'
+      print(f'[aot] {what}: peak {peak:.2f} GiB per device of {hbm} GiB: {verdict}')
 
 
 if __name__ == '__main__':
