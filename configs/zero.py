@@ -59,8 +59,9 @@ def get_config(arg: str | None = None):
     # trained for one inner epoch: 32 questions x 16 = 512 completions per
     # policy update. One launcher step is that rollout, i.e. 16 of the
     # paper's training steps (its curves count policy updates), so the
-    # reference reset "every 400 steps" is every 25 launcher steps, and the
-    # 10,400 training steps of R1-Zero are 650 launcher steps.
+    # reference reset "every 400 steps" is every 25 launcher steps; 650
+    # launcher steps are 10,400 policy updates (R1-Zero's run length as we
+    # read the Nature paper's training details).
     c.optim.lr = 3e-6
     c.rl.update(beta=0.001, kl_estimator='k3', group_size=16, prompts_per_step=512,
                 minibatches=16, num_iterations=1, temperature=1.0, max_new_tokens=32768,

@@ -168,7 +168,7 @@ _AXIS = (lambda v: _is_int(v) and (v >= 1 or v == -1)), '>= 1 or -1'
 # absent from a config are skipped: a recipe may drop a section.
 _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('workdir', _PATH),
-    ('seed', _int(0)),
+    ('seed', (_is_int, 'an integer')),
     ('distributed', _BOOL),
     ('steps', _int(0)),
     ('eval_every', (_int(0)[0], 'an integer >= 0 (0: only at start and end)')),
@@ -232,7 +232,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('base.dir', _PATH),
     ('base.task', _one_of(TASKS)),
     ('base.data_dir', _PATH),
-    ('base.seed', _int(0)),
+    ('base.seed', (_is_int, 'an integer')),
     ('base.error_rate', _num(0, 1)),
     ('base.direct_fraction', _num(0, 1)),
     ('base.template_fraction', _num(0, 1)),

@@ -107,7 +107,9 @@ def evaluate(sample: Callable, params: nnx.State, examples: Sequence[dict],
     if voted:
       vote_ok[voted] = scorer.score(
           (correctness,), [prompts[idx[j]] for j in voted],
-          [f'<answer>{votes[j]}</answer>' for j in voted],
+          # Closed thinking first: a prompt that opens <think> must not make
+          # the vote an unclosed chain.
+          [f'</think> <answer>{votes[j]}</answer>' for j in voted],
           [examples[idx[j]] for j in voted])[:, 0]
     for j, i in enumerate(idx):
       hits = scores[j * k:(j + 1) * k, 0]

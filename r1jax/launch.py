@@ -204,8 +204,10 @@ def run(config) -> dict:
               f'{config.rl.num_iterations * config.rl.minibatches} updates had a non-finite '
               f'loss, gradient or result (loss {m["loss"]:.4g}, grad norm {m["grad_norm"]:.4g})')
       if not config.skip_nonfinite:
+        stop.restore()
         ckpt.close()
         writer.close()
+        scorer.close()
         raise FloatingPointError(
             f'{what}; they were not applied and nothing was saved (last checkpoint: '
             f'{ckpt.latest_step()}). Lower optim.lr, or set skip_nonfinite=True to skip such '
@@ -218,6 +220,8 @@ def run(config) -> dict:
     if stop.requested:
       stop.restore()
       ckpt.close()
+      writer.close()
+      scorer.close()
       print(f'[r1jax] stopped at step {step}; run the same command to resume', flush=True)
       return last_eval or {}
 

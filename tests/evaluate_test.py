@@ -64,9 +64,10 @@ class _Tok:
 
 
 def test_evaluate_scores_through_time_limited_workers():
-  """A hostile answer is scored 0 within the limit (evaluation called the
+  """A reward that hangs is killed at the limit (evaluation called the
   reward with no limit at all); pass@1 and cons@k count the rest."""
   import time
+  import hostile
   from r1jax import rewards
   from r1jax.rollout import Rollout
   k = 2
@@ -87,4 +88,34 @@ def test_evaluate_scores_through_time_limited_workers():
   assert m['eval/pass@1'] == 0.5 and m['eval/questions'] == 2
   assert records[1]['correct'] == [0.0, 1.0]
   assert m['eval/format_rate'] == 1.0
+  # (10^{10})! refused before parsing: as a sample, and as q1's vote (a tie
+  # between its two answers goes to the first).
+  assert scorer.rejected == 2 and m['eval/cons@2'] == 0.5
   scorer.close()
+
+  # A correctness reward that hangs in sympy: killed after 1 s, scored 0.
+  scorer = rewards.RewardScorer({'hang': 1.0}, timeout_s=1.0, workers=1,
+                                extra={'hang': hostile.sympy_hang})
+  scorer([''], ['warm up'], [{}])
+  texts[2] = 'hang'
+  t0 = time.monotonic()
+  m, _ = evaluate.evaluate(sample, None, examples, ['p0', 'p1'], _Tok(texts), scorer, 'hang',
+                           k, 2, 4, jax.random.key(0))
+  assert time.monotonic() - t0 < 10 and scorer.timeouts == 1
+  assert m['eval/pass@1'] == 0.0
+  scorer.close()
+
+
+def test_questions_split_across_hosts(monkeypatch):
+  """Each host takes a contiguous share; every host runs the same number of
+  rounds (the sampler is collective)."""
+  monkeypatch.setattr(jax, 'process_count', lambda: 4)
+  shares = []
+  for me in range(4):
+    monkeypatch.setattr(jax, 'process_index', lambda me=me: me)
+    shares.append(evaluate.host_share(10, 8))
+  assert [s[1] for s in shares] == [2] * 4  # local prompts per batch
+  assert [s[0] for s in shares] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+  import pytest
+  with pytest.raises(ValueError, match='does not split over 4 hosts'):
+    evaluate.host_share(10, 6)

@@ -22,3 +22,10 @@ def slow(prompt, completion, example):
     import time
     time.sleep(60)
   return 1.0
+
+
+def jax_imported(prompt, completion, example):
+  """1.0 if jax is imported in this worker (main_probe imports it, so it is
+  there iff the worker imported the parent's __main__)."""
+  import sys
+  return float('jax' in sys.modules)

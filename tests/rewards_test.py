@@ -225,6 +225,15 @@ def test_process_exits_after_a_timeout():
   assert time.monotonic() - t0 < 30
 
 
+def test_workers_do_not_import_the_main_module():
+  """multiprocessing children import the parent's __main__; under `python -m
+  r1jax.launch` that costs each worker seconds (jax, flax, TFDS)."""
+  out = subprocess.run([sys.executable, '-m', 'main_probe'], cwd=os.path.dirname(__file__),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split()[-1] == '0.0'
+
+
 def test_format_reward_is_linear_on_many_tags():
   text = '<think>a</think><answer>1</answer>' * 8000
   t0 = time.monotonic()

@@ -23,7 +23,7 @@ def _setup(mesh=None, host_fn=even_share, lr=1e-3, prompts=B, optimizer=None, **
   mesh = mesh or shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   cfg = ts.StepConfig(
       group_size=G, sampling=SamplingConfig(max_new_tokens=T, temperature=1.0),
-      loss=grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=('even',),
+      loss=grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=kw.pop('names', ('even',)),
       reward_weights=(1.0,), **kw)
   model = models.create(models.get_preset('tiny', vocab_size=V), seed=0, mesh=mesh)
   optimizer = optimizer or optax.adam(lr)
@@ -91,8 +91,11 @@ def test_beta_zero_does_no_reference_forward(forwards):
 
 
 def test_reference_reset():
-  step, state, batch, _ = _setup(lr=1e-2, reference_reset_every=2)
-  state, _ = step(state, batch)
+  # Named like a correctness reward: the step reports `accuracy` from it
+  # (issue 10.5: countdown runs logged none).
+  step, state, batch, _ = _setup(lr=1e-2, reference_reset_every=2, names=('countdown',))
+  state, m = step(state, batch)
+  assert 'accuracy' in m
   diff = lambda s: max(float(jnp.abs(a - b).max()) for a, b in zip(  # noqa: E731
       jax.tree.leaves(s.params), jax.tree.leaves(s.ref_params)))
   assert diff(state) > 0

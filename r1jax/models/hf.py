@@ -50,7 +50,7 @@ def _refuse_sliding_window(hf: dict[str, Any]) -> None:
   layers = hf.get('num_hidden_layers', 0)
   types = hf.get('layer_types')
   if types is None:
-    first = hf.get('max_window_layers', 0)
+    first = hf.get('max_window_layers', 28)  # transformers' default
     types = ['sliding_attention' if i >= first else 'full_attention' for i in range(layers)]
   sliding = [i for i, t in enumerate(types or []) if t == 'sliding_attention']
   window = hf.get('sliding_window')

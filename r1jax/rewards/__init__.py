@@ -24,6 +24,7 @@ a per-call time limit that kills the worker, and turns them into scores
 through it.
 """
 import os
+import threading
 from typing import Callable, Mapping, Sequence
 
 from absl import logging
@@ -103,11 +104,13 @@ class RewardScorer:
     self.errors = 0
     self.timeouts = 0
     self.rejected = 0
+    self._lock = threading.Lock()  # device callbacks score from several threads
     self.pool = WorkerPool(workers or default_workers(), timeout_s, memory_mb)
 
   def counters(self) -> dict:
-    return {'reward/errors': self.errors, 'reward/timeouts': self.timeouts,
-            'reward/rejected': self.rejected}
+    with self._lock:
+      return {'reward/errors': self.errors, 'reward/timeouts': self.timeouts,
+              'reward/rejected': self.rejected}
 
   def _failed(self, kind: str, name: str, message: str):
     setattr(self, kind, getattr(self, kind) + 1)
@@ -126,6 +129,11 @@ class RewardScorer:
     n = len(completions)
     if not len(prompts) == len(examples) == n:
       raise ValueError(f'{len(prompts)} prompts, {n} completions, {len(examples)} examples')
+    with self._lock:
+      return self._score(names, prompts, completions, examples)
+
+  def _score(self, names, prompts, completions, examples) -> np.ndarray:
+    n = len(completions)
     fns = [self.known[name] for name in names]
     R = len(fns)
     jobs = [(fns[r], prompts[i], completions[i], examples[i]) for i in range(n) for r in range(R)]

@@ -9,14 +9,16 @@ scanning is linear in the text length.
 
 `accuracy` compares the answer with the gold by math-verify (so `0.5`, `1/2`
 and `\\frac{1}{2}` agree), after two guards:
-- `too_hard`: inputs that would make sympy run for minutes or exhaust memory
-  (exponent towers `9^{9^{9}}`, huge exponents or factorials, thousands of
-  nested braces, very long answers) are refused without parsing, on either
-  side: `Rejected` is raised, which RewardScorer scores 0 and counts.
+- `guards.too_hard`: inputs that would make sympy run for minutes or exhaust
+  memory (numbers of more than 100k digits such as `9^{9^{9}}`, factorials of
+  big numbers, thousands of nested braces, very long answers) are refused
+  without parsing, on either side: `Rejected` is raised, which RewardScorer
+  scores 0 and counts. LaTeX spacing (`10,\\!000`) is removed first.
 - hedges: when the gold is one value, an answer that names several values,
   a relation or a set scores 0 (`17 \\lor 18`, `17 = 18`, `{17 \\atop 18}`,
-  `17, 18`, `17 \\pm 1` — math-verify would accept some of them). `x = 18`
-  (one symbol assigned one value) is read as 18.
+  `17, 18`, `17 \\pm 1` — math-verify would accept some of them). An
+  assignment `x = 18` (a left side with a letter and no bare number) is read
+  as 18, on either side.
 `exact_match` is a sympy-free numeric comparison for plain-number tasks.
 
 Both sides are parsed as LaTeX math (`$...$`-wrapped) first, because raw text
@@ -29,28 +31,31 @@ import re
 
 from math_verify import parse, verify
 
+from r1jax.rewards.guards import strip_spacing, too_hard
 from r1jax.rewards.rules import Rejected, response
 
 _BOXED = '\\boxed{'
 _NUMBER = re.compile(r'[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+')
 
-MAX_ANSWER_CHARS = 400
-MAX_BRACE_DEPTH = 24
-MAX_EXPONENT = 10_000  # |n| in a^n, and n in n!
 # Operators that join several values or state a relation.
 _HEDGES = re.compile(r'\\(?:lor|land|vee|wedge|cup|cap|atop|pm|mp|setminus|le|ge|leq|geq|'
                      r'neq|ne|lt|gt|in|subset|subseteq|supset|approx|sim|equiv|implies|iff|'
                      r'Rightarrow|Leftrightarrow|to)(?![A-Za-z])|[<>;]|\\text\s*\{\s*(?:or|and)\s*\}'
                      r'|\b(?:or|and)\b')
-_ASSIGNMENT = re.compile(r'\s*[A-Za-z]\s*=\s*([^=]+)$')
+# `x = 18`, `AB = 18`, `m+n = 18`, `\theta = 18`: a left side with a letter
+# and no number standing alone, one '='.
+_ASSIGNMENT = re.compile(r'\s*([^=]*[A-Za-z][^=]*?)\s*=\s*([^=]+)$')
+_BARE_NUMBER = re.compile(r'(?<![A-Za-z0-9_^{\\])\d')
 
 
 def final_part(completion: str) -> str | None:
   """The response after the last `</think>`; the whole text without think
-  tags; None when a `<think>` is left open."""
+  tags; None when a `<think>` is left open (also one opened again after the
+  last `</think>`)."""
   end = completion.rfind('</think>')
   if end >= 0:
-    return completion[end + len('</think>'):]
+    rest = completion[end + len('</think>'):]
+    return None if '<think>' in rest else rest
   return None if '<think>' in completion else completion
 
 
@@ -102,52 +107,6 @@ def extract_answer(completion: str) -> str | None:
   return _last_boxed(text)
 
 
-def _exponent_spans(text: str):
-  """(start, end) of each superscript's argument: a braced group, or one
-  token (a digit run, a letter, a command)."""
-  for m in re.finditer(r'\^\s*', text):
-    i = m.end()
-    if i >= len(text):
-      continue
-    if text[i] == '{':
-      depth = 0
-      for j in range(i, len(text)):
-        depth += {'{': 1, '}': -1}.get(text[j], 0)
-        if depth == 0:
-          yield i + 1, j
-          break
-      else:
-        yield i + 1, len(text)
-    else:
-      tok = re.match(r'\d+|\\[A-Za-z]+|.', text[i:])
-      yield i, i + tok.end()
-
-
-def too_hard(text: str) -> bool:
-  """True for answers whose parsing or evaluation is unbounded (module doc)."""
-  if len(text) > MAX_ANSWER_CHARS:
-    return True
-  depth = 0
-  for ch in text:
-    depth += {'{': 1, '}': -1, '(': 1, ')': -1}.get(ch, 0)
-    if depth > MAX_BRACE_DEPTH:
-      return True
-  for start, end in _exponent_spans(text):
-    arg = text[start:end]
-    if '^' in arg or text[end:end + 1].strip() == '^' or re.match(r'\}?\s*\^', text[end:]):
-      return True  # a tower: a^{b^c} or a^b^c
-    digits = re.sub(r'[\s,{}()+-]', '', arg)
-    if digits.isdigit() and int(digits) > MAX_EXPONENT:
-      return True
-  for m in re.finditer(r'!', text):
-    before = re.search(r'(\d+)\s*$', text[:m.start()])
-    if before is None or int(before.group(1)) > MAX_EXPONENT:
-      return True  # n! only of a small literal; (10^{10})! never
-  if '\\Gamma' in text or '\\binom' in text and len(re.findall(r'\d{5,}', text)) > 0:
-    return True
-  return False
-
-
 def _parse_math(text: str) -> list:
   text = text.strip()
   if len(text) > 1 and text.startswith('$') and text.endswith('$'):
@@ -165,16 +124,27 @@ def _parse_math(text: str) -> list:
 def _is_single_value(parsed: list) -> bool:
   import sympy  # pylint: disable=g-import-not-at-top
   exprs = [p for p in parsed if not isinstance(p, str)]
-  return bool(exprs) and not isinstance(
-      exprs[0], (sympy.Set, sympy.core.relational.Relational, sympy.logic.boolalg.Boolean,
-                 sympy.Tuple, sympy.MatrixBase, tuple, list, set))
+  if not exprs:
+    return False
+  x = exprs[0]
+  if isinstance(x, sympy.Symbol):  # sympy's Symbol is also a Boolean
+    return True
+  return not isinstance(x, (sympy.Set, sympy.core.relational.Relational,
+                            sympy.logic.boolalg.Boolean, sympy.Tuple, sympy.MatrixBase,
+                            tuple, list, set))
+
+
+def _assigned(text: str) -> str:
+  """The value of `NAME = value` (see _ASSIGNMENT), else the text."""
+  m = _ASSIGNMENT.match(text)
+  if m and not _BARE_NUMBER.search(m.group(1)):
+    return m.group(2)
+  return text
 
 
 def _hedged(pred: str) -> bool:
   """The answer names several values or a relation (see module doc)."""
-  m = _ASSIGNMENT.match(pred)
-  if m:
-    pred = m.group(1)
+  pred = _assigned(pred)
   return bool(_HEDGES.search(pred)) or '=' in pred
 
 
@@ -188,15 +158,17 @@ def accuracy(prompt: str, completion: str, example: dict) -> float:
   for side, text in (('answer', pred), ('gold', gold_text)):
     if too_hard(text):
       raise Rejected(f'{side} {text[:60]!r}{"..." if len(text) > 60 else ""} is too costly '
-                     'to parse (see answers.too_hard)')
+                     'to parse (see guards.py)')
+  pred, gold_text = strip_spacing(pred), _assigned(strip_spacing(gold_text))
   gold = _parse_math(gold_text)
   if not gold:
     return 0.0
   single = _is_single_value(gold)
-  if single and _hedged(pred):
-    return 0.0
-  m = _ASSIGNMENT.match(pred)
-  pred = _parse_math(m.group(1) if m and single else pred)
+  if single:
+    if _hedged(pred):
+      return 0.0
+    pred = _assigned(pred)
+  pred = _parse_math(pred)
   if not pred or (single and not _is_single_value(pred)):
     return 0.0
   return float(verify(gold, pred, timeout_seconds=None))

@@ -16,6 +16,7 @@ die with their parent (PR_SET_PDEATHSIG), so a runaway cannot outlive the
 trainer or take the host's memory.
 """
 import atexit
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -23,6 +24,7 @@ import multiprocessing.connection as mpc
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -45,6 +47,25 @@ def _context():
     _CONTEXT = mp.get_context('forkserver')
     _CONTEXT.set_forkserver_preload(_PRELOAD)
   return _CONTEXT
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+  """multiprocessing makes each child import the parent's `__main__` (as
+  `__mp_main__`): under `python -m r1jax.launch` that is jax, flax and TFDS,
+  seconds and hundreds of MB per worker. The workers need nothing from it."""
+  main = sys.modules.get('__main__')
+  saved = {k: getattr(main, k) for k in ('__spec__', '__file__') if hasattr(main, k)}
+  try:
+    for k in saved:
+      if k == '__spec__':
+        main.__spec__ = None
+      else:
+        delattr(main, k)
+    yield
+  finally:
+    for k, v in saved.items():
+      setattr(main, k, v)
 
 
 def _die_with_parent() -> None:
@@ -93,7 +114,8 @@ class _Worker:
     self.conn, child = ctx.Pipe()
     self.process = ctx.Process(target=_worker_main, args=(child, memory_mb), daemon=True,
                                name='r1jax-reward')
-    self.process.start()
+    with _main_module_hidden():
+      self.process.start()
     child.close()
     self.chunk: list[int] = []  # job ids sent and not yet answered, in order
     self.since = 0.0  # when the job at the head of `chunk` started (or the chunk was sent)
@@ -185,7 +207,7 @@ class WorkerPool:
         w.chunk.pop(0)
         w.since = now
       for w in list(self._workers):
-        if w.chunk and now - w.since > w.limit(self.timeout_s):
+        if w.chunk and now - w.since > w.limit(self.timeout_s) and not w.conn.poll(0):
           outcomes[w.chunk[0]] = ('timeout', None)
           left -= 1
           queue.extend(reversed(w.chunk[1:]))
