@@ -257,8 +257,8 @@ def parse_flags(argv: list[str]) -> list[str]:
                 and a.partition('=')[0].split('.')[-1] == bad), None)
     key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
     sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
-             'keys the config already has (a typo? a new reward goes into the config file '
-             'or its :arg)')
+             'keys the config already has (a typo? a reward the config does not name goes '
+             'into the config file)')
   except flags.Error as e:
     sys.exit(f'FATAL Flags parsing error: {e}')
   if flags.FLAGS.config is None:
