@@ -6,6 +6,7 @@ Only process 0 writes.
 """
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -39,10 +40,16 @@ class Writer:
     if self.active:
       os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
       path = os.path.join(workdir, 'metrics.jsonl')
-      if os.path.exists(path):
-        with open(path) as f:
-          keep = [line for line in f if resume_step is not None and line.strip()
-                  and json.loads(line)['step'] <= resume_step]
+      if os.path.exists(path) and resume_step is None:
+        # A fresh start over an old run's metrics (its checkpoints are gone):
+        # never destroy them.
+        aside = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}.old'
+        os.replace(path, aside)
+        print(f'[r1jax] WARNING: {path} belonged to an earlier run with no checkpoint to '
+              f'resume; moved to {aside}', flush=True)
+      elif os.path.exists(path):
+        keep = [json.dumps(row) + '\n' for row in read_jsonl(path)
+                if row['step'] <= resume_step]
         with open(path + '.tmp', 'w') as f:
           f.writelines(keep)
         os.replace(path + '.tmp', path)
@@ -78,5 +85,21 @@ def console_line(step: int, total: int, metrics: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The rows of a metrics file. A torn last line (the process died while
+  writing it) is dropped with a warning; a bad line elsewhere is an error
+  naming the file and line."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1 and not line.endswith('\n'):
+        print(f'[r1jax] WARNING: {path}:{i + 1}: dropping a torn last line '
+              f'({len(line)} characters; the writer stopped mid-line)', flush=True)
+        break
+      raise ValueError(f'{path}:{i + 1}: not a JSON line ({e.msg}): {line[:80]!r}') from None
+  return rows

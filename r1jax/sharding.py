@@ -75,15 +75,22 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     raise ValueError(f'mesh.dcn_data: {dcn_data} must be >= 1 and divide the data axis '
                      f'({sizes["data"]})')
   shape = tuple(sizes[a] for a in MESH_AXES)
-  try:
-    if dcn_data > 1:
+  if dcn_data > 1:
+    # No fallback: a data axis laid across slices in the wrong order would put
+    # FSDP/tensor collectives on the slow DCN.
+    try:
       dev_array = jax.experimental.mesh_utils.create_hybrid_device_mesh(
           (sizes['data'] // dcn_data, sizes['fsdp'], sizes['tensor']), (dcn_data, 1, 1),
           devices)
-    else:
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'mesh.dcn_data={dcn_data}: cannot lay the mesh over {dcn_data} '
+                       f'slices of these {len(devices)} {devices[0].platform} devices '
+                       f'({type(e).__name__}: {e})') from e
+  else:
+    try:
       dev_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # pylint: disable=broad-except  # e.g. CPU (no slices) or odd shapes
-    dev_array = np.asarray(devices).reshape(shape)
+    except Exception:  # pylint: disable=broad-except  # e.g. CPU devices: no ICI topology
+      dev_array = np.asarray(devices).reshape(shape)
   return Mesh(dev_array, MESH_AXES,
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 

@@ -28,3 +28,14 @@ def test_step_compiles_and_reports_memory_per_device():
   assert 0 < report['state_gib_per_device'] < report['peak_gib']
   assert report['eval_compiled'], report
   assert report['eval_peak_gib'] > 0
+
+
+def test_aot_uses_the_checkpoint_shape():
+  """model.ckpt's config.json decides the shape (the preset's was used)."""
+  import os
+  from conftest import FIXTURES
+  c = zero_config('smoke')
+  c.model.ckpt = os.path.join(FIXTURES, 'hf_qwen2_tiny')
+  state, *_ = aot.abstract_state(c, aot.shd.make_mesh(8, 1, 1))
+  embed = [x for x in jax.tree.leaves(state.params) if x.ndim == 2 and x.shape[0] == 256]
+  assert embed, 'the fixture vocabulary (256) is not in the abstract state'

@@ -265,3 +265,10 @@ def test_duplicate_tensor_in_unindexed_files_is_refused(tmp_path):
             metadata={'format': 'pt'})
   with pytest.raises(models.CheckpointError, match=r"'model\.norm\.weight'.*model\.safetensors.*zz\.safetensors"):
     models.load_hf(str(d))
+
+
+def test_multislice_mesh_never_falls_back_silently():
+  """Issue 11.12: a failed hybrid (multislice) mesh reshaped the devices and
+  went on; CPU devices have no slices, so dcn_data=2 is an error here."""
+  with pytest.raises(ValueError, match='mesh.dcn_data=2'):
+    shd.make_mesh(4, 2, 1, dcn_data=2)

@@ -14,7 +14,9 @@ and reported the same way (`eval_*`). `--topology=cpu` uses this machine's
 devices instead (what the tests run).
 """
 import dataclasses
+import json
 import math
+import os
 import re
 import time
 
@@ -69,8 +71,14 @@ def topology_devices(topology: Topology) -> list:
 
 def abstract_state(config, mesh):
   """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
-  cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
-                          dtype=config.model.dtype, remat=config.model.remat)
+  kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+            remat=config.model.remat)
+  if config.model.ckpt and os.path.exists(os.path.join(config.model.ckpt, 'config.json')):
+    # The checkpoint's own shape (its config.json; no weights are read).
+    with open(os.path.join(config.model.ckpt, 'config.json')) as f:
+      cfg = models.config_from_hf(json.load(f), **kw)
+  else:
+    cfg = models.get_preset(config.model.name, **kw)
   step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
   optimizer = ts.make_optimizer(config.optim)
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
