@@ -4,15 +4,18 @@ config, anything small), in `<workdir>/checkpoints/<step>/`.
 Orbax writes each step into a temporary directory and renames it only when
 complete, so a crash or kill during a save leaves the previous checkpoint as
 the latest good one; a finished checkpoint that cannot be read back (a file
-lost or damaged later) is skipped by `restore_latest` with a warning, and the
-one before it is used. Restoring takes an abstract state whose leaves carry the
+lost or damaged later) is skipped by `restore_latest` with a warning, moved
+aside to `<step>.unreadable-<time>` (so that the retrained step is saved
+again), and the one before it is used. Restoring takes an abstract state whose leaves carry the
 target shardings, so a checkpoint restores onto any mesh or process count.
 """
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 
 
@@ -47,11 +50,25 @@ class Checkpointer:
       try:
         return (step, *self.restore(step, like))
       except Exception as e:  # pylint: disable=broad-except
+        aside = self._move_aside(step)
         message = (f'checkpoint {self.directory}/{step} cannot be restored '
-                   f'({type(e).__name__}: {str(e)[:300]}); trying the previous one')
+                   f'({type(e).__name__}: {str(e)[:300]}); moved to {aside}, trying the '
+                   'previous one')
         logging.warning(message)
         print(f'[r1jax] WARNING: {message}', flush=True)
     return None
+
+  def _move_aside(self, step: int) -> str:
+    """Renames an unreadable checkpoint out of the manager's view, so that
+    the retrained step can be saved again (it was never replaced), keeping
+    its files for a look."""
+    aside = os.path.join(self.directory, f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      os.replace(os.path.join(self.directory, str(step)), aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'r1jax checkpoint {step} moved aside')
+    self.manager.reload()
+    return aside
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
