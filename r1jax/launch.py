@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
 from r1jax import tokenizer as tk, train_step as ts
 from r1jax.checkpoint import Checkpointer
-from r1jax.data import PromptIterator, load_split, make_prompt
+from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
 from r1jax.rewards import CORRECTNESS, RewardScorer
@@ -112,6 +112,12 @@ def run(config) -> dict:
   # -------------------------------------------------------------------- data
   train = load_split(config.task, 'train', config.data_dir)
   test = load_split(config.task, 'test', config.data_dir)
+  evaluated = [dict(test[i]) for i in range(min(config.eval.num_questions, len(test)))]
+  try:  # once here, rather than when a batch draws the prompt
+    for split, source in (('train', train), ('test', evaluated)):
+      check_prompt_lengths(source, tok, config.rl.max_prompt_len, split)
+  except ValueError as e:
+    raise rc.ConfigError('rl.max_prompt_len', str(e)) from None
   attempts = config.rl.dynamic_sampling_attempts
   data = PromptIterator(train, config.rl.prompts_per_step * attempts, seed=config.seed,
                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -149,7 +155,7 @@ def run(config) -> dict:
   sampler = evaluate.make_sampler(graphdef, SamplingConfig(
       max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
       eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
-  eval_examples = [dict(test[i]) for i in range(min(e.num_questions, len(test)))]
+  eval_examples = evaluated
   eval_prompts = [make_prompt(x) for x in eval_examples]
 
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:

@@ -120,6 +120,7 @@ def test_local_jsonl_and_parquet(tmp_path):
   assert [ex['id'] for ex in test] == [0, 1, 2]
   gsm, math_, cats = test
   assert gsm['answer'] == '72' and gsm['solution'] == RECORDS[0]['answer']
+  assert math_.pop('source').endswith('test.jsonl:2')  # file and line, for errors
   assert math_ == {'id': 1, 'question': 'What is 1/2 + 1/4?', 'answer': '\\frac{3}{4}',
                    'solution': 'Add: 2/4 + 1/4 = 3/4.'}  # other fields dropped
   assert cats['answer'] == '12' and 'solution' not in cats
@@ -145,6 +146,27 @@ def test_local_errors_name_the_file_and_line(tmp_path):
     data.load_split('local', 'train', str(tmp_path))
   with pytest.raises(FileNotFoundError, match='validation'):
     data.load_split('local', 'validation', str(tmp_path))
+  # Issue 11.10: a non-UTF-8 byte gave `UnicodeDecodeError ... position 725`.
+  path.write_bytes(json.dumps(RECORDS[0]).encode() + b'\n{"question": "caf\xe9", "answer": 1}\n')
+  with pytest.raises(ValueError, match=r'test\.jsonl:2: not UTF-8'):
+    data.read_examples(str(path))
+
+
+class _CharTokenizer:
+  def encode(self, text):
+    return list(text)
+
+
+def test_long_prompts_are_found_at_load_naming_the_example(tmp_path):
+  """Issue 11.10: a prompt over max_prompt_len was found only when a batch
+  drew it (at the same step on every resume)."""
+  records = [RECORDS[2], {'question': 'x' * 600, 'answer': '1'}, RECORDS[1]]
+  _write_jsonl(tmp_path / 'train.jsonl', records)
+  train = data.load_split('local', 'train', str(tmp_path))
+  longest = data.check_prompt_lengths(train, _CharTokenizer(), 2000, 'train')
+  assert longest > 600
+  with pytest.raises(ValueError, match=r'1 of 3 train prompts .* \(.*train\.jsonl:2\) has'):
+    data.check_prompt_lengths(train, _CharTokenizer(), 500, 'train')
 
 
 # The iterator.

@@ -272,3 +272,30 @@ def test_multislice_mesh_never_falls_back_silently():
   went on; CPU devices have no slices, so dcn_data=2 is an error here."""
   with pytest.raises(ValueError, match='mesh.dcn_data=2'):
     shd.make_mesh(4, 2, 1, dcn_data=2)
+
+
+def test_hf_loading_errors_name_the_file(tmp_path):
+  """Issue 11.10: truncated safetensors, malformed config or index, a missing
+  hidden_size: each error names the file (and the field)."""
+  d = _copy_fixture(tmp_path / 'a')
+  f = d / 'model.safetensors'
+  f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+  with pytest.raises(models.CheckpointError, match=r'model\.safetensors'):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'b')
+  (d / 'config.json').write_text('{"model_type": "qwen2",')
+  with pytest.raises(models.CheckpointError, match=r'config\.json: not valid JSON'):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'c')
+  cfg = json.load(open(d / 'config.json'))
+  del cfg['hidden_size']
+  json.dump(cfg, open(d / 'config.json', 'w'))
+  with pytest.raises(models.CheckpointError, match=r"config\.json: missing field 'hidden_size'"):
+    models.load_hf(str(d))
+
+  d = _copy_fixture(tmp_path / 'e', 'hf_llama3_tiny')
+  (d / 'model.safetensors.index.json').write_text('[1, 2]')
+  with pytest.raises(models.CheckpointError, match=r'model\.safetensors\.index\.json'):
+    models.load_hf(str(d))

@@ -35,7 +35,8 @@ def _example(record, row: int, where: str) -> dict:
     answer = answer.rsplit('####', 1)[1].strip()
   if not answer.strip():
     raise ValueError(f'{where}: empty answer')
-  example = {'id': row, 'question': str(record['question']), 'answer': answer.strip()}
+  example = {'id': row, 'question': str(record['question']), 'answer': answer.strip(),
+             'source': where}
   if solution is not None:
     example['solution'] = str(solution)
   return example
@@ -43,11 +44,16 @@ def _example(record, row: int, where: str) -> dict:
 
 def _read_jsonl(path: str) -> list[dict]:
   examples = []
-  with open(path, encoding='utf-8') as f:
-    for line_no, line in enumerate(f, 1):
+  with open(path, 'rb') as f:
+    for line_no, raw in enumerate(f, 1):
+      where = f'{path}:{line_no}'
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{where}: not UTF-8 ({e.reason} at byte {e.start} of the '
+                         'line)') from None
       if not line.strip():
         continue
-      where = f'{path}:{line_no}'
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:

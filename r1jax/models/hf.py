@@ -192,19 +192,39 @@ def _expected_hf_shapes(cfg: ModelConfig, abstract: nnx.State) -> dict[str, tupl
 # Loading
 
 
+def _read_json(file: str) -> dict:
+  try:
+    with open(file, encoding='utf-8') as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f'{file}: not valid JSON ({e})') from None
+  if not isinstance(out, dict):
+    raise CheckpointError(f'{file}: expected a JSON object, got {type(out).__name__}')
+  return out
+
+
+def _safe_open(file: str):
+  try:
+    return safe_open(file, framework='numpy')
+  except Exception as e:  # pylint: disable=broad-except  # truncated, not safetensors, ...
+    raise CheckpointError(f'{file}: cannot be read as safetensors '
+                          f'({type(e).__name__}: {e})') from None
+
+
 def _index_files(path: str) -> dict[str, str]:
   """HF tensor name -> safetensors file, from the index or the single file."""
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)['weight_map']
+    weight_map = _read_json(index).get('weight_map')
+    if not isinstance(weight_map, dict):
+      raise CheckpointError(f'{index}: no "weight_map" object')
     return {k: os.path.join(path, v) for k, v in weight_map.items()}
   files = sorted(f for f in os.listdir(path) if f.endswith('.safetensors'))
   if not files:
     raise CheckpointError(f'{path}: no *.safetensors files')
   out = {}
   for fname in files:
-    with safe_open(os.path.join(path, fname), framework='numpy') as f:
+    with _safe_open(os.path.join(path, fname)) as f:
       for k in f.keys():
         if k in out:
           raise CheckpointError(
@@ -226,9 +246,14 @@ def load_hf(path: str, dtype: str = 'float32', *, compute_dtype: str | None = No
     mesh: when given, each weight is placed with its sharding under `rules`.
     **config_overrides: ModelConfig fields to replace (e.g. remat=True).
   """
-  with open(os.path.join(path, 'config.json')) as f:
-    cfg = config_from_hf(json.load(f), param_dtype=dtype,
+  config_file = os.path.join(path, 'config.json')
+  try:
+    cfg = config_from_hf(_read_json(config_file), param_dtype=dtype,
                          dtype=compute_dtype or dtype, **config_overrides)
+  except KeyError as e:
+    raise CheckpointError(f'{config_file}: missing field {e}') from None
+  except CheckpointError as e:
+    raise CheckpointError(str(e) if str(e).startswith(path) else f'{path}/{e}') from None
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abs_state = nnx.split(abstract)
   files = _index_files(path)
@@ -249,7 +274,7 @@ def load_hf(path: str, dtype: str = 'float32', *, compute_dtype: str | None = No
   def handle(name):
     fname = files[name]
     if fname not in handles:
-      handles[fname] = safe_open(fname, framework='numpy')
+      handles[fname] = _safe_open(fname)
     return handles[fname]
 
   for name, shape in expected.items():
@@ -272,6 +297,17 @@ def load_hf(path: str, dtype: str = 'float32', *, compute_dtype: str | None = No
       sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def read(index, name=name, from_hf=from_hf, shape=shape):
+      try:
+        return read_unchecked(index, name, from_hf, shape)
+      except CheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # e.g. data cut short
+        tensor = name.replace('{i}', '*')
+        raise CheckpointError(f'{path}: reading tensor {tensor!r} from '
+                              f'{os.path.basename(files[name.format(i=0)])} failed '
+                              f'({type(e).__name__}: {e})') from None
+
+    def read_unchecked(index, name, from_hf, shape):
       if '{i}' not in name:
         return from_hf(handle(name).get_tensor(name).astype(np_dtype))[index]
       layers = range(*index[0].indices(shape[0]))
