@@ -70,6 +70,9 @@ def base_config() -> ConfigDict:
   c.eval_every = 50
   c.checkpoint_every = 50
   c.checkpoint_keep = 3  # the newest checkpoints kept
+  # The longest wait for a save in flight when a run ends (a hung filesystem
+  # cannot hold the process forever); seconds.
+  c.checkpoint_wait_s = 1800.0
   # A non-finite loss, gradient or update is never applied. False: stop
   # (nothing is saved); True: skip that update, count it and go on.
   c.skip_nonfinite = False
@@ -174,6 +177,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('eval_every', (_int(0)[0], 'an integer >= 0 (0: only at start and end)')),
     ('checkpoint_every', (_int(0)[0], 'an integer >= 0 (0: only at the end)')),
     ('checkpoint_keep', _int(1)),
+    ('checkpoint_wait_s', _num(0, lo_open=True)),
     ('skip_nonfinite', _BOOL),
     ('model.name', _STR),
     ('model.ckpt', _STR),
@@ -274,6 +278,10 @@ def validate(config: ConfigDict) -> ConfigDict:
   model = config.model
   to_build = 'base' in config and model.ckpt == config.base.dir
   if model.ckpt and not to_build:
+    if '://' in model.ckpt:
+      raise ConfigError('model.ckpt', f'{model.ckpt!r}: weights are memory-mapped from a local '
+                        'directory; copy the checkpoint to local disk first (e.g. gcloud '
+                        'storage cp -r)')
     if not os.path.exists(os.path.join(model.ckpt, 'config.json')):
       raise ConfigError('model.ckpt', f'{model.ckpt!r} has no config.json')
   elif not model.ckpt and model.name not in PRESETS:

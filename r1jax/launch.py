@@ -5,22 +5,28 @@ data → rewards and the compiled GRPO step → restore → evaluate at step 0 �
 train (evaluate every `eval_every`, checkpoint every `checkpoint_every`) →
 final evaluation, checkpoint and summary. Re-running the same command resumes
 from the last checkpoint in `workdir`; SIGTERM / Ctrl-C save at the next step
-boundary and exit.
+boundary and exit. One run holds the workdir at a time (`r1jax/workdir.py`);
+on every exit path (the end, a signal, an exception) the save in flight is
+finished, with a bounded wait, and everything is closed.
 """
+import contextlib
+import errno
 import os
 import signal
 import sys
 import time
+import traceback
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
 from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
-from r1jax import tokenizer as tk, train_step as ts
-from r1jax.checkpoint import Checkpointer
+from r1jax import tokenizer as tk, train_step as ts, workdir as wd
+from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
 from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
@@ -28,6 +34,10 @@ from r1jax.rewards import CORRECTNESS, RewardScorer
 from r1jax.rollout import SamplingConfig
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
+
+# Errors that end a run with one FATAL line (they say what to do), not a traceback.
+FATAL = (rc.ConfigError, Mismatch, SaveError, wd.Busy)
+_STUCK = []  # Checkpointers whose save did not finish in config.checkpoint_wait_s
 
 
 class _Stop:
@@ -52,10 +62,28 @@ class _Stop:
 
 def main(argv):
   del argv
+  run_or_exit(flags.FLAGS.config)
+
+
+def run_or_exit(config) -> dict:
+  """`run`, with the errors a user acts on as one FATAL line and exit code 1."""
   try:
-    run(flags.FLAGS.config)
-  except rc.ConfigError as e:
-    sys.exit(f'FATAL: {e}')
+    return run(config)
+  except FATAL as e:
+    print(f'FATAL: {e}', file=sys.stderr, flush=True)
+    if _STUCK or getattr(e, 'dirty', False):
+      # A save thread would keep the interpreter alive, or orbax's failed
+      # writers would print hundreds of lines while it shuts down.
+      sys.stdout.flush()
+      os._exit(1)
+    sys.exit(1)
+  except BaseException:
+    if _STUCK:  # the traceback, then out: orbax's thread would block the exit
+      traceback.print_exc()
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)
+    raise
 
 
 def init_distributed(config) -> None:
@@ -83,9 +111,16 @@ def run(config) -> dict:
   # ------------------------------------------------------------------ config
   rc.validate(config)
   init_distributed(config)
-  workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(config.workdir)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+  with contextlib.ExitStack() as closing:  # runs on every way out, in reverse
+    lock = wd.Lock(workdir)
+    closing.callback(lock.release)
+    return _run(config, workdir, lock, closing)
 
+
+def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStack) -> dict:
   # -------------------------------------------------------------------- mesh
   mesh = shd.make_mesh(**config.mesh)
   rc.validate_for_mesh(config, mesh)
@@ -126,27 +161,52 @@ def run(config) -> dict:
     ex = dict(train[i])
     return {**ex, 'prompt': make_prompt(ex)}
 
-  # ------------------------------------------------------ rewards and step
-  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
-                        workers=config.reward_workers)
+  # ----------------------------------------------------------------- restore
   step_cfg = ts.step_config(config, eos_ids=eos_ids, pad_id=tok.pad_id)
   optimizer = ts.make_optimizer(config.optim)
   state = ts.init_state(model, optimizer, step_cfg, seed=config.seed)
   del model
+  ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
+  closing.push(_closer(ckpt, config.checkpoint_wait_s))
+  start = 0
+  # A checkpoint of another run (its state does not fit) stops here, before
+  # anything is compiled or written.
+  restored = ckpt.restore_latest(state, config.to_dict())
+  counters = metrics.Counters()
+  if restored is not None:
+    start, state, meta = restored
+    changed = [d for d in config_diff(meta.get('config'), config.to_dict())
+               if not d.startswith(('workdir:', 'steps:'))]
+    try:
+      data.restore(meta['data'])
+    except ValueError as e:  # another seed or data set: the order would not continue
+      raise Mismatch(f'checkpoint {ckpt.directory}/{start} is of another run: {e}; the saved '
+                     'config differs in: ' + '; '.join(changed[:10])) from None
+    counters = metrics.Counters(meta.get('counters'))
+    print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
+    if changed:
+      print('[r1jax] WARNING: the config differs from the checkpoint\'s in: ' +
+            '; '.join(changed[:10]), flush=True)
+  writer = metrics.Writer(workdir, resume_step=start if restored else None)
+  closing.callback(writer.close)
+
+  # ------------------------------------------------------ rewards and step
+  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
+                        workers=config.reward_workers)
+  closing.callback(scorer.close)
   reward_fn = ts.make_reward_fn(ts.host_reward_fn(tok, scorer, train_example), mesh,
                                 len(scorer.names))
   train_step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
                                   ts.shardings_of(state))
 
-  # ----------------------------------------------------------------- restore
-  ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
-  start = 0
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    start, state, meta = restored
-    data.restore(meta['data'])
-    print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
-  writer = metrics.Writer(workdir, resume_step=start if restored else None)
+  def write(step: int, m: dict) -> None:
+    try:
+      writer.write(step, m)
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      raise SaveError(f'no space left on {workdir} while writing the metrics of step {step}; '
+                      f'checkpoint {ckpt.latest_step()} is intact') from e
 
   # -------------------------------------------------------------- evaluation
   e = config.eval
@@ -165,7 +225,7 @@ def run(config) -> dict:
         e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1), forced=forced)
     m['eval/seconds'] = time.time() - t0
     m = {k + tag: v for k, v in m.items()}
-    writer.write(step, m)
+    write(step, m)
     writer.samples(step, 'eval' + tag, records[:16])
     print(f'[r1jax] eval{tag} @ step {step}: pass@1 {m["eval/pass@1" + tag]:.3f}  '
           f'cons@{e.k} {m[f"eval/cons@{e.k}" + tag]:.3f}  '
@@ -176,8 +236,8 @@ def run(config) -> dict:
 
   def save(step: int) -> None:
     if ckpt.latest_step() != step:
-      ckpt.save(step, state, {'data': data.state(), 'step': step,
-                              'config': config.to_dict()})
+      ckpt.save(step, state, {'data': data.state(), 'step': step, 'config': config.to_dict(),
+                              'counters': counters.state()})
 
   # -------------------------------------------------------------------- loop
   first_eval = run_eval(0) if start == 0 else None
@@ -185,10 +245,13 @@ def run(config) -> dict:
     first_eval.update(run_eval(0, forced=NO_THINKING, tag='_no_thinking'))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
   stop = _Stop()  # from here on a signal saves at the next step boundary
+  closing.callback(stop.restore)
   last_eval = first_eval
   t_start = time.time()
   step = start
   for step in range(start + 1, config.steps + 1):
+    ckpt.check()  # a failed background save stops the run now
+    lock.check()  # another run took the workdir: stop
     examples = data.next()
     ids, mask = tok.encode_batch([make_prompt(x) for x in examples],
                                  max_len=config.rl.max_prompt_len)
@@ -199,9 +262,10 @@ def run(config) -> dict:
     state, m = train_step(state, batch)
     m = metrics.scalars(m)
     dt = time.time() - t0
-    m.update(scorer.counters(), step_seconds=dt, tokens_per_s=m['tokens'] / dt)
-    m['reward/callback_failures'] = reward_fn.failures[0]
-    writer.write(step, m)
+    m.update(step_seconds=dt, tokens_per_s=m['tokens'] / dt)
+    m.update(counters.step(_summed({**scorer.counters(),
+                                    'reward/callback_failures': reward_fn.failures[0]})))
+    write(step, m)
     print('[r1jax] ' + metrics.console_line(step, config.steps, m), flush=True)
     if m['nonfinite_skipped']:
       # The step did not apply those updates (the state is the last finite
@@ -210,10 +274,7 @@ def run(config) -> dict:
               f'{config.rl.num_iterations * config.rl.minibatches} updates had a non-finite '
               f'loss, gradient or result (loss {m["loss"]:.4g}, grad norm {m["grad_norm"]:.4g})')
       if not config.skip_nonfinite:
-        stop.restore()
-        ckpt.close()
-        writer.close()
-        scorer.close()
+        ckpt.finish(config.checkpoint_wait_s)
         raise FloatingPointError(
             f'{what}; they were not applied and nothing was saved (last checkpoint: '
             f'{ckpt.latest_step()}). Lower optim.lr, or set skip_nonfinite=True to skip such '
@@ -224,22 +285,16 @@ def run(config) -> dict:
     if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop.requested:
       save(step)
     if stop.requested:
-      stop.restore()
-      ckpt.close()
-      writer.close()
-      scorer.close()
+      ckpt.finish(config.checkpoint_wait_s)
       print(f'[r1jax] stopped at step {step}; run the same command to resume', flush=True)
       return last_eval or {}
 
   # --------------------------------------------------------------- summary
-  stop.restore()
   if step > start or last_eval is None:
     last_eval = run_eval(step)
   if step > start:
     save(step)
-  ckpt.close()
-  writer.close()
-  scorer.close()
+  ckpt.finish(config.checkpoint_wait_s)
   summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, **(last_eval or {})}
   if first_eval:
     summary['eval/pass@1 at step 0'] = first_eval['eval/pass@1']
@@ -249,6 +304,35 @@ def run(config) -> dict:
       f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in summary.items()),
         flush=True)
   return summary
+
+
+def _summed(counts: dict[str, float]) -> dict[str, float]:
+  """Each host's counters summed over hosts (each scores its own rows)."""
+  if jax.process_count() == 1:
+    return counts
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  keys = sorted(counts)
+  total = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.int32))
+  return dict(zip(keys, np.asarray(total).sum(0).tolist()))
+
+
+def _closer(ckpt: Checkpointer, timeout_s: float):
+  """Exit callback: finish the save in flight (bounded) and close orbax. When
+  the run is already failing, a failed save is a warning, not a second error."""
+
+  def close(exc_type, exc, tb):
+    del exc, tb
+    try:
+      ckpt.close(timeout_s)
+    except SaveError as e:
+      if ckpt.stuck:
+        _STUCK.append(ckpt)
+      if exc_type is None:
+        raise
+      print(f'[r1jax] WARNING: {e}', file=sys.stderr, flush=True)
+    return False
+
+  return close
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,16 +1,21 @@
 """Where measurements go: `<workdir>/metrics.jsonl` (one JSON object per line,
 each with `step`), TensorBoard event files in `<workdir>/tb/`, sampled
-completions in `<workdir>/samples/`, and one console line per step.
+completions in `<workdir>/samples/`, and one console line per step. Paths
+are `etils.epath`: a `gs://` workdir is written there, never under a local
+`gs:` directory.
 
 Only process 0 writes.
 """
+import io
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+
+from r1jax.workdir import is_local
 
 # Console columns: (metric key, label, format).
 _CONSOLE = (('reward/total', 'reward', '.3f'), ('accuracy', 'acc', '.3f'),
@@ -31,49 +36,124 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float | list[float]]:
 class Writer:
   """`resume_step`: the checkpoint a run resumes from (None: a fresh run).
   Lines after it, written by a run stopped before its next checkpoint, are
-  dropped, so a resumed run's metrics.jsonl reads as if it never stopped."""
+  dropped, so a resumed run's metrics.jsonl reads as if it never stopped. A
+  fresh run over an old run's metrics moves them aside, never truncates."""
 
-  def __init__(self, workdir: str, resume_step: int | None = None):
+  def __init__(self, workdir: epath.PathLike, resume_step: int | None = None):
     self.active = jax.process_index() == 0
-    self.workdir = workdir
+    self.workdir = epath.Path(workdir)
+    self.path = self.workdir / 'metrics.jsonl'
+    self.local = is_local(self.workdir)
+    self.lines: list[str] = []  # an object store's file is rewritten whole
     self.tb = None
     if self.active:
-      os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-      path = os.path.join(workdir, 'metrics.jsonl')
-      if os.path.exists(path) and resume_step is None:
+      (self.workdir / 'samples').mkdir(parents=True, exist_ok=True)
+      path = self.path
+      if path.exists() and resume_step is None:
         # A fresh start over an old run's metrics (its checkpoints are gone):
         # never destroy them.
-        aside = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}.old'
-        os.replace(path, aside)
+        aside = path.parent / f'{path.name}.{time.strftime("%Y%m%d-%H%M%S")}.old'
+        path.rename(aside)
         print(f'[r1jax] WARNING: {path} belonged to an earlier run with no checkpoint to '
               f'resume; moved to {aside}', flush=True)
-      elif os.path.exists(path):
-        keep = [json.dumps(row) + '\n' for row in read_jsonl(path)
-                if row['step'] <= resume_step]
-        with open(path + '.tmp', 'w') as f:
-          f.writelines(keep)
-        os.replace(path + '.tmp', path)
+      elif path.exists():
+        rows = read_jsonl(path)
+        self.lines = [json.dumps(r) + '\n' for r in rows if r['step'] <= resume_step]
+        later = [json.dumps(r) + '\n' for r in rows if r['step'] > resume_step]
+        if later:  # steps to be trained again; their first lines are kept aside
+          aside = path.parent / f'{path.name}.after-{resume_step}.{time.strftime("%Y%m%d-%H%M%S")}'
+          aside.write_text(''.join(later))
+          print(f'[r1jax] {len(later)} metrics lines after step {resume_step} (the run '
+                f'stopped before its next checkpoint) moved to {aside}', flush=True)
+        tmp = path.parent / (path.name + '.tmp')
+        tmp.write_text(''.join(self.lines))
+        tmp.replace(path)
+      if not self.local:
+        _register_object_store_writer()
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=10)
+      self.tb = SummaryWriter(str(self.workdir / 'tb'), flush_secs=10)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.active:
       return
     row = {'step': step, **scalars(metrics)}
-    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    line = json.dumps(row) + '\n'
+    if self.local:
+      with self.path.open('a') as f:
+        f.write(line)
+    else:  # objects cannot be appended to
+      self.lines.append(line)
+      self.path.write_text(''.join(self.lines))
     for k, v in row.items():
       if k != 'step' and isinstance(v, float):
         self.tb.add_scalar(k, v, step)
 
   def samples(self, step: int, name: str, records: list[dict]) -> None:
     if self.active:
-      with open(os.path.join(self.workdir, 'samples', f'{name}_{step:06d}.json'), 'w') as f:
-        json.dump(records, f, indent=1)
+      (self.workdir / 'samples' / f'{name}_{step:06d}.json').write_text(
+          json.dumps(records, indent=1))
 
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+      self.tb = None
+
+
+class Counters:
+  """Exact failure counts across resumes. The scorer's counters are totals
+  of this process; each step logs what happened in it (`reward/errors`) and
+  the run's running total (`reward/errors_total`), which the checkpoint
+  keeps (`state()`, restored through `totals`)."""
+
+  def __init__(self, totals: dict[str, float] | None = None):
+    self.base = dict(totals or {})  # the run's totals before this process
+    self.last: dict[str, float] = {}
+
+  def step(self, process_totals: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for k, v in process_totals.items():
+      out[k] = v - self.last.get(k, 0)
+      out[k + '_total'] = self.base.get(k, 0) + v
+    self.last = dict(process_totals)
+    return out
+
+  def state(self) -> dict[str, float]:
+    keys = self.base.keys() | self.last.keys()
+    return {k: self.base.get(k, 0) + self.last.get(k, 0) for k in keys}
+
+
+class _ObjectFile:
+  """A TensorBoard event file on an object store: objects cannot be appended
+  to, so each flush rewrites the whole file (as tensorboardX's own GCS
+  writer does), through epath rather than a cloud SDK."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectFiles:
+
+  def open(self, path: str) -> _ObjectFile:
+    return _ObjectFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_object_store_writer() -> None:
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  for scheme in ('gs', 's3', 'az'):
+    record_writer.register_writer_factory(scheme, _ObjectFiles())
 
 
 def console_line(step: int, total: int, metrics: dict[str, Any]) -> str:
@@ -84,12 +164,11 @@ def console_line(step: int, total: int, metrics: dict[str, Any]) -> str:
   return '  '.join(parts)
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: epath.PathLike) -> list[dict]:
   """The rows of a metrics file. A torn last line (the process died while
   writing it) is dropped with a warning; a bad line elsewhere is an error
   naming the file and line."""
-  with open(path) as f:
-    lines = f.readlines()
+  lines = epath.Path(path).read_text().splitlines(keepends=True)
   rows = []
   for i, line in enumerate(lines):
     if not line.strip():

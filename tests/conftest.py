@@ -2,12 +2,21 @@
 import importlib.util
 import os
 import sys
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')
+# One compilation cache for the session and the worker processes it starts
+# (they inherit the environment): the many runs of the smoke config compile
+# the same programs, and CI has 2 cores.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='r1jax-test-xla-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 # Make `configs/` importable by path-based tests.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

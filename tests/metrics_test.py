@@ -43,3 +43,16 @@ def test_a_fresh_start_moves_old_metrics_aside(tmp_path, capsys):
   assert len(old) == 1
   assert metrics.read_jsonl(str(tmp_path / old[0])) == [{'step': 1}, {'step': 2}]
   assert 'moved to' in capsys.readouterr().out
+
+
+def test_counters_are_per_step_with_running_totals_across_a_resume():
+  """Issue 11.11: the scorer's counters are this process's totals; the log
+  gets what happened in each step and the run's total, kept in checkpoints."""
+  c = metrics.Counters()
+  assert c.step({'reward/errors': 2}) == {'reward/errors': 2, 'reward/errors_total': 2}
+  assert c.step({'reward/errors': 5}) == {'reward/errors': 3, 'reward/errors_total': 5}
+  saved = c.state()
+  assert saved == {'reward/errors': 5}
+  resumed = metrics.Counters(saved)  # a new process: its own totals restart at 0
+  assert resumed.step({'reward/errors': 1}) == {'reward/errors': 1, 'reward/errors_total': 6}
+  assert resumed.state() == {'reward/errors': 6}

@@ -17,6 +17,8 @@ cannot go stale. Nothing downloads.
 import json
 import os
 
+from etils import epath
+
 __all__ = ['read_examples', 'read_split']
 
 _FORMATS = ('.jsonl', '.parquet')
@@ -44,7 +46,7 @@ def _example(record, row: int, where: str) -> dict:
 
 def _read_jsonl(path: str) -> list[dict]:
   examples = []
-  with open(path, 'rb') as f:
+  with epath.Path(path).open('rb') as f:
     for line_no, raw in enumerate(f, 1):
       where = f'{path}:{line_no}'
       try:
@@ -65,7 +67,12 @@ def _read_jsonl(path: str) -> list[dict]:
 def _read_parquet(path: str) -> list[dict]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   return [_example(record, row, f'{path} row {row}')
-          for row, record in enumerate(pq.read_table(path).to_pylist())]
+          for row, record in enumerate(_parquet_rows(pq, path))]
+
+
+def _parquet_rows(pq, path: str) -> list[dict]:
+  with epath.Path(path).open('rb') as f:
+    return pq.read_table(f).to_pylist()
 
 
 def read_examples(path: str) -> list[dict]:
@@ -87,7 +94,7 @@ def read_split(data_dir: str, split: str) -> list[dict]:
   if split.endswith(_FORMATS):
     return read_examples(os.path.join(data_dir, split))
   candidates = [os.path.join(data_dir, split + ext) for ext in _FORMATS]
-  found = [p for p in candidates if os.path.exists(p)]
+  found = [p for p in candidates if epath.Path(p).exists()]
   if len(found) != 1:
     raise FileNotFoundError(
         f'split {split!r}: need exactly one of {candidates}, found {len(found)}')
