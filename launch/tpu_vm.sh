@@ -4,7 +4,7 @@
 # the TPU metadata; no Pathways or GKE needed), then collect the logs.
 #
 #   launch/tpu_vm.sh --tpu NAME --zone ZONE [--project P] [--dry-run] \
-#       -- --config=configs/zero.py:model=qwen2.5-math-1.5b,ckpt=/data/Qwen2.5-Math-1.5B,paper
+#       -- --config=configs/zero.py:model=qwen2.5-1.5b,ckpt=/data/Qwen2.5-1.5B,paper
 #
 # Everything after `--` goes to `python -m r1jax.launch`. --dry-run prints the
 # commands instead of running them. Checkpoints and data directories should be
@@ -52,7 +52,7 @@ log='$HOME/r1jax-$(hostname).log'
 run git -C "$repo" archive --format=tar.gz --prefix=r1jax/ -o "$archive" HEAD
 run "${gcloud_tpu[@]}" scp "$archive" "$tpu:r1jax-src.tar.gz" --worker=all "${where[@]}"
 run "${gcloud_tpu[@]}" ssh "$tpu" --worker=all "${where[@]}" --command \
-  "rm -rf r1jax && tar xzf r1jax-src.tar.gz && pip install -q 'jax[tpu]' -e ./r1jax"
+  "rm -rf r1jax && tar xzf r1jax-src.tar.gz && pip install -q -e './r1jax[tpu,gcs]'"
 # 2. The same command on all workers; each writes its own log.
 run "${gcloud_tpu[@]}" ssh "$tpu" --worker=all "${where[@]}" --command \
   "cd r1jax && R1JAX_DISTRIBUTED=1 python -m r1jax.launch $launch_args 2>&1 | tee $log"

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from r1jax import models, sft
@@ -141,6 +140,9 @@ def build(c: ml_collections.ConfigDict) -> str:
   if c.task != 'arithmetic':
     raise ValueError(f'base.task: only arithmetic has imperfect solutions, got {c.task!r}')
   t0 = time.time()
+  print(f'[base] building the tiny base model into {c.dir} (once; up to {c.max_steps} steps '
+        f'or {c.max_minutes} min, a progress line every {c.eval_every} steps): tokenizer and '
+        'data first', flush=True)
   os.makedirs(c.dir, exist_ok=True)
   rng = np.random.default_rng(c.seed)
   train = tasks.load_split(c.task, 'train', c.data_dir)
@@ -186,8 +188,6 @@ def build(c: ml_collections.ConfigDict) -> str:
       acc = greedy_accuracy(graphdef, params, tok, evals, c.max_new_tokens)
       report = {'steps': step, 'loss': float(loss), 'greedy_accuracy': acc,
                 'minutes': (time.time() - t0) / 60}
-      logging.info('base pretraining: step %d loss %.4f greedy accuracy %.3f (%.1f min)',
-                   step, float(loss), acc, report['minutes'])
       print(f'[base] step {step:5d}  loss {float(loss):.4f}  greedy accuracy {acc:.3f}  '
             f'{report["minutes"]:.1f} min', flush=True)
       if acc >= c.target_greedy_accuracy or done:

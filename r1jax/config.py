@@ -4,6 +4,7 @@ and validation that runs before anything compiles and names the bad key.
 Config files (`configs/*.py`) are loaded by path, so they import this module
 from the installed package rather than a sibling file.
 """
+import json
 import math
 import os
 from typing import Any, Callable
@@ -13,7 +14,7 @@ import ml_collections
 from r1jax import grpo, kernels
 from r1jax.data.tasks import TASKS, VERIFIERS
 from r1jax.models.config import PRESETS
-from r1jax.rewards import CORRECTNESS, REWARDS
+from r1jax.rewards import CORRECTNESS, REWARDS, load_reward
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -121,6 +122,11 @@ def base_config() -> ConfigDict:
   ))
   # Rule-based rewards by name (r1jax.rewards.REWARDS) and their weights.
   c.rewards = ConfigDict({'accuracy': 1.0, 'format': 1.0})
+  # Your own rewards: name -> 'package.module:function', a function
+  # f(prompt, completion, example) -> float like the built-ins; weight them in
+  # `rewards` under that name. (ConfigDict keys cannot hold dots, hence the
+  # two dicts.)
+  c.reward_fns = ConfigDict({})
   c.reward_timeout_s = 5.0  # per call; the worker process is killed past it
   c.reward_workers = 0  # scoring processes per host; 0: one per core, at most 8
 
@@ -269,6 +275,32 @@ def _get(config: ConfigDict, key: str) -> tuple[bool, Any]:
   return True, node
 
 
+def _check_context(config: ConfigDict, to_build: bool) -> None:
+  """A prompt and its completion must fit the model's positions (RoPE past
+  them is extrapolation the model never trained on)."""
+  if 'rl' not in config:
+    return
+  model = config.model
+  if model.ckpt and not to_build:
+    path = os.path.join(model.ckpt, 'config.json')
+    try:
+      with open(path) as f:
+        limit = json.load(f).get('max_position_embeddings')
+    except (OSError, ValueError):
+      return  # the loader names the problem with the checkpoint
+    where = path
+  elif model.name in PRESETS:
+    limit, where = PRESETS[model.name].max_position_embeddings, f'preset {model.name!r}'
+  else:
+    return
+  total = config.rl.max_prompt_len + config.rl.max_new_tokens
+  if isinstance(limit, int) and total > limit:
+    raise ConfigError('rl.max_new_tokens', f'rl.max_prompt_len ({config.rl.max_prompt_len}) + '
+                      f'rl.max_new_tokens ({config.rl.max_new_tokens}) = {total} exceeds the '
+                      f'model\'s max_position_embeddings ({limit}, {where}); lower them, or '
+                      'use a model with a longer context')
+
+
 def validate(config: ConfigDict) -> ConfigDict:
   """Raises ConfigError naming the first bad key; returns the config."""
   for key, (ok, what) in _CHECKS:
@@ -287,6 +319,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   elif not model.ckpt and model.name not in PRESETS:
     raise ConfigError('model.name', f'unknown preset {model.name!r}; '
                       f'known: {sorted(PRESETS)}')
+  _check_context(config, to_build)
   if sum(v == -1 for k, v in config.mesh.items() if k != 'dcn_data') > 1:
     raise ConfigError('mesh', f'at most one axis may be -1, got {config.mesh}')
   if 'rl' in config:
@@ -298,9 +331,18 @@ def validate(config: ConfigDict) -> ConfigDict:
     if rl.overlong_max_len and rl.overlong_cache_len > rl.overlong_max_len:
       raise ConfigError('rl.overlong_cache_len', 'must be <= rl.overlong_max_len')
   if 'rewards' in config:
+    custom = dict(config.get('reward_fns', {}))
+    for name, spec in custom.items():
+      if name in REWARDS:
+        raise ConfigError(f'reward_fns.{name}', 'is a built-in reward\'s name; pick another')
+      try:
+        load_reward(spec)
+      except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise ConfigError(f'reward_fns.{name}', str(e)) from None
     for name, weight in config.rewards.items():
-      if name not in REWARDS:
-        raise ConfigError(f'rewards.{name}', f'unknown reward; known: {sorted(REWARDS)}')
+      if name not in REWARDS and name not in custom:
+        raise ConfigError(f'rewards.{name}', f'unknown reward; known: {sorted(REWARDS)}, or '
+                          'yours by name in reward_fns (\'package.module:function\')')
       if not _is_num(weight):
         raise ConfigError(f'rewards.{name}', f'weight must be a finite number, got {weight!r}')
     if not config.rewards:

@@ -30,7 +30,7 @@ from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
 from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
-from r1jax.rewards import CORRECTNESS, RewardScorer
+from r1jax.rewards import CORRECTNESS, RewardScorer, load_reward
 from r1jax.rollout import SamplingConfig
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
@@ -110,11 +110,16 @@ def run(config) -> dict:
   """Runs the config; returns the final evaluation metrics."""
   # ------------------------------------------------------------------ config
   rc.validate(config)
-  init_distributed(config)
-  workdir = epath.Path(config.workdir)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
   with contextlib.ExitStack() as closing:  # runs on every way out, in reverse
+    log = metrics.LibraryLog()  # library INFO to <workdir>/log.txt, not the console
+    closing.callback(log.close)
+    init_distributed(config)
+    workdir = epath.Path(config.workdir)
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+    log_path = log.to(workdir)
+    if not wd.is_local(workdir):
+      print(f'[r1jax] library log: {log_path}', flush=True)
     lock = wd.Lock(workdir)
     closing.callback(lock.release)
     return _run(config, workdir, lock, closing)
@@ -129,7 +134,11 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   if 'base' in config and config.model.ckpt == config.base.dir:
     base.build(config.base)  # no-op when already built
   if config.model.ckpt:
-    tok = tk.load_tokenizer(config.tokenizer or config.model.ckpt)
+    try:
+      tok = tk.load_tokenizer(config.tokenizer or config.model.ckpt)
+    except FileNotFoundError as e:
+      raise rc.ConfigError('tokenizer', f'{e}; set --config.tokenizer to a directory that '
+                           'has one (e.g. the HF repo the weights came from)') from None
     model = models.load_hf(config.model.ckpt, config.model.param_dtype,
                            compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
   else:
@@ -171,6 +180,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   start = 0
   # A checkpoint of another run (its state does not fit) stops here, before
   # anything is compiled or written.
+  if ckpt.latest_step() is not None:
+    print(f'[r1jax] restoring the newest checkpoint in {ckpt.directory} (checking its digest)',
+          flush=True)
   restored = ckpt.restore_latest(state, config.to_dict())
   counters = metrics.Counters()
   if restored is not None:
@@ -187,12 +199,19 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     if changed:
       print('[r1jax] WARNING: the config differs from the checkpoint\'s in: ' +
             '; '.join(changed[:10]), flush=True)
+  if restored is not None and start >= config.steps:  # rerunning a finished run
+    print(f'[r1jax] {workdir} holds a finished run ({start} of {config.steps} steps); nothing '
+          'to do (raise --config.steps to train on)', flush=True)
+    path = workdir / 'metrics.jsonl'
+    rows = [r for r in metrics.read_jsonl(path) if 'eval/pass@1' in r] if path.exists() else []
+    return rows[-1] if rows else {}
   writer = metrics.Writer(workdir, resume_step=start if restored else None)
   closing.callback(writer.close)
 
   # ------------------------------------------------------ rewards and step
   scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
-                        workers=config.reward_workers)
+                        workers=config.reward_workers,
+                        extra={n: load_reward(f) for n, f in config.get('reward_fns', {}).items()})
   closing.callback(scorer.close)
   reward_fn = ts.make_reward_fn(ts.host_reward_fn(tok, scorer, train_example), mesh,
                                 len(scorer.names))
@@ -240,6 +259,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
                               'counters': counters.state()})
 
   # -------------------------------------------------------------------- loop
+  if start == 0:
+    print(f'[r1jax] evaluating step 0 ({len(eval_examples)} questions x {e.k}; the sampler '
+          'compiles first)', flush=True)
   first_eval = run_eval(0) if start == 0 else None
   if first_eval and e.no_thinking:
     first_eval.update(run_eval(0, forced=NO_THINKING, tag='_no_thinking'))
@@ -249,6 +271,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   last_eval = first_eval
   t_start = time.time()
   step = start
+  if start < config.steps:
+    print(f'[r1jax] training from step {start + 1}; the first step compiles the whole GRPO step '
+          '(rollout, rewards, update) and takes longest', flush=True)
   for step in range(start + 1, config.steps + 1):
     ckpt.check()  # a failed background save stops the run now
     lock.check()  # another run took the workdir: stop
@@ -266,7 +291,8 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     m.update(counters.step(_summed({**scorer.counters(),
                                     'reward/callback_failures': reward_fn.failures[0]})))
     write(step, m)
-    print('[r1jax] ' + metrics.console_line(step, config.steps, m), flush=True)
+    print('[r1jax] ' + metrics.console_line(step, config.steps, m, time.time() - t_start,
+                                            step - start), flush=True)
     if m['nonfinite_skipped']:
       # The step did not apply those updates (the state is the last finite
       # one), so stopping here keeps every checkpoint finite.

@@ -8,6 +8,8 @@ Only process 0 writes.
 """
 import io
 import json
+import os
+import re
 import time
 from typing import Any
 
@@ -86,7 +88,7 @@ class Writer:
       self.path.write_text(''.join(self.lines))
     for k, v in row.items():
       if k != 'step' and isinstance(v, float):
-        self.tb.add_scalar(k, v, step)
+        self.tb.add_scalar(tb_tag(k), v, step)
 
   def samples(self, step: int, name: str, records: list[dict]) -> None:
     if self.active:
@@ -97,6 +99,73 @@ class Writer:
     if self.tb is not None:
       self.tb.close()
       self.tb = None
+
+
+_NOISE = ('has no dataset_info.json',)
+
+
+class LibraryLog:
+  """Library chatter (orbax, jax, TFDS INFO) goes to `<workdir>/log.txt`
+  (`log.<i>.txt` on process i > 0; a local temporary file for an object-
+  store workdir); the console keeps r1jax's lines, warnings and errors.
+  Records before the workdir is known are held and written there. `close()`
+  restores the logging setup it found."""
+
+  def __init__(self):
+    import logging as pylog  # pylint: disable=g-import-not-at-top
+    import logging.handlers  # pylint: disable=g-import-not-at-top,unused-import
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    self.pylog, self.absl = pylog, absl_logging
+    self.root = pylog.getLogger()
+    self.console = absl_logging.get_absl_handler()
+    self.saved = (self.root.level, self.console.level, absl_logging.get_verbosity())
+    self.held = pylog.handlers.MemoryHandler(capacity=100_000, flushLevel=pylog.CRITICAL + 1)
+    self.held.setLevel(pylog.INFO)
+    self.file = None
+    self.root.addHandler(self.held)
+    self.root.setLevel(pylog.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    self.console.setLevel(pylog.WARNING)
+    self.console.addFilter(self._not_noise)
+
+  @staticmethod
+  def _not_noise(record) -> bool:
+    """Warnings that are not (TFDS on every data set not yet prepared)."""
+    return not any(n in str(record.msg) for n in _NOISE)
+
+  def to(self, workdir: epath.PathLike) -> str:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    i = jax.process_index()
+    name = 'log.txt' if i == 0 else f'log.{i}.txt'
+    path = (str(epath.Path(workdir) / name) if is_local(workdir) else
+            f'{tempfile.gettempdir()}/r1jax-{time.strftime("%Y%m%d-%H%M%S")}-{name}')
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)  # hosts without the shared disk
+    self.file = self.pylog.FileHandler(path, mode='a', encoding='utf-8')
+    self.file.setFormatter(self.pylog.Formatter(
+        '%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s'))
+    self.file.setLevel(self.pylog.INFO)
+    self.held.setTarget(self.file)
+    self.held.flush()
+    self.root.removeHandler(self.held)
+    self.root.addHandler(self.file)
+    return path
+
+  def close(self) -> None:
+    for handler in (self.held, self.file):
+      if handler is not None:
+        self.root.removeHandler(handler)
+        handler.close()
+    self.root.setLevel(self.saved[0])
+    self.console.removeFilter(self._not_noise)
+    self.console.setLevel(self.saved[1])
+    self.absl.set_verbosity(self.saved[2])
+
+
+def tb_tag(key: str) -> str:
+  """The TensorBoard tag of a metrics.jsonl key: `@` reads `_at_` and any
+  other character TensorBoard refuses becomes `_` (eval/pass@1 ->
+  eval/pass_at_1, eval/cons@16 -> eval/cons_at_16); other keys are kept."""
+  return re.sub(r'[^\w./-]', '_', key.replace('@', '_at_'))
 
 
 class Counters:
@@ -156,11 +225,22 @@ def _register_object_store_writer() -> None:
     record_writer.register_writer_factory(scheme, _ObjectFiles())
 
 
-def console_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+def _clock(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  return f'{h}:{rest // 60:02d}:{rest % 60:02d}' if h else f'{rest // 60}:{rest % 60:02d}'
+
+
+def console_line(step: int, total: int, metrics: dict[str, Any],
+                 elapsed_s: float | None = None, done: int = 0) -> str:
+  """One step's line; with `elapsed_s` (this process's training time over
+  `done` steps) it ends in the elapsed time and the ETA at that pace."""
   parts = [f'step {step:>{len(str(total))}}/{total}']
   for key, label, fmt in _CONSOLE:
     if key in metrics:
       parts.append(f'{label} {float(metrics[key]):{fmt}}')
+  if elapsed_s is not None and done:
+    parts.append(f'{_clock(elapsed_s)} elapsed, ETA {_clock(elapsed_s / done * (total - step))}')
   return '  '.join(parts)
 
 

@@ -77,7 +77,7 @@ def test_two_free_mesh_axes_rejected():
 def test_paper_preset_is_r1_zero_schedule():
   """Issue 10.2: 512 completions per policy update (32 questions x G 16);
   a rollout of 8,192 (512 questions) in 16 minibatches, one inner epoch."""
-  c = rc.validate(_load([f'--config={ZERO}:model=qwen2.5-math-1.5b,paper']))
+  c = rc.validate(_load([f'--config={ZERO}:model=qwen2.5-1.5b,paper']))
   rl = c.rl
   assert (rl.prompts_per_step, rl.group_size, rl.minibatches, rl.num_iterations) == (512, 16, 16, 1)
   assert rl.prompts_per_step * rl.group_size == 8192
@@ -86,6 +86,22 @@ def test_paper_preset_is_r1_zero_schedule():
   assert rl.max_new_tokens == 32768
   assert rl.reference_reset_every * rl.minibatches == 400  # policy updates
   assert (c.eval.temperature, c.eval.top_p, c.eval.k) == (0.6, 0.95, 16)
+
+
+def test_prompt_and_completion_must_fit_the_models_positions(tmp_path):
+  """Issue 12.7: Qwen2.5-Math-1.5B has 4,096 positions; the paper preset asks
+  for 512 + 32,768."""
+  with pytest.raises(rc.ConfigError, match=r'config.rl.max_new_tokens: rl.max_prompt_len \(512\) '
+                     r'\+ rl.max_new_tokens \(32768\) = 33280 exceeds the model.s '
+                     r"max_position_embeddings \(4096, preset 'qwen2.5-math-1.5b'\)"):
+    rc.validate(_load([f'--config={ZERO}:model=qwen2.5-math-1.5b,paper']))
+  ckpt = tmp_path / 'ckpt'
+  ckpt.mkdir()
+  (ckpt / 'config.json').write_text('{"max_position_embeddings": 1024}')
+  with pytest.raises(rc.ConfigError, match='= 33280 exceeds .*1024, .*config.json'):
+    rc.validate(_load([f'--config={ZERO}:model=qwen2.5-1.5b,ckpt={ckpt},paper']))
+  rc.validate(_load([f'--config={ZERO}:model=qwen2.5-math-1.5b,paper',
+                     '--config.rl.max_new_tokens=3584']))  # 512 + 3,584 = 4,096 fits
 
 
 @pytest.mark.parametrize('key,value', [
@@ -116,11 +132,12 @@ def test_every_field_has_a_check():
 
   def leaves(node, prefix=''):
     for k, v in node.items():
-      if isinstance(v, (dict, rc.ConfigDict)) and k != 'rewards':
+      if isinstance(v, (dict, rc.ConfigDict)) and k not in ('rewards', 'reward_fns'):
         yield from leaves(v, f'{prefix}{k}.')
       else:
         yield f'{prefix}{k}'
-  missing = [k for k in leaves(c) if k not in rc.CHECKED_KEYS and k != 'rewards']
+  missing = [k for k in leaves(c) if k not in rc.CHECKED_KEYS
+             and k not in ('rewards', 'reward_fns')]  # checked by name in validate
   assert not missing
 
 
@@ -150,3 +167,20 @@ def test_task_decides_its_verifier(task, rewards, bad):
     rc.validate(c)
   c.rewards = {'countdown': 1.0, 'format': 1.0} if task == 'countdown' else {'exact_match': 1.0}
   rc.validate(c)
+
+
+def test_your_own_reward_by_module_and_function():
+  """Issue 12.6: a reward of the user's, named 'package.module:function'."""
+  c = rc.base_config()
+  c.reward_fns = {'brevity': 'my_rewards:brevity'}
+  c.rewards = {'accuracy': 1.0, 'brevity': 0.5}
+  rc.validate(c)
+  for spec, match in (('no_such_module:f', "cannot import 'no_such_module'"),
+                      ('my_rewards:nothing', "has no 'nothing'"),
+                      ('my_rewards', "expected 'package.module:function'")):
+    c.reward_fns = {'brevity': spec}
+    with pytest.raises(rc.ConfigError, match=f'config.reward_fns.brevity: .*{match}'):
+      rc.validate(c)
+  c.reward_fns = {}
+  with pytest.raises(rc.ConfigError, match='config.rewards.brevity: unknown reward'):
+    rc.validate(c)

@@ -40,11 +40,12 @@ def copy_of(done, tmp_path, steps=4):
 
 
 def snapshot(workdir) -> dict:
-  """Every file's bytes, but the lock's."""
+  """Every file's bytes, but the lock's and the library log's (each run
+  appends to log.txt)."""
   out = {}
   for root, _, files in os.walk(workdir):
     for f in files:
-      if f != 'lock':
+      if f != 'lock' and not (f.startswith('log') and f.endswith('.txt')):
         path = os.path.join(root, f)
         with open(path, 'rb') as fh:
           out[os.path.relpath(path, workdir)] = fh.read()
@@ -141,8 +142,13 @@ def test_the_lock_of_a_killed_process_is_taken_over(done, tmp_path, capsys):
   holder.kill()  # SIGKILL: the lock file still names it
   holder.wait()
   capsys.readouterr()
-  launch.run(c)
-  assert f'taking over the lock of pid {holder.pid}' in capsys.readouterr().out
+  before = snapshot(c.workdir)
+  summary = launch.run(c)  # the run is finished: nothing to do
+  out = capsys.readouterr().out
+  assert f'taking over the lock of pid {holder.pid}' in out
+  assert 'holds a finished run (3 of 3 steps); nothing to do' in out
+  assert summary['step'] == 3 and 'eval/pass@1' in summary
+  assert snapshot(c.workdir) == before  # issue 12.9: no second evaluation row
   with open(os.path.join(c.workdir, 'lock')) as f:
     assert f.read() == ''  # released at the end
 

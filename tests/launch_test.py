@@ -79,3 +79,14 @@ def test_nonfinite_updates_never_reach_a_checkpoint(tmp_path, smoke_base, skip):
     leaves = jax.tree.leaves(restored['state']['params'])
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves), f'checkpoint {s} is not finite'
   ckpt.close()
+
+
+def test_a_checkpoint_without_a_tokenizer_says_to_set_config_tokenizer(tmp_path, smoke_base):
+  """Issue 12.7: an HF directory with weights but no tokenizer files."""
+  from conftest import FIXTURES
+  from r1jax import config as rc
+  c = _config(tmp_path, smoke_base)
+  c.model.ckpt = os.path.join(FIXTURES, 'hf_qwen2_tiny')  # config.json + weights only
+  with pytest.raises(rc.ConfigError, match=r'config.tokenizer: .*hf_qwen2_tiny: no '
+                     r'tokenizer.json or tokenizer.model .*set --config.tokenizer'):
+    launch.run(c)

@@ -56,3 +56,52 @@ def test_counters_are_per_step_with_running_totals_across_a_resume():
   resumed = metrics.Counters(saved)  # a new process: its own totals restart at 0
   assert resumed.step({'reward/errors': 1}) == {'reward/errors': 1, 'reward/errors_total': 6}
   assert resumed.state() == {'reward/errors': 6}
+
+
+def test_the_step_line_ends_in_elapsed_time_and_eta():
+  """Issue 12.9: 3 of 10 steps done in 90 s -> 30 s a step, 7 to go."""
+  line = metrics.console_line(13, 20, {'reward/total': 0.5, 'kl': 0.01}, 90.0, 3)
+  assert line == 'step 13/20  reward 0.500  kl 0.0100  1:30 elapsed, ETA 3:30'
+  assert metrics.console_line(1, 2, {}, 7300.0, 1).endswith('2:01:40 elapsed, ETA 2:01:40')
+
+
+def test_tensorboard_tags_are_sanitised_one_to_one():
+  """Issue 12.3: tensorboardX logged 'Summary name eval/pass@1 is illegal'."""
+  assert metrics.tb_tag('eval/pass@1') == 'eval/pass_at_1'
+  assert metrics.tb_tag('eval/cons@16_no_thinking') == 'eval/cons_at_16_no_thinking'
+  assert metrics.tb_tag('reward/exact_match') == 'reward/exact_match'
+  assert metrics.tb_tag('length/p90') == 'length/p90'
+
+
+def test_library_info_goes_to_the_log_file_not_the_console(tmp_path, capfd):
+  """Issue 12.3: under absl's app.run every orbax/jax INFO line reached the
+  console. Here absl's console handler is set up as app.run leaves it."""
+  import logging as pylog
+  from absl import logging as absl_logging
+  import sys
+  console = absl_logging.get_absl_handler()
+  saved = (console.level, absl_logging.get_verbosity(), console.python_handler.stream)
+  console.setLevel(pylog.NOTSET)
+  console.python_handler.stream = sys.stderr
+  absl_logging.set_verbosity(absl_logging.INFO)
+  pylog.getLogger().addHandler(console)  # pytest took absl's handler off the root logger
+  try:
+    log = metrics.LibraryLog()
+    absl_logging.info('CheckpointManager Save Finalize is done')  # before the workdir is known
+    path = log.to(tmp_path)
+    pylog.getLogger('jax._src.xla_bridge').info("Unable to initialize backend 'tpu'")
+    absl_logging.warning('a real warning')
+    absl_logging.warning('Variant folder /x has no dataset_info.json')
+    log.close()
+    err = capfd.readouterr().err
+    assert 'Save Finalize' not in err and 'backend' not in err and 'dataset_info' not in err
+    assert 'a real warning' in err
+    text = open(path).read()
+    assert 'Save Finalize is done' in text and "initialize backend 'tpu'" in text
+    assert path == str(tmp_path / 'log.txt')
+    assert (console.level, absl_logging.get_verbosity()) == (pylog.NOTSET, absl_logging.INFO)
+  finally:
+    pylog.getLogger().removeHandler(console)
+    console.setLevel(saved[0])
+    absl_logging.set_verbosity(saved[1])
+    console.python_handler.stream = saved[2]

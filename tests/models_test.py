@@ -124,6 +124,10 @@ def test_save_load_round_trip_is_exact(tmp_path, tie, dtype):
   files = os.listdir(tmp_path)
   assert 'model.safetensors.index.json' in files and len(
       [f for f in files if f.endswith('.safetensors')]) > 1
+  umask = os.umask(0)
+  os.umask(umask)
+  for f in files:  # issue 12.9: safetensors wrote 0600
+    assert os.stat(tmp_path / f).st_mode & 0o777 == 0o666 & ~umask, f
   loaded = models.load_hf(str(tmp_path), dtype=dtype)
   assert loaded.cfg.replace(bos_token_id=None) == cfg.replace(bos_token_id=None)
   for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):

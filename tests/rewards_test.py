@@ -156,6 +156,19 @@ def test_scorer_unknown_name():
     rewards.RewardScorer({'acc': 1.0})
 
 
+def test_a_users_reward_by_name_runs_like_the_builtins():
+  """Issue 12.6: 'package.module:function' (config.reward_fns) is imported
+  and scored in the workers, with the same time limit and counters."""
+  extra = {'brevity': rewards.load_reward('my_rewards:brevity'),
+           'slow': rewards.load_reward('hostile:slow')}
+  scorer = rewards.RewardScorer({'brevity': 1.0, 'slow': 1.0}, timeout_s=0.5, workers=2,
+                                extra=extra)
+  scores = scorer(['p'] * 3, [' <answer> 7 </answer>', 'slow', 'word ' * 20], [{}] * 3)
+  np.testing.assert_allclose(scores, [[1, 1], [1, 0], [0, 1]])
+  assert scorer.counters()['reward/timeouts'] == 1  # the limit applies to it too
+  scorer.close()
+
+
 def test_scorer_errors_and_timeouts():
   scorer = rewards.RewardScorer({'format': 1.0, 'boom': 1.0, 'slow': 1.0}, timeout_s=0.5,
                                 workers=2, extra={'boom': hostile.boom, 'slow': hostile.slow})

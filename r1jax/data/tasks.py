@@ -24,6 +24,8 @@ prepared copy is reused by VERSION: a change to a generator must bump it.
 
 Questions carry no final period: the R1-Zero template adds ". Assistant:".
 """
+import contextlib
+import io
 import random
 import re
 import time
@@ -229,10 +231,14 @@ def load_split(name: str, split: str, data_dir: str) -> Source | list[dict]:
     raise ValueError(f'unknown task {name!r}; known: {sorted(TASKS) + ["local"]}')
   builder = TASKS[name](data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
-    logging.info('preparing task %r (first use) into %s', name, builder.data_dir)
+    print(f'[r1jax] preparing task {name!r} (first use) into {builder.data_dir}', flush=True)
     start = time.perf_counter()
-    builder.download_and_prepare()
-    logging.info('prepared task %r in %.1fs', name, time.perf_counter() - start)
+    # TFDS prints its own banner and progress bars; they go to the log.
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+      builder.download_and_prepare()
+    logging.info('TFDS while preparing %r:\n%s', name, chatter.getvalue()[-4000:])
+    print(f'[r1jax] prepared task {name!r} in {time.perf_counter() - start:.1f}s', flush=True)
   if split not in builder.info.splits:
     raise ValueError(f'task {name!r} has splits {list(builder.info.splits)}, not {split!r}')
   return Source(builder.as_data_source(split))

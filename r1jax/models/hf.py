@@ -345,6 +345,8 @@ def save_hf(model: Decoder, path: str, max_shard_bytes: int = 4 * 2**30) -> None
   """
   cfg = model.cfg
   writer = jax.process_index() == 0
+  umask = os.umask(0)
+  os.umask(umask)
   if writer:
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, 'config.json'), 'w') as f:
@@ -356,8 +358,9 @@ def save_hf(model: Decoder, path: str, max_shard_bytes: int = 4 * 2**30) -> None
 
   def flush():
     if writer and pending:
-      save_file(pending, os.path.join(path, f'part-{len(names)}.safetensors'),
-                metadata={'format': 'pt'})
+      file = os.path.join(path, f'part-{len(names)}.safetensors')
+      save_file(pending, file, metadata={'format': 'pt'})
+      os.chmod(file, 0o666 & ~umask)  # safetensors writes 0600; others must read it
     names.append(list(pending))
     pending.clear()
 

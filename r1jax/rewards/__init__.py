@@ -36,7 +36,8 @@ from r1jax.rewards.rules import format_reward, language_consistency
 from r1jax.rewards.workers import WorkerPool
 
 __all__ = ['CORRECTNESS', 'REWARDS', 'RewardScorer', 'accuracy', 'exact_match', 'extract_answer',
-           'format_reward', 'language_consistency', 'overlong_penalty', 'parse_number']
+           'format_reward', 'language_consistency', 'load_reward', 'overlong_penalty',
+           'parse_number']
 
 RewardFn = Callable[[str, str, dict], float]
 
@@ -67,6 +68,25 @@ REWARDS: dict[str, RewardFn] = {
     'format': format_reward,
     'language_consistency': language_consistency,
 }
+
+def load_reward(spec: str) -> RewardFn:
+  """The function named by 'package.module:function' (a user's reward: it
+  runs in the workers like the built-ins, with their time limit and
+  counters; the workers import its module)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module, sep, attr = str(spec).partition(':')
+  if not sep or not module or not attr:
+    raise ValueError(f'{spec!r}: expected \'package.module:function\'')
+  try:
+    fn = getattr(importlib.import_module(module), attr)
+  except ImportError as e:
+    raise ImportError(f'{spec!r}: cannot import {module!r} ({e}); is it on PYTHONPATH?') from None
+  except AttributeError:
+    raise AttributeError(f'{spec!r}: module {module!r} has no {attr!r}') from None
+  if not callable(fn):
+    raise TypeError(f'{spec!r} is not a function')
+  return fn
+
 
 # Rewards that judge the final answer (the `accuracy` metric and evaluation
 # use the one a config names); the task decides which can score it.
