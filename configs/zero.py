@@ -1,14 +1,14 @@
 """R1-Zero: GRPO with rule-based rewards, straight from a base model.
 
-Default — tiny base + built-in arithmetic task, on a laptop CPU:
+Default — the tiny base shipped with r1jax + the built-in arithmetic task, on a CPU:
   python -m r1jax.launch --config=configs/zero.py
-  Hardware: 2 CPU cores. Time: about 13 min (base build ~6 min: 1,200 steps;
-  240 GRPO steps ~7 min: 32 prompts x 8 samples, up to 32 new tokens).
+  Hardware: 2 CPU cores. Time: about 3 min (60 GRPO steps: 32 prompts x 8
+  samples, up to 32 new tokens; no base build: r1jax/assets/base-tiny ships).
   Result (measured, see README): held-out pass@1 (256 questions, T 0.6,
-  top-p 0.95, k 4) 0.43 at step 0 -> 0.67 (+24 points); format rate 1.0;
-  completions grow from ~20 to 27 tokens as the policy learns to think (40%
-  of the base's pretraining answers skip the thinking; forced to skip it,
-  its pass@1 is 0.19).
+  top-p 0.95, k 4) 0.584 at step 0 -> 0.795 at step 60 (0.83 by step 20-40);
+  format rate 1.0; completions grow from ~20 to 27 tokens as the policy learns
+  to think (40% of the base's pretraining answers skip the thinking; forced to
+  skip it, its pass@1 is 0.20).
 
 A published model from a local HF directory (R1-Zero's settings with `paper`):
   python -m r1jax.launch --config=configs/zero.py:model=qwen2.5-1.5b,ckpt=/data/Qwen2.5-1.5B,paper \
@@ -16,29 +16,31 @@ A published model from a local HF directory (R1-Zero's settings with `paper`):
   Hardware: a TPU pod slice (e.g. v5p-64). Time and result: R1-Zero trained for
   thousands of steps; expect AIME-style accuracy to rise over hundreds of steps.
 
-Arg keys: model (preset name), ckpt (HF directory), paper (R1-Zero's published
+Arg keys: model (preset name), ckpt (HF directory or r1jax workdir), paper (R1-Zero's published
 GRPO schedule: 512 questions x 16 samples per rollout in 16 minibatches, one
 inner epoch; one launcher step = 16 policy updates = 16 of the paper's
-training steps), smoke (a seconds-long run for tests). Override any field with
---config.a.b=value.
+training steps), smoke (a seconds-long run for tests), and one recipe of
+dapo, drgrpo, gspo (the papers' values; see the functions below). Override
+any field with --config.a.b=value.
 """
 from r1jax import base, config as rc
 
 
 def get_config(arg: str | None = None):
-  arg = rc.parse_arg(arg, model='tiny', ckpt='', paper=False, smoke=False)
+  arg = rc.parse_arg(arg, model='tiny', ckpt='', paper=False, smoke=False,
+                     **{name: False for name in RECIPES})
   c = rc.base_config()
   c.workdir = f'workdir/zero-{arg.model}'
   c.model.name = arg.model
   c.model.ckpt = arg.ckpt
   if arg.model == 'tiny' and not arg.ckpt:
-    # The tiny base is built on first use (configs/base_tiny.py).
+    # The tiny base shipped with r1jax (r1jax.base.SHIPPED); rebuilt into
+    # <workdir>/base with --config.base.rebuild=True (configs/base_tiny.py).
     c.base = base.default_config()
-    c.model.ckpt = c.base.dir
     c.task = 'arithmetic'
-    c.data_dir = c.base.data_dir
-    c.steps = 240
-    c.eval_every = 40
+    # Held-out pass@1 flattens by step 20-40 (README); 60 steps leave room.
+    c.steps = 60
+    c.eval_every = 20
     c.checkpoint_every = 20
     c.rewards = {'exact_match': 1.0, 'format': 0.2}  # integer answers: exact match
     c.rl.update(prompts_per_step=32, group_size=8, max_prompt_len=64, max_new_tokens=32,
@@ -74,7 +76,46 @@ def get_config(arg: str | None = None):
     c.steps, c.eval_every, c.checkpoint_every = 3, 2, 2
     c.rl.update(prompts_per_step=4, group_size=4, max_new_tokens=24)
     c.eval.update(num_questions=8, k=2, batch_size=8)
-    if 'base' in c:
-      c.base.update(dir='workdir/base-smoke', max_steps=30, eval_every=30, eval_questions=16)
-      c.model.ckpt = c.base.dir
+    if 'base' in c:  # when rebuilt: a 30-step base (it answers nothing right)
+      c.base.update(max_steps=30, eval_every=30, eval_questions=16)
+  chosen = [name for name in RECIPES if arg[name]]
+  if len(chosen) > 1:
+    raise ValueError(f'config arg: one recipe at a time, got {chosen}')
+  for name in chosen:  # last: lengths follow the schedule chosen above
+    RECIPES[name](c)
   return c
+
+
+def dapo(c):
+  """DAPO (Yu et al. 2025, arXiv 2503.14476, §3 and §5.1): clip-higher
+  ε_low 0.2 / ε_high 0.28, token-level loss, dynamic sampling (groups whose
+  rewards are all equal are dropped and refilled; DAPO samples until the batch
+  is full, r1jax tries at most 3 draws of the batch), overlong reward shaping
+  with a soft cache of 4,096 of 20,480 tokens (here max_new_tokens and a fifth
+  of it), no KL term."""
+  c.rl.update(epsilon_low=0.2, epsilon_high=0.28, loss_agg='token_mean',
+              dynamic_sampling_attempts=3, overlong_max_len=c.rl.max_new_tokens,
+              overlong_cache_len=c.rl.max_new_tokens // 5, overlong_weight=1.0, beta=0.0)
+
+
+def drgrpo(c):
+  """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training",
+  arXiv 2503.20783, §3.1): advantages without the std division, the loss
+  summed over tokens and divided by a constant (batch x max_new_tokens)
+  instead of each completion's length, β 0."""
+  c.rl.update(advantage='drgrpo', loss_agg='constant', beta=0.0)
+
+
+def gspo(c):
+  """GSPO (Zheng et al. 2025, arXiv 2507.18071, §4 and §5.1): one
+  length-normalised importance ratio per sequence, clipped to
+  [1 - 3e-4, 1 + 4e-4], the loss averaged per sequence; each rollout split
+  into 4 minibatches (the paper's setting; the ratio is 1 without them),
+  no KL term."""
+  c.rl.update(ratio='sequence', epsilon_low=3e-4, epsilon_high=4e-4, loss_agg='seq_mean',
+              beta=0.0)
+  if c.rl.minibatches == 1:
+    c.rl.minibatches = 4
+
+
+RECIPES = {'dapo': dapo, 'drgrpo': drgrpo, 'gspo': gspo}

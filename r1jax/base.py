@@ -46,9 +46,12 @@ from r1jax.rollout import SamplingConfig, generate
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.dir = 'workdir/base-tiny'
+  # False: use the base shipped in the package (SHIPPED, built by this module
+  # with this config); True: build it afresh into `dir`.
+  c.rebuild = False
+  c.dir = ''  # where to build; a training run sets <workdir>/base
   c.task = 'arithmetic'
-  c.data_dir = 'workdir/tfds'
+  c.data_dir = ''  # where TFDS prepares the task; a training run sets its own
   c.seed = 0
   c.error_rate = 0.1  # per reduction step
   c.direct_fraction = 0.4  # rows answering without a chain (what a no-thinking answer knows)
@@ -70,6 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.target_greedy_accuracy = 0.95
   c.max_new_tokens = 32
   return c
+
+
+# The base configs/zero.py trains from, built once with default_config() by
+#   python -m r1jax.base --config=configs/base_tiny.py --config.dir=r1jax/assets/base-tiny
+# and shipped, so that every machine starts RL from the same weights (a base
+# built on another CPU differs in its float rounding, and so in its figures).
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'base-tiny')
 
 
 def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: float
@@ -135,6 +145,8 @@ def greedy_accuracy(graphdef, params, tokenizer, examples, max_new: int,
 
 def build(c: ml_collections.ConfigDict) -> str:
   """Builds the base into c.dir unless it is there; returns c.dir."""
+  if not c.dir or not c.data_dir:
+    raise ValueError(f'base.dir and base.data_dir must be set, got {c.dir!r}, {c.data_dir!r}')
   if os.path.exists(os.path.join(c.dir, 'base_report.json')):
     return c.dir
   if c.task != 'arithmetic':
@@ -209,13 +221,32 @@ def build(c: ml_collections.ConfigDict) -> str:
       f'max_minutes ({c.max_minutes})')
   with open(os.path.join(c.dir, 'base_report.json'), 'w') as f:
     json.dump(report, f, indent=2)
+  if report.get('greedy_accuracy', 0) < 0.05:
+    print(f'[base] note: this base answers almost nothing right after {report["steps"]} steps '
+          '(expected of a short smoke-sized build), so RL finds few correct samples to '
+          'reinforce and its rewards stay near 0', flush=True)
   return c.dir
+
+
+def describe(directory: str) -> str:
+  """One line from a base's build report."""
+  with open(os.path.join(directory, 'base_report.json')) as f:
+    r = json.load(f)
+  return (f'{r["steps"]} pretraining steps, greedy accuracy {r["greedy_accuracy"]:.3f}, '
+          f'{r["greedy_accuracy_no_thinking"]:.3f} forced without thinking')
 
 
 def main(argv):
   del argv
+  import tempfile  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  build(flags.FLAGS.config)
+  from r1jax import metrics  # pylint: disable=g-import-not-at-top
+  log = metrics.LibraryLog()  # library INFO to a file, not the console
+  try:
+    print(f'[base] library log: {log.to(tempfile.mkdtemp(prefix="r1jax-base-"))}', flush=True)
+    build(flags.FLAGS.config)
+  finally:
+    log.close()
 
 
 if __name__ == '__main__':

@@ -362,6 +362,16 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out.state, out.meta
 
+  def restore_params(self, step: int, target: Any) -> Any:
+    """The policy's `params` of checkpoint `step` alone (the optimizer state
+    and the reference are not read), into the shapes, dtypes and shardings
+    of `target` (a tree of jax.ShapeDtypeStruct)."""
+    args = ocp.checkpoint_utils.construct_restore_args(target)
+    out = ocp.PyTreeCheckpointer().restore(
+        self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+            item={'params': target}, restore_args={'params': args}, partial_restore=True))
+    return out['params']
+
   def restore_latest(self, like: Any, config: dict | None = None
                      ) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest checkpoint that restores, or None

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from r1jax import grpo, kernels
+from r1jax import grpo, kernels, workdir as wd
 from r1jax.data.tasks import TASKS, VERIFIERS
 from r1jax.models.config import PRESETS
 from r1jax.rewards import CORRECTNESS, REWARDS, load_reward
@@ -80,7 +80,9 @@ def base_config() -> ConfigDict:
 
   c.model = ConfigDict()
   c.model.name = 'tiny'  # a preset of r1jax.models.PRESETS
-  c.model.ckpt = ''  # a HF directory; overrides the preset's shape when set
+  # A HF directory, or an r1jax workdir (its newest checkpoint) or
+  # <workdir>/checkpoints/<step>; overrides the preset's shape when set.
+  c.model.ckpt = ''
   c.model.param_dtype = 'float32'
   c.model.dtype = 'float32'
   c.model.remat = False
@@ -90,7 +92,9 @@ def base_config() -> ConfigDict:
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
 
   c.task = 'arithmetic'  # r1jax.data.TASKS: built-in generators or 'local'
-  c.data_dir = 'workdir/tfds'  # where TFDS prepares the built-in tasks
+  # Where TFDS prepares the built-in tasks ('': <workdir>/tfds), or the
+  # directory of a 'local' task's files.
+  c.data_dir = ''
   # Held-out evaluation as in R1: pass@1 over k samples at T 0.6, top-p 0.95.
   # no_thinking: at step 0 also score answers forced without a chain of
   # thought (templates.NO_THINKING), to show how much the task needs the steps.
@@ -170,6 +174,8 @@ def _one_of(values) -> tuple[Callable[[Any], bool], str]:
 _BOOL = (lambda v: isinstance(v, bool)), 'a bool'
 _STR = (lambda v: isinstance(v, str)), 'a string'
 _PATH = (lambda v: isinstance(v, str) and bool(v.strip())), 'a non-empty path'
+_PATH_OR_EMPTY = ((lambda v: isinstance(v, str) and (v == '' or bool(v.strip()))),
+                  "a path, or '' for the default")
 _AXIS = (lambda v: _is_int(v) and (v >= 1 or v == -1)), '>= 1 or -1'
 
 # (key, (predicate, what it must be)). Every field of base_config() and of
@@ -196,7 +202,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('mesh.tensor', _AXIS),
     ('mesh.dcn_data', _int(1)),
     ('task', _one_of((*TASKS, 'local'))),
-    ('data_dir', _PATH),
+    ('data_dir', _PATH_OR_EMPTY),
     ('eval.num_questions', _int(1)),
     ('eval.k', _int(1)),
     ('eval.temperature', _num(0, 100)),
@@ -239,9 +245,10 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('optim.eps', _num(0, lo_open=True)),
     ('optim.grad_clip', (_num(0)[0], 'a finite number >= 0 (0: off)')),
     # The tiny base build (r1jax/base.py).
-    ('base.dir', _PATH),
+    ('base.rebuild', _BOOL),
+    ('base.dir', _PATH_OR_EMPTY),
     ('base.task', _one_of(TASKS)),
-    ('base.data_dir', _PATH),
+    ('base.data_dir', _PATH_OR_EMPTY),
     ('base.seed', (_is_int, 'an integer')),
     ('base.error_rate', _num(0, 1)),
     ('base.direct_fraction', _num(0, 1)),
@@ -266,6 +273,33 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
 CHECKED_KEYS = frozenset(k for k, _ in _CHECKS)
 
 
+def data_dir(config: ConfigDict) -> str:
+  """config.data_dir, or <workdir>/tfds: what a run writes stays in its workdir."""
+  return config.data_dir or f'{str(config.workdir).rstrip("/")}/tfds'
+
+
+def base_to_build(config: ConfigDict) -> ConfigDict | None:
+  """The tiny base section with its paths set, when this run rebuilds it
+  (base.rebuild, no model.ckpt); None when it starts from a checkpoint."""
+  if 'base' not in config or config.model.ckpt or not config.base.rebuild:
+    return None
+  c = ConfigDict(config.base.to_dict())
+  c.dir = c.dir or f'{str(config.workdir).rstrip("/")}/base'
+  c.data_dir = c.data_dir or data_dir(config)
+  return c
+
+
+def model_ckpt(config: ConfigDict) -> str:
+  """The checkpoint a run starts from: model.ckpt; for a recipe with a tiny
+  base section and no model.ckpt, the base shipped with r1jax, or the one
+  rebuilt into the workdir."""
+  if config.model.ckpt or 'base' not in config:
+    return config.model.ckpt
+  from r1jax import base  # pylint: disable=g-import-not-at-top
+  built = base_to_build(config)
+  return built.dir if built is not None else base.SHIPPED
+
+
 def _get(config: ConfigDict, key: str) -> tuple[bool, Any]:
   node = config
   for part in key.split('.'):
@@ -281,8 +315,9 @@ def _check_context(config: ConfigDict, to_build: bool) -> None:
   if 'rl' not in config:
     return
   model = config.model
-  if model.ckpt and not to_build:
-    path = os.path.join(model.ckpt, 'config.json')
+  ckpt = model_ckpt(config)
+  if ckpt and not to_build:
+    path = os.path.join(wd.model_dir(ckpt), 'config.json')
     try:
       with open(path) as f:
         limit = json.load(f).get('max_position_embeddings')
@@ -308,15 +343,20 @@ def validate(config: ConfigDict) -> ConfigDict:
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
   model = config.model
-  to_build = 'base' in config and model.ckpt == config.base.dir
-  if model.ckpt and not to_build:
-    if '://' in model.ckpt:
-      raise ConfigError('model.ckpt', f'{model.ckpt!r}: weights are memory-mapped from a local '
+  to_build = base_to_build(config) is not None
+  ckpt = model_ckpt(config)
+  if config.get('task') == 'local' and not config.get('data_dir'):
+    raise ConfigError('data_dir', 'task \'local\' reads <data_dir>/{train,test}.jsonl (or '
+                      '.parquet); set --config.data_dir')
+  if ckpt and not to_build:
+    if '://' in ckpt and wd.checkpoint_ref(ckpt) is None:
+      raise ConfigError('model.ckpt', f'{ckpt!r}: weights are memory-mapped from a local '
                         'directory; copy the checkpoint to local disk first (e.g. gcloud '
                         'storage cp -r)')
-    if not os.path.exists(os.path.join(model.ckpt, 'config.json')):
-      raise ConfigError('model.ckpt', f'{model.ckpt!r} has no config.json')
-  elif not model.ckpt and model.name not in PRESETS:
+    if not os.path.exists(os.path.join(wd.model_dir(ckpt), 'config.json')):
+      raise ConfigError('model.ckpt', f'{ckpt!r} has no config.json (neither a HF directory '
+                        'nor an r1jax workdir or <workdir>/checkpoints/<step>)')
+  elif not ckpt and model.name not in PRESETS:
     raise ConfigError('model.name', f'unknown preset {model.name!r}; '
                       f'known: {sorted(PRESETS)}')
   _check_context(config, to_build)

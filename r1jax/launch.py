@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from r1jax import base, config as rc, evaluate, metrics, models, sharding as shd
+from r1jax import base, config as rc, evaluate, export, metrics, models, sharding as shd
 from r1jax import tokenizer as tk, train_step as ts, workdir as wd
 from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
 from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
@@ -131,18 +131,29 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   rc.validate_for_mesh(config, mesh)
 
   # ---------------------------------------------------------------- policy
-  if 'base' in config and config.model.ckpt == config.base.dir:
-    base.build(config.base)  # no-op when already built
-  if config.model.ckpt:
+  built = rc.base_to_build(config)
+  if built is not None:
+    base.build(built)  # no-op when already built
+  ckpt_path = rc.model_ckpt(config)
+  if ckpt_path:
+    tok_path = config.tokenizer or wd.model_dir(ckpt_path)
     try:
-      tok = tk.load_tokenizer(config.tokenizer or config.model.ckpt)
+      tok = tk.load_tokenizer(tok_path)
     except FileNotFoundError as e:
       raise rc.ConfigError('tokenizer', f'{e}; set --config.tokenizer to a directory that '
                            'has one (e.g. the HF repo the weights came from)') from None
-    model = models.load_hf(config.model.ckpt, config.model.param_dtype,
-                           compute_dtype=config.model.dtype, mesh=mesh, remat=config.model.remat)
+    from_run = wd.checkpoint_ref(ckpt_path) is not None
+    if from_run:
+      print(f'[r1jax] starting from the policy of the r1jax checkpoint {ckpt_path}', flush=True)
+    elif ckpt_path == base.SHIPPED:
+      print(f'[r1jax] starting from the tiny base shipped with r1jax ({ckpt_path}; '
+            f'{base.describe(ckpt_path)})', flush=True)
+    model = (export.load if from_run else models.load_hf)(
+        ckpt_path, config.model.param_dtype, compute_dtype=config.model.dtype, mesh=mesh,
+        remat=config.model.remat)
   else:
-    tok = tk.load_tokenizer(config.tokenizer)
+    tok_path = config.tokenizer
+    tok = tk.load_tokenizer(tok_path)
     cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
                             dtype=config.model.dtype, remat=config.model.remat)
     if cfg.vocab_size < tok.vocab_size:
@@ -154,8 +165,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   eos_ids = tok.set_stop_ids(model.cfg.eos_ids)
 
   # -------------------------------------------------------------------- data
-  train = load_split(config.task, 'train', config.data_dir)
-  test = load_split(config.task, 'test', config.data_dir)
+  data_dir = rc.data_dir(config)
+  train = load_split(config.task, 'train', data_dir)
+  test = load_split(config.task, 'test', data_dir)
   evaluated = [dict(test[i]) for i in range(min(config.eval.num_questions, len(test)))]
   try:  # once here, rather than when a batch draws the prompt
     for split, source in (('train', train), ('test', evaluated)):
@@ -174,6 +186,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   step_cfg = ts.step_config(config, eos_ids=eos_ids, pad_id=tok.pad_id)
   optimizer = ts.make_optimizer(config.optim)
   state = ts.init_state(model, optimizer, step_cfg, seed=config.seed)
+  model_cfg = model.cfg
   del model
   ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
   closing.push(_closer(ckpt, config.checkpoint_wait_s))
@@ -184,6 +197,8 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     print(f'[r1jax] restoring the newest checkpoint in {ckpt.directory} (checking its digest)',
           flush=True)
   restored = ckpt.restore_latest(state, config.to_dict())
+  export.write_model_dir(workdir, model_cfg, tok_path, tok, export.generation_config(
+      tok, eos_ids, config.eval.temperature, config.eval.top_p))
   counters = metrics.Counters()
   if restored is not None:
     start, state, meta = restored
@@ -269,7 +284,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   stop = _Stop()  # from here on a signal saves at the next step boundary
   closing.callback(stop.restore)
   last_eval = first_eval
-  t_start = time.time()
+  t_start = first_done = time.time()
   step = start
   if start < config.steps:
     print(f'[r1jax] training from step {start + 1}; the first step compiles the whole GRPO step '
@@ -291,8 +306,11 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     m.update(counters.step(_summed({**scorer.counters(),
                                     'reward/callback_failures': reward_fn.failures[0]})))
     write(step, m)
-    print('[r1jax] ' + metrics.console_line(step, config.steps, m, time.time() - t_start,
-                                            step - start), flush=True)
+    now = time.time()
+    first_done = now if step == start + 1 else first_done
+    print('[r1jax] ' + metrics.console_line(step, config.steps, m, now - t_start,
+                                            eta(start, step, config.steps, first_done, now)),
+          flush=True)
     if m['nonfinite_skipped']:
       # The step did not apply those updates (the state is the last finite
       # one), so stopping here keeps every checkpoint finite.
@@ -330,6 +348,14 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
       f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in summary.items()),
         flush=True)
   return summary
+
+
+def eta(start: int, step: int, total: int, first_done: float, now: float) -> float | None:
+  """Seconds left at the pace of the steps after this process's first
+  (which compiles); None on the first."""
+  if step <= start + 1:
+    return None
+  return (now - first_done) / (step - start - 1) * (total - step)
 
 
 def _summed(counts: dict[str, float]) -> dict[str, float]:

@@ -117,21 +117,31 @@ class LibraryLog:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
     self.pylog, self.absl = pylog, absl_logging
     self.root = pylog.getLogger()
-    self.console = absl_logging.get_absl_handler()
-    self.saved = (self.root.level, self.console.level, absl_logging.get_verbosity())
+    # The console: absl's handler, and whatever handlers the root logger
+    # already has (a notebook kernel's, logging.basicConfig's). Each keeps
+    # WARNING and above, less the noise. absl's handler hands records to its
+    # python handler without applying its own filters, so the filter goes on
+    # both.
+    absl_handler = absl_logging.get_absl_handler()
+    self.consoles = {absl_handler: absl_handler.level}
+    self.consoles.update((h, h.level) for h in self.root.handlers)
+    self.filtered = set(self.consoles) | {getattr(absl_handler, 'python_handler', absl_handler)}
+    self.saved = (self.root.level, absl_logging.get_verbosity())
     self.held = pylog.handlers.MemoryHandler(capacity=100_000, flushLevel=pylog.CRITICAL + 1)
     self.held.setLevel(pylog.INFO)
     self.file = None
     self.root.addHandler(self.held)
     self.root.setLevel(pylog.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
-    self.console.setLevel(pylog.WARNING)
-    self.console.addFilter(self._not_noise)
+    for handler, level in self.consoles.items():
+      handler.setLevel(max(level, pylog.WARNING))
+    for handler in self.filtered:
+      handler.addFilter(self._not_noise)
 
   @staticmethod
   def _not_noise(record) -> bool:
     """Warnings that are not (TFDS on every data set not yet prepared)."""
-    return not any(n in str(record.msg) for n in _NOISE)
+    return not any(n in record.getMessage() for n in _NOISE)
 
   def to(self, workdir: epath.PathLike) -> str:
     import tempfile  # pylint: disable=g-import-not-at-top
@@ -156,9 +166,11 @@ class LibraryLog:
         self.root.removeHandler(handler)
         handler.close()
     self.root.setLevel(self.saved[0])
-    self.console.removeFilter(self._not_noise)
-    self.console.setLevel(self.saved[1])
-    self.absl.set_verbosity(self.saved[2])
+    for handler in self.filtered:
+      handler.removeFilter(self._not_noise)
+    for handler, level in self.consoles.items():
+      handler.setLevel(level)
+    self.absl.set_verbosity(self.saved[1])
 
 
 def tb_tag(key: str) -> str:
@@ -232,15 +244,16 @@ def _clock(seconds: float) -> str:
 
 
 def console_line(step: int, total: int, metrics: dict[str, Any],
-                 elapsed_s: float | None = None, done: int = 0) -> str:
-  """One step's line; with `elapsed_s` (this process's training time over
-  `done` steps) it ends in the elapsed time and the ETA at that pace."""
+                 elapsed_s: float | None = None, eta_s: float | None = None) -> str:
+  """One step's line, ending in this process's elapsed training time and
+  the time left (`eta_s`; None while unknown, e.g. on the compiling first step)."""
   parts = [f'step {step:>{len(str(total))}}/{total}']
   for key, label, fmt in _CONSOLE:
     if key in metrics:
       parts.append(f'{label} {float(metrics[key]):{fmt}}')
-  if elapsed_s is not None and done:
-    parts.append(f'{_clock(elapsed_s)} elapsed, ETA {_clock(elapsed_s / done * (total - step))}')
+  if elapsed_s is not None:
+    parts.append(f'{_clock(elapsed_s)} elapsed' + (f', ETA {_clock(eta_s)}'
+                                                   if eta_s is not None else ''))
   return '  '.join(parts)
 
 

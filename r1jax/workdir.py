@@ -1,4 +1,12 @@
-"""One run per workdir: an exclusive lock, held by process 0 for the whole
+"""What a workdir holds, and one run per workdir.
+
+Layout: `checkpoints/<step>/` (orbax), `model/` (the policy's config.json,
+tokenizer and generation config, written at the start of a run: with a
+checkpoint's params they make a HF model, `r1jax.export`), `metrics.jsonl`,
+`log.txt`, `tfds/` (the built-in tasks' data, unless `data_dir` is set),
+`base/` (a rebuilt tiny base), `lock`.
+
+The lock: an exclusive lock, held by process 0 for the whole
 run, in `<workdir>/lock`, which says who holds it (host, pid, start time,
 command).
 
@@ -37,6 +45,29 @@ class Busy(Exception):
 
 def is_local(path: epath.PathLike) -> bool:
   return '://' not in os.fspath(path)
+
+
+MODEL = 'model'
+CHECKPOINTS = 'checkpoints'
+
+
+def checkpoint_ref(path: epath.PathLike) -> tuple[epath.Path, int | None] | None:
+  """(workdir, step) when `path` is an r1jax workdir (step None: its newest
+  checkpoint) or `<workdir>/checkpoints/<step>`; None for anything else
+  (a HF directory)."""
+  p = epath.Path(path)
+  if (p / MODEL / 'config.json').exists() and (p / CHECKPOINTS).exists():
+    return p, None
+  if p.name.isdigit() and p.parent.name == CHECKPOINTS and p.exists() and (
+      p.parent.parent / MODEL / 'config.json').exists():
+    return p.parent.parent, int(p.name)
+  return None
+
+
+def model_dir(path: epath.PathLike) -> str:
+  """The directory with the config.json of a checkpoint path (HF or r1jax)."""
+  ref = checkpoint_ref(path)
+  return os.fspath(ref[0] / MODEL) if ref else os.fspath(path)
 
 
 def _describe(holder: dict) -> str:

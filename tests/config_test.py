@@ -184,3 +184,44 @@ def test_your_own_reward_by_module_and_function():
   c.reward_fns = {}
   with pytest.raises(rc.ConfigError, match='config.rewards.brevity: unknown reward'):
     rc.validate(c)
+
+
+def test_everything_a_run_writes_is_under_its_workdir():
+  """Issue 12.2: --config.workdir=X moved the run, but the TFDS data and the
+  base still went to ./workdir/ under the current directory."""
+  from conftest import zero_config
+  from r1jax import base
+  c = zero_config(None)
+  c.workdir = '/big/disk/run'
+  assert rc.data_dir(c) == '/big/disk/run/tfds'
+  assert rc.model_ckpt(c) == base.SHIPPED  # the shipped base: nothing to build
+  assert rc.base_to_build(c) is None
+  c.base.rebuild = True
+  built = rc.base_to_build(c)
+  assert (built.dir, built.data_dir) == ('/big/disk/run/base', '/big/disk/run/tfds')
+  assert rc.model_ckpt(c) == '/big/disk/run/base'
+  c.data_dir = '/shared/tfds'  # an explicit data_dir is kept, for the base too
+  assert rc.base_to_build(c).data_dir == '/shared/tfds'
+  c.model.ckpt = '/data/Qwen2.5-1.5B'  # a checkpoint of one's own: no base
+  assert rc.base_to_build(c) is None and rc.model_ckpt(c) == '/data/Qwen2.5-1.5B'
+
+
+@pytest.mark.parametrize('recipe,expected', [
+    ('dapo', dict(epsilon_low=0.2, epsilon_high=0.28, loss_agg='token_mean', beta=0.0,
+                  dynamic_sampling_attempts=3, overlong_max_len=32, overlong_cache_len=6)),
+    ('drgrpo', dict(advantage='drgrpo', loss_agg='constant', beta=0.0)),
+    ('gspo', dict(ratio='sequence', epsilon_low=3e-4, epsilon_high=4e-4, loss_agg='seq_mean',
+                  beta=0.0, minibatches=4)),
+])
+def test_recipes_by_name(recipe, expected):
+  """Issue 12.4: configs/zero.py:dapo, :drgrpo, :gspo with the papers' values."""
+  from conftest import zero_config
+  c = rc.validate(zero_config(recipe))
+  assert {k: c.rl[k] for k in expected} == expected
+  # At R1-Zero's scale the lengths follow the schedule (DAPO: 4,096 of 20,480).
+  paper = rc.validate(zero_config(f'model=qwen2.5-1.5b,paper,{recipe}'))
+  assert paper.rl.minibatches == 16
+  if recipe == 'dapo':
+    assert (paper.rl.overlong_max_len, paper.rl.overlong_cache_len) == (32768, 6553)
+  with pytest.raises(ValueError, match='one recipe at a time'):
+    zero_config('dapo,gspo')

@@ -32,11 +32,18 @@ def zero_config(arg):
 
 
 @pytest.fixture(scope='session')
-def smoke_base(tmp_path_factory):
-  """The smoke-sized tiny base, built once for the session."""
-  from r1jax import base
-  c = zero_config('smoke').base
-  root = tmp_path_factory.mktemp('base')
-  c.dir, c.data_dir = str(root / 'base'), str(root / 'tfds')
-  base.build(c)
+def tfds_dir(tmp_path_factory):
+  """One data_dir for the session's runs (each task is prepared once)."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def done(tmp_path_factory, tfds_dir):
+  """A finished 3-step smoke run with a checkpoint per step (kept: 3); tests
+  that change it work on a copy."""
+  from launch_test import _config  # pylint: disable=g-import-not-at-top
+  from r1jax import launch  # pylint: disable=g-import-not-at-top
+  c = _config(tmp_path_factory.mktemp('done'), tfds_dir, steps=3)
+  c.checkpoint_every = 1
+  launch.run(c)
   return c

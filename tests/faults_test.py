@@ -17,18 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from launch_test import _config
 from resume_test import _leaves, final_params, finish, start, training_lines
 from r1jax import checkpoint, launch, metrics, workdir as wd
-
-
-@pytest.fixture(scope='module')
-def done(tmp_path_factory, smoke_base):
-  """A finished 3-step smoke run with a checkpoint per step (kept: 3)."""
-  c = _config(tmp_path_factory.mktemp('done'), smoke_base, steps=3)
-  c.checkpoint_every = 1
-  launch.run(c)
-  return c
 
 
 def copy_of(done, tmp_path, steps=4):

@@ -8,19 +8,17 @@ from conftest import zero_config
 from r1jax import launch, metrics
 
 
-def _config(tmp_path, smoke_base, steps=3):
-  c = zero_config('smoke')
-  c.base = smoke_base
-  c.model.ckpt = smoke_base.dir
-  c.data_dir = smoke_base.data_dir
+def _config(tmp_path, tfds_dir, steps=3):
+  c = zero_config('smoke')  # from the shipped tiny base
+  c.data_dir = tfds_dir
   c.workdir = str(tmp_path / 'run')
   c.steps = steps
   c.mesh.update(data=4, fsdp=1, tensor=2)  # 8 emulated devices, tensor-parallel too
   return c
 
 
-def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, smoke_base, capsys):
-  summary = launch.run(_config(tmp_path, smoke_base))
+def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, tfds_dir, capsys):
+  summary = launch.run(_config(tmp_path, tfds_dir))
   rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
   train = [r for r in rows if 'reward/total' in r]
   evals = [r for r in rows if 'eval/pass@1' in r]
@@ -35,16 +33,16 @@ def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, smoke
 
   # The same command with more steps resumes from step 3.
   capsys.readouterr()
-  launch.run(_config(tmp_path, smoke_base, steps=4))
+  launch.run(_config(tmp_path, tfds_dir, steps=4))
   assert 'resumed from' in capsys.readouterr().out
   rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
   assert [r['step'] for r in rows if 'reward/total' in r] == [1, 2, 3, 4]
   assert '4' in os.listdir(tmp_path / 'run' / 'checkpoints')
 
 
-def test_invalid_config_fails_before_compiling(tmp_path, smoke_base):
+def test_invalid_config_fails_before_compiling(tmp_path, tfds_dir):
   from r1jax import config as rc
-  c = _config(tmp_path, smoke_base)
+  c = _config(tmp_path, tfds_dir)
   c.rl.group_size = 1
   with pytest.raises(rc.ConfigError, match='config.rl.group_size'):
     launch.run(c)
@@ -52,14 +50,14 @@ def test_invalid_config_fails_before_compiling(tmp_path, smoke_base):
 
 
 @pytest.mark.parametrize('skip', [False, True])
-def test_nonfinite_updates_never_reach_a_checkpoint(tmp_path, smoke_base, skip):
+def test_nonfinite_updates_never_reach_a_checkpoint(tmp_path, tfds_dir, skip):
   """Issue 10.3: with a huge learning rate the first update blows the model
   up; no checkpoint may hold non-finite parameters. skip_nonfinite=False
   stops with a FloatingPointError before saving; True skips and counts."""
   import numpy as np
   import jax
   from r1jax.checkpoint import Checkpointer
-  c = _config(tmp_path, smoke_base, steps=4)
+  c = _config(tmp_path, tfds_dir, steps=4)
   c.optim.lr = 1e30
   c.checkpoint_every = 1
   c.skip_nonfinite = skip
@@ -81,11 +79,11 @@ def test_nonfinite_updates_never_reach_a_checkpoint(tmp_path, smoke_base, skip):
   ckpt.close()
 
 
-def test_a_checkpoint_without_a_tokenizer_says_to_set_config_tokenizer(tmp_path, smoke_base):
+def test_a_checkpoint_without_a_tokenizer_says_to_set_config_tokenizer(tmp_path, tfds_dir):
   """Issue 12.7: an HF directory with weights but no tokenizer files."""
   from conftest import FIXTURES
   from r1jax import config as rc
-  c = _config(tmp_path, smoke_base)
+  c = _config(tmp_path, tfds_dir)
   c.model.ckpt = os.path.join(FIXTURES, 'hf_qwen2_tiny')  # config.json + weights only
   with pytest.raises(rc.ConfigError, match=r'config.tokenizer: .*hf_qwen2_tiny: no '
                      r'tokenizer.json or tokenizer.model .*set --config.tokenizer'):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from r1jax import metrics
+from r1jax import launch, metrics
 
 
 def _lines(path, rows, torn=''):
@@ -59,10 +59,14 @@ def test_counters_are_per_step_with_running_totals_across_a_resume():
 
 
 def test_the_step_line_ends_in_elapsed_time_and_eta():
-  """Issue 12.9: 3 of 10 steps done in 90 s -> 30 s a step, 7 to go."""
-  line = metrics.console_line(13, 20, {'reward/total': 0.5, 'kl': 0.01}, 90.0, 3)
+  """Issue 12.9: the step line has the elapsed time and, once the compiling
+  first step is behind, the time left at the pace of the steps after it."""
+  line = metrics.console_line(13, 20, {'reward/total': 0.5, 'kl': 0.01}, 90.0, 210.0)
   assert line == 'step 13/20  reward 0.500  kl 0.0100  1:30 elapsed, ETA 3:30'
-  assert metrics.console_line(1, 2, {}, 7300.0, 1).endswith('2:01:40 elapsed, ETA 2:01:40')
+  assert metrics.console_line(1, 2, {}, 7300.0).endswith('2:01:40 elapsed')
+  assert launch.eta(start=0, step=1, total=10, first_done=5.0, now=25.0) is None
+  # 3 steps after the first in 6 s: 2 s a step, 6 steps to go.
+  assert launch.eta(start=0, step=4, total=10, first_done=19.0, now=25.0) == 12.0
 
 
 def test_tensorboard_tags_are_sanitised_one_to_one():
@@ -91,7 +95,7 @@ def test_library_info_goes_to_the_log_file_not_the_console(tmp_path, capfd):
     path = log.to(tmp_path)
     pylog.getLogger('jax._src.xla_bridge').info("Unable to initialize backend 'tpu'")
     absl_logging.warning('a real warning')
-    absl_logging.warning('Variant folder /x has no dataset_info.json')
+    absl_logging.warning('Variant folder %s has no %s', '/x', 'dataset_info.json')  # as TFDS logs it
     log.close()
     err = capfd.readouterr().err
     assert 'Save Finalize' not in err and 'backend' not in err and 'dataset_info' not in err
@@ -105,3 +109,25 @@ def test_library_info_goes_to_the_log_file_not_the_console(tmp_path, capfd):
     console.setLevel(saved[0])
     absl_logging.set_verbosity(saved[1])
     console.python_handler.stream = saved[2]
+
+
+def test_library_info_stays_off_a_notebooks_console(tmp_path):
+  """A Jupyter kernel (or logging.basicConfig) puts its own handler on the
+  root logger: the notebook printed 139 'INFO:absl:…' lines of orbax."""
+  import io
+  import logging as pylog
+  stream = io.StringIO()
+  kernel = pylog.StreamHandler(stream)  # level NOTSET, as basicConfig leaves it
+  pylog.getLogger().addHandler(kernel)
+  try:
+    log = metrics.LibraryLog()
+    log.to(tmp_path)
+    pylog.getLogger('absl').info('CheckpointManager Save Finalize is done')
+    pylog.getLogger('absl').warning('Variant folder %s has no %s', '/x', 'dataset_info.json')
+    pylog.getLogger('absl').warning('a real warning')
+    log.close()
+    assert stream.getvalue() == 'a real warning\n'
+    assert 'Save Finalize is done' in (tmp_path / 'log.txt').read_text()
+    assert kernel.level == pylog.NOTSET and not kernel.filters
+  finally:
+    pylog.getLogger().removeHandler(kernel)

@@ -28,6 +28,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from r1jax import config as rc, evaluate, models, sharding as shd, train_step as ts
+from r1jax import workdir as wd
 from r1jax.rollout import SamplingConfig
 
 # name -> (libtpu topology prefix, chips per core-count unit, HBM GiB per chip,
@@ -73,9 +74,11 @@ def abstract_state(config, mesh):
   """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
   kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
             remat=config.model.remat)
-  if config.model.ckpt and os.path.exists(os.path.join(config.model.ckpt, 'config.json')):
-    # The checkpoint's own shape (its config.json; no weights are read).
-    with open(os.path.join(config.model.ckpt, 'config.json')) as f:
+  ckpt_config = os.path.join(wd.model_dir(rc.model_ckpt(config)), 'config.json')
+  if rc.model_ckpt(config) and os.path.exists(ckpt_config):
+    # The checkpoint's own shape (its config.json; no weights are read): a
+    # HF directory, an r1jax workdir or step, or the shipped tiny base.
+    with open(ckpt_config) as f:
       cfg = models.config_from_hf(json.load(f), **kw)
   else:
     cfg = models.get_preset(config.model.name, **kw)

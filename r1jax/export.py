@@ -1,0 +1,149 @@
+"""A trained r1jax checkpoint as a HF model directory, and r1jax checkpoints
+as starting points.
+
+  python -m r1jax.export --workdir=W [--step=N] --out=DIR
+
+writes DIR/{config.json, model.safetensors (or shards + index), the tokenizer
+files, generation_config.json}, which `transformers` (AutoModelForCausalLM,
+AutoTokenizer), vLLM and r1jax itself (`model.ckpt=DIR`) load. The policy's
+config.json and tokenizer come from `<workdir>/model/`, which every run
+writes when it starts (`write_model_dir`); the weights are the `params` of
+checkpoint N (default: the newest), read alone (not the optimizer state or
+the reference) after its digest is checked.
+
+`model.ckpt` also takes the workdir itself (`load`): a new run starts from
+the policy of another run's newest checkpoint, or of
+`<workdir>/checkpoints/<step>`.
+"""
+import json
+import os
+import shutil
+import sys
+
+import jax
+from etils import epath
+from flax import nnx
+
+from r1jax import models, sharding as shd, workdir as wd
+
+# What a tokenizer directory may hold (HF and SentencePiece layouts).
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json',
+                   'special_tokens_map.json', 'added_tokens.json', 'vocab.json', 'merges.txt',
+                   'chat_template.jinja', 'chat_template.json')
+
+
+def write_model_dir(workdir: epath.PathLike, cfg: models.ModelConfig, tokenizer_path: str,
+                    tok, generation: dict) -> epath.Path:
+  """`<workdir>/model/`: config.json, the tokenizer files and
+  generation_config.json of this run's policy (process 0 writes; each file
+  replaced atomically, so a crash leaves the previous one)."""
+  out = epath.Path(workdir) / wd.MODEL
+  if jax.process_index() != 0:
+    return out
+  out.mkdir(parents=True, exist_ok=True)
+  files = {'config.json': json.dumps(models.config_to_hf(cfg), indent=2),
+           'generation_config.json': json.dumps(generation, indent=2)}
+  src = epath.Path(tokenizer_path)
+  names = [src.name] if src.is_file() else [n for n in TOKENIZER_FILES if (src / n).exists()]
+  for name in names:
+    path = src if src.is_file() else src / name
+    target = 'tokenizer.model' if src.is_file() and not name.endswith('.json') else name
+    files[target] = path.read_bytes()
+  if 'tokenizer.json' not in files and hasattr(tok, 'hf_files'):
+    files.update(tok.hf_files())  # a bare SentencePiece model: what transformers reads
+  for name, data in files.items():
+    tmp = out / f'.{name}.tmp'
+    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+    tmp.replace(out / name)
+  return out
+
+
+def generation_config(tok, eos_ids, temperature: float, top_p: float) -> dict:
+  return {'bos_token_id': tok.bos_id, 'eos_token_id': list(eos_ids), 'pad_token_id': tok.pad_id,
+          'do_sample': temperature > 0, 'temperature': temperature, 'top_p': top_p}
+
+
+def load(path: epath.PathLike, dtype: str = 'float32', *, compute_dtype: str | None = None,
+         mesh: jax.sharding.Mesh | None = None, rules: shd.Rules = shd.TRAIN_RULES,
+         step: int | None = None, **config_overrides) -> models.Decoder:
+  """The policy of an r1jax workdir's newest checkpoint (or of `step`), or
+  of `<workdir>/checkpoints/<step>`, as a `Decoder` (like `models.load_hf`;
+  with a mesh every weight is restored directly into its sharding)."""
+  from r1jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  ref = wd.checkpoint_ref(path)
+  if ref is None:
+    raise models.CheckpointError(f'{path}: not an r1jax workdir (<workdir>/model/config.json '
+                                 'and <workdir>/checkpoints/) or <workdir>/checkpoints/<step>')
+  workdir, step = ref[0], ref[1] if step is None else step
+  config_file = workdir / wd.MODEL / 'config.json'
+  cfg = models.config_from_hf(json.loads(config_file.read_text()), param_dtype=dtype,
+                              dtype=compute_dtype or dtype, **config_overrides)
+  abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abs_state = nnx.split(abstract)
+  if mesh is None:
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ('data',))
+    shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()), abs_state)
+  else:
+    shardings = shd.state_shardings(abs_state, mesh, rules)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abs_state, shardings)
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.manager.all_steps():
+      raise models.CheckpointError(f'{workdir}/{wd.CHECKPOINTS}: no checkpoint '
+                                   f'{"at all" if step is None else step} (steps: '
+                                   f'{sorted(ckpt.manager.all_steps())})')
+    problem, _ = ckpt.verify(step)
+    if problem is not None:
+      raise models.CheckpointError(f'{ckpt.directory / str(step)}: {problem}')
+    params = ckpt.restore_params(step, target)
+  finally:
+    ckpt.close()
+  return nnx.merge(graphdef, params)
+
+
+def export(workdir: epath.PathLike, out: str, step: int | None = None,
+           dtype: str = '') -> str:
+  """Writes checkpoint `step` (default: the newest) of `workdir` to `out` as
+  a HF directory; returns `out`. `dtype`: the weights' dtype ('' : as trained)."""
+  workdir = epath.Path(workdir)
+  if os.path.isdir(out) and os.listdir(out):
+    raise FileExistsError(f'{out} is not empty; export into a new directory')
+  if wd.checkpoint_ref(workdir) is None:
+    raise models.CheckpointError(f'{workdir}: not an r1jax workdir (no {wd.MODEL}/config.json '
+                                 f'or {wd.CHECKPOINTS}/)')
+  saved = json.loads((workdir / wd.MODEL / 'config.json').read_text())
+  model = load(workdir, dtype or saved.get('torch_dtype', 'float32'), step=step)
+  models.save_hf(model, out)
+  if jax.process_index() == 0:
+    for f in (workdir / wd.MODEL).iterdir():
+      if f.name != 'config.json' and not f.name.startswith('.'):
+        shutil.copyfile(f, os.path.join(out, f.name))
+  return out
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from r1jax import metrics  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  log = metrics.LibraryLog()  # library INFO kept off the console
+  try:
+    out = export(f.workdir, f.out, None if f.step < 0 else f.step, f.dtype)
+  except (models.CheckpointError, FileExistsError, FileNotFoundError) as e:
+    sys.exit(f'FATAL: {e}')
+  finally:
+    log.close()
+  print(f'[r1jax] exported {f.workdir} (step {"newest" if f.step < 0 else f.step}) to {out}: '
+        f'{", ".join(sorted(os.listdir(out)))}', flush=True)
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'an r1jax workdir', required=True)
+  flags.DEFINE_integer('step', -1, 'checkpoint step; -1: the newest')
+  flags.DEFINE_string('out', None, 'the HF directory to write (new or empty)', required=True)
+  flags.DEFINE_string('dtype', '', "weights' dtype (float32, bfloat16); '': as trained")
+  app.run(main)
