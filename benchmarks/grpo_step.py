@@ -1,10 +1,16 @@
 """Speed of one GRPO step on this machine, as a fraction of its own matmul peak.
 
-  python benchmarks/grpo_step.py [--steps 3]
+  python benchmarks/grpo_step.py [--steps 3] [--prompts 8 --group 8 --new-tokens 64]
+      [--attention auto|dense|blockwise] [--compare]
 
 Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
 512, f32. Batch: 8 prompts (32 tokens) x G 8 x exactly 64 new tokens (no EOS),
-β 0.04, μ 1, AdamW. FLOPs are counted analytically (matmuls and attention over
+β 0.04, μ 1, AdamW (the long-completion shape of issue 13: --prompts 4
+--new-tokens 512). `--compare` runs the step with `attention=dense` (the
+path before issue 13: every decode step reads all P+T cache slots, [T, S]
+scores in the training passes) and with `auto`, each in its own process,
+interleaved (dense, auto, dense, auto), and prints the ratios and each
+process's peak RSS. FLOPs are counted analytically (matmuls and attention over
 the causal context actually needed; nothing for masked cache slots), and the
 roofline is an f32 GEMM measured in the same run, so the ratios do not depend
 on how busy the machine is.
@@ -25,7 +31,7 @@ from flax import nnx
 from r1jax import grpo, models, sharding as shd, train_step as ts
 from r1jax.rollout import SamplingConfig, generate
 
-B, G, P, T = 8, 8, 32, 64
+B, G, P, T = 8, 8, 32, 64  # set from the flags in main()
 CFG = models.ModelConfig(arch='qwen2', vocab_size=512, hidden_size=256, intermediate_size=768,
                          num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, qkv_bias=True,
                          tie_embeddings=True)
@@ -71,10 +77,45 @@ def even_share(tokens, mask, ids):
       mask.sum(1, keepdims=True), 1)
 
 
+def compare(args):
+  """Both attention paths, each in a fresh process (its own peak RSS), twice,
+  interleaved; the better of each pair's two runs."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  runs = {'dense': [], 'auto': []}
+  for _ in range(2):
+    for attention in runs:
+      out = subprocess.run(
+          [sys.executable, __file__, '--json', f'--steps={args.steps}', f'--prompts={args.prompts}',
+           f'--group={args.group}', f'--new-tokens={args.new_tokens}', f'--attention={attention}'],
+          capture_output=True, text=True, check=True).stdout
+      runs[attention].append(json.loads(out.strip().splitlines()[-1]))
+  best = {a: {k: min(r[k] for r in rs) for k in rs[0]} for a, rs in runs.items()}
+  old, new = best['dense'], best['auto']
+  print(f'{args.prompts} prompts x G {args.group} x {args.new_tokens} new tokens; '
+        'dense (before issue 13) vs auto, best of 2 interleaved runs each')
+  for k in ('rollout', 'reference', 'update', 'step'):
+    print(f'{k:>9}: {old[k] * 1e3:8.1f} ms -> {new[k] * 1e3:8.1f} ms  {old[k] / new[k]:5.2f}x faster')
+  print(f'{"peak RSS":>9}: {old["rss_mib"]:8.0f} MiB -> {new["rss_mib"]:8.0f} MiB  '
+        f'{new["rss_mib"] / old["rss_mib"]:5.2f}x')
+
+
 def main():
+  global B, G, T, CFG  # pylint: disable=global-statement
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--prompts', type=int, default=8)
+  parser.add_argument('--group', type=int, default=8)
+  parser.add_argument('--new-tokens', type=int, default=64)
+  parser.add_argument('--attention', default='auto')
+  parser.add_argument('--compare', action='store_true')
+  parser.add_argument('--json', action='store_true', help='one JSON line of seconds (for --compare)')
   args = parser.parse_args()
+  if args.compare:
+    return compare(args)
+  B, G, T = args.prompts, args.group, args.new_tokens
+  CFG = CFG.replace(attention=args.attention, max_position_embeddings=max(4096, P + T))
 
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
@@ -132,6 +173,12 @@ def main():
   whole = float(np.median(times))
   peak_after = matmul_peak()
   peak = max(peak, peak_after)
+  if args.json:
+    import json  # pylint: disable=g-import-not-at-top
+    import resource  # pylint: disable=g-import-not-at-top
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({**seconds, 'step': whole, 'rss_mib': rss}))
+    return
 
   print(f'matmul roofline (f32 2048^3 GEMM, best of both ends of the run): {peak / 1e9:.0f} GFLOP/s')
   total = sum(flops.values())

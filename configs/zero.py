@@ -67,7 +67,13 @@ def get_config(arg: str | None = None):
     c.optim.lr = 3e-6
     c.rl.update(beta=0.001, kl_estimator='k3', group_size=16, prompts_per_step=512,
                 minibatches=16, num_iterations=1, temperature=1.0, max_new_tokens=32768,
-                reference_reset_every=25)
+                reference_reset_every=25,
+                # 8,192 samples x 33k tokens: the KV cache of all of them
+                # (7.8 TB in bf16 for Qwen2.5-1.5B) does not fit a v5p-64's
+                # HBM, an eighth at a time (31 GB a chip) does; each update's
+                # 512 completions in 2 micro-batches. Qwen2.5-1.5B on v5p-64
+                # (r1jax.tools.aot): 86.95 GiB a chip of 95.
+                rollout_chunks=8, grad_accum=2)
     c.steps = 650
     c.eval_every = 25
     c.eval.update(k=16, num_questions=500, temperature=0.6, top_p=0.95)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import ml_collections
 
 from r1jax import grpo, kernels, workdir as wd
+from r1jax.kernels import attention
 from r1jax.data.tasks import TASKS, VERIFIERS
 from r1jax.models.config import PRESETS
 from r1jax.rewards import CORRECTNESS, REWARDS, load_reward
@@ -86,6 +87,9 @@ def base_config() -> ConfigDict:
   c.model.param_dtype = 'float32'
   c.model.dtype = 'float32'
   c.model.remat = False
+  # Attention of the teacher-forced passes (r1jax/kernels/attention.py):
+  # auto = splash on TPU, blockwise (linear memory) elsewhere, dense within a block.
+  c.model.attention = 'auto'
   c.tokenizer = ''  # file or directory; default: the checkpoint directory
 
   # dcn_data: slices the data axis spans (multislice); 1 on a single slice.
@@ -120,6 +124,9 @@ def base_config() -> ConfigDict:
       mask_truncated=False,
       reference_reset_every=0,  # steps; R1 uses 400; 0 = never
       dynamic_sampling_attempts=1,  # DAPO dynamic sampling when > 1
+      # Sample the prompts in this many sequential chunks (the KV cache of
+      # one chunk at a time: R1's 8,192 x 33k-token rollout needs it).
+      rollout_chunks=1,
       overlong_max_len=0, overlong_cache_len=0, overlong_weight=1.0,  # DAPO; 0 = off
       # auto: the Pallas kernel on TPU, chunked elsewhere; naive (full logits) to debug.
       logprob_impl='auto',
@@ -196,6 +203,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('model.param_dtype', _one_of(DTYPES)),
     ('model.dtype', _one_of(DTYPES)),
     ('model.remat', _BOOL),
+    ('model.attention', _one_of(attention.IMPLS)),
     ('tokenizer', _STR),
     ('mesh.data', _AXIS),
     ('mesh.fsdp', _AXIS),
@@ -231,6 +239,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('rl.mask_truncated', _BOOL),
     ('rl.reference_reset_every', _int(0)),
     ('rl.dynamic_sampling_attempts', _int(1)),
+    ('rl.rollout_chunks', _int(1)),
     ('rl.overlong_max_len', _int(0)),
     ('rl.overlong_cache_len', _int(0)),
     ('rl.overlong_weight', _num(-math.inf)),
@@ -368,6 +377,9 @@ def validate(config: ConfigDict) -> ConfigDict:
     if rl.prompts_per_step % parts:
       raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} prompts do not split '
                         f'into minibatches x grad_accum = {parts} parts')
+    if rl.prompts_per_step % rl.rollout_chunks:
+      raise ConfigError('rl.rollout_chunks', f'{rl.prompts_per_step} prompts do not split into '
+                        f'{rl.rollout_chunks} chunks')
     if rl.overlong_max_len and rl.overlong_cache_len > rl.overlong_max_len:
       raise ConfigError('rl.overlong_cache_len', 'must be <= rl.overlong_max_len')
   if 'rewards' in config:
@@ -412,6 +424,9 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
   if rl.prompts_per_step % batch_shards:
     raise ConfigError('rl.prompts_per_step', f'{rl.prompts_per_step} prompts do not split '
                       f'over data x fsdp = {batch_shards} devices')
+  if (rl.prompts_per_step // rl.rollout_chunks) % batch_shards:
+    raise ConfigError('rl.rollout_chunks', f'a chunk of {rl.prompts_per_step // rl.rollout_chunks}'
+                      f' prompts does not split over data x fsdp = {batch_shards} devices')
   if 'eval' in config and config.eval.batch_size % batch_shards:
     raise ConfigError('eval.batch_size', f'{config.eval.batch_size} questions do not split '
                       f'over data x fsdp = {batch_shards} devices (evaluation is sharded '

@@ -150,12 +150,13 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
             f'{base.describe(ckpt_path)})', flush=True)
     model = (export.load if from_run else models.load_hf)(
         ckpt_path, config.model.param_dtype, compute_dtype=config.model.dtype, mesh=mesh,
-        remat=config.model.remat)
+        remat=config.model.remat, attention=config.model.attention)
   else:
     tok_path = config.tokenizer
     tok = tk.load_tokenizer(tok_path)
     cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
-                            dtype=config.model.dtype, remat=config.model.remat)
+                            dtype=config.model.dtype, remat=config.model.remat,
+                            attention=config.model.attention)
     if cfg.vocab_size < tok.vocab_size:
       cfg = cfg.replace(vocab_size=tok.vocab_size)
     model = models.create(cfg, seed=config.seed, mesh=mesh)

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from r1jax import grpo, kernels, sharding as shd
 from r1jax.models import Decoder
 from r1jax.rewards import CORRECTNESS, overlong_penalty
-from r1jax.rollout import SamplingConfig, generate
+from r1jax.rollout import SamplingConfig, generate_in_chunks
 
 BATCH_AXES = ('data', 'fsdp')
 # host_fn(tokens [n, T] int32, mask [n, T] bool, example_ids [n] int32) -> [n, R] float32
@@ -57,6 +57,9 @@ class StepConfig(NamedTuple):
   dynamic_sampling_attempts: int = 1  # 1: off
   overlong: tuple[int, int] | None = None  # (max_len, cache_len) of DAPO's penalty
   logprob_impl: str = 'auto'
+  # The rollout's prompts in this many sequential chunks (each with its own KV
+  # cache, so the cache's peak is 1/R of the batch's); 1: all at once.
+  rollout_chunks: int = 1
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -81,7 +84,7 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       minibatches=rl.minibatches, grad_accum=rl.grad_accum, mask_truncated=rl.mask_truncated,
       reference_reset_every=rl.reference_reset_every,
       dynamic_sampling_attempts=rl.dynamic_sampling_attempts, overlong=overlong,
-      logprob_impl=rl.logprob_impl)
+      logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks)
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
@@ -241,8 +244,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
 
   def rollout_and_score(params, prompt, prompt_mask, ids, key):
     with shd.activation_rules(mesh, shd.SAMPLE_RULES):
-      ro = generate(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
-                    cfg.sampling, G)
+      ro = generate_in_chunks(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
+                              cfg.sampling, G, cfg.rollout_chunks)
     rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
     if cfg.overlong:
       lengths = ro.mask_NxT.sum(axis=1)

@@ -111,3 +111,21 @@ def test_deterministic_for_a_fixed_key(model):
   c = generate(model, prompt, mask, jax.random.key(8), cfg, group_size=3)
   np.testing.assert_array_equal(a.tokens_NxT, b.tokens_NxT)
   assert not np.array_equal(a.tokens_NxT, c.tokens_NxT)
+
+
+def test_a_rollout_in_chunks_equals_the_whole_batch():
+  """Issue 13.6: rl.rollout_chunks samples the prompts in sequential chunks
+  (one KV cache at a time); greedy tokens and log-probs are the whole
+  batch's, rows in prompt order."""
+  from r1jax.rollout import generate_in_chunks
+  model = models.create(models.get_preset('tiny'), seed=0)
+  r = np.random.default_rng(0)
+  prompt = jnp.asarray(r.integers(3, 500, (6, 12)), jnp.int32)
+  mask = jnp.asarray(np.arange(12)[None] >= r.integers(0, 6, (6, 1)))
+  cfg = SamplingConfig(max_new_tokens=10, temperature=0.0, eos_ids=(), pad_id=0)
+  whole = generate(model, prompt, mask, jax.random.key(0), cfg, 2)
+  chunked = jax.jit(lambda p, m: generate_in_chunks(model, p, m, jax.random.key(0), cfg, 2, 3))(
+      prompt, mask)
+  np.testing.assert_array_equal(chunked.tokens_NxT, whole.tokens_NxT)
+  np.testing.assert_allclose(chunked.logp_NxT, whole.logp_NxT, atol=1e-5)
+  np.testing.assert_array_equal(chunked.mask_NxT, whole.mask_NxT)

@@ -34,6 +34,10 @@ class ModelConfig:
   param_dtype: str = 'float32'
   dtype: str = 'float32'
   remat: bool = False  # rematerialise each layer in the backward pass
+  # Teacher-forced passes (kernels/attention.py): auto | dense | blockwise |
+  # splash | cudnn, and the key block of the blockwise path.
+  attention: str = 'auto'
+  attention_block: int = 512
 
   def __post_init__(self):
     if self.arch not in ('qwen2', 'llama'):

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r1jax.kernels import attention as attn_lib
 from r1jax.models.config import ModelConfig
 from r1jax.sharding import constrain
 
 Cache = dict[str, jax.Array]
-_NEG_INF = -1e30  # finite, so fully masked rows (left padding) stay NaN-free
 
 
 def _param(rngs: nnx.Rngs | None, init: str, shape: tuple[int, ...],
@@ -101,7 +101,7 @@ class Layers(nnx.Module):
 
 
 def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
-           positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+           positions_BxT: jax.Array, mask: attn_lib.Mask,
            cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
            cache_index: jax.Array | None = None,
            prefix: tuple[jax.Array, jax.Array] | None = None):
@@ -110,8 +110,9 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
       written into it in place (only the new slots), attention reads the
       layer's slice;
     - `prefix` (k [B',K,P,H], v): a shared prefix, each row repeated B/B'
-      times, followed by this chunk's own keys (mask is [B, T, P+T]);
+      times, followed by this chunk's own keys;
     - neither: this chunk's own keys.
+  `mask` describes which keys each query sees (kernels/attention.py).
   Returns (x, updated cache or None, (this chunk's k, v) as [B,K,T,H])."""
   dt = x_BxTxD.dtype
   B, T, _ = x_BxTxD.shape
@@ -131,31 +132,34 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   q = constrain(q, ('batch', 'length', 'act_heads', None))
   k_BxKxTxH = jnp.swapaxes(k, 1, 2)
   v_BxKxTxH = jnp.swapaxes(v.astype(dt), 1, 2)
+  # Batch dims (b, k) lead and contractions are trailing: the layout XLA's
+  # CPU and TPU dots want, forward and backward.
+  q_BxKxGxTxH = jnp.transpose(q.reshape(B, T, K, G, H), (0, 2, 3, 1, 4))
   if cache is not None:
     k_all, v_all, layer = cache
     start = (layer, 0, 0, cache_index, 0)
     k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
     v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], start)
-    k_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-    v_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
     cache = (k_all, v_all, layer)
+    if T == 1 and cfg.attention != 'dense' and k_all.shape[3] > attn_lib.DECODE_BLOCK:
+      # A decode step reads only the cache blocks filled so far (a cache of
+      # one block is read whole, as the dense path does).
+      attn = attn_lib.decode(q_BxKxGxTxH, k_all, v_all, layer, mask.key_valid_BxS, cache_index)
+      k_BxKxSxH = None
+    else:
+      k_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+      v_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
   elif prefix is not None:
     reps = B // prefix[0].shape[0]
     k_BxKxSxH = jnp.concatenate([jnp.repeat(prefix[0], reps, axis=0), k_BxKxTxH], axis=2)
     v_BxKxSxH = jnp.concatenate([jnp.repeat(prefix[1], reps, axis=0), v_BxKxTxH], axis=2)
   else:
     k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
-  k_BxKxSxH = constrain(k_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
-  v_BxKxSxH = constrain(v_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
-
-  # Batch dims (b, k) lead and contractions are trailing: the layout XLA's
-  # CPU and TPU dots want, forward and backward.
-  q_BxKxGxTxH = jnp.transpose(q.reshape(B, T, K, G, H), (0, 2, 3, 1, 4))
-  scores = jnp.einsum('bkgth,bksh->bkgts', q_BxKxGxTxH, k_BxKxSxH, **mm)
-  scores = scores * (1.0 / math.sqrt(H))
-  scores = jnp.where(mask_BxTxS[:, None, None], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-  attn = jnp.einsum('bkgts,bksh->bkgth', probs, v_BxKxSxH, **mm).astype(dt)
+  if k_BxKxSxH is not None:
+    k_BxKxSxH = constrain(k_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
+    v_BxKxSxH = constrain(v_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
+    attn = attn_lib.attention(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask,
+                              'dense' if T == 1 else cfg.attention, cfg.attention_block)
   out = jnp.einsum('bkgth,kghd->btd', attn, w['o_proj'].reshape(K, G, H, -1), **mm).astype(dt)
   x = constrain(x_BxTxD + out, ('batch', 'length', 'act_embed'))
 
@@ -226,18 +230,14 @@ class Decoder(nnx.Module):
     x = constrain(x, ('batch', 'length', 'act_embed'))
 
     if cache is None:
-      causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-      mask_BxTxS = causal_TxT[None] & mask_BxT[:, None, :]
+      mask = attn_lib.Mask(mask_BxT.astype(bool), 0)
     else:
-      S = cache['k'].shape[3]
       if cache_mask_BxS is None:
         raise ValueError('hidden(): cache_mask_BxS is required with a cache')
-      q_slots = cache_index + jnp.arange(T)
-      causal_TxS = jnp.arange(S)[None, :] <= q_slots[:, None]
-      mask_BxTxS = causal_TxS[None] & cache_mask_BxS[:, None, :]
+      mask = attn_lib.Mask(cache_mask_BxS.astype(bool), cache_index)
 
     block = lambda w, x, c: _block(  # noqa: E731
-        cfg, w, x, positions_BxT, mask_BxTxS, c, cache_index)[:2]
+        cfg, w, x, positions_BxT, mask, c, cache_index)[:2]
     if cfg.remat:
       block = jax.checkpoint(block)
     weights = self.layers.weights()
@@ -271,19 +271,18 @@ class Decoder(nnx.Module):
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     pos_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
     pos_NxT = jnp.repeat(prompt_mask_BxP.sum(axis=1), G)[:, None] + jnp.arange(T)[None]
-    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-    mask_BxPxP = jnp.tril(jnp.ones((P, P), bool))[None] & prompt_mask_BxP[:, None, :]
-    mask_NxTxS = jnp.concatenate([
-        jnp.broadcast_to(jnp.repeat(prompt_mask_BxP, G, axis=0)[:, None, :], (N, T, P)),
-        jnp.broadcast_to(causal_TxT[None], (N, T, T))], axis=2)
+    mask_p = attn_lib.Mask(prompt_mask_BxP, 0)
+    # Continuation t sits at key slot P + t after the prompt's P slots.
+    mask_c = attn_lib.Mask(jnp.concatenate(
+        [jnp.repeat(prompt_mask_BxP, G, axis=0), jnp.ones((N, T), bool)], axis=1), P)
     embed = self.embed.get_value()
     xp = constrain(embed[prompt_BxP].astype(dt), ('batch', 'length', 'act_embed'))
     xc = constrain(embed[tokens_NxT].astype(dt), ('batch', 'length', 'act_embed'))
 
     def body(carry, w):
       xp, xc = carry
-      xp, _, kv = _block(cfg, w, xp, pos_BxP, mask_BxPxP)
-      xc, _, _ = _block(cfg, w, xc, pos_NxT, mask_NxTxS, prefix=kv)
+      xp, _, kv = _block(cfg, w, xp, pos_BxP, mask_p)
+      xc, _, _ = _block(cfg, w, xc, pos_NxT, mask_c, prefix=kv)
       return (xp, xc), None
 
     if cfg.remat:

@@ -73,7 +73,7 @@ def topology_devices(topology: Topology) -> list:
 def abstract_state(config, mesh):
   """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
   kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-            remat=config.model.remat)
+            remat=config.model.remat, attention=config.model.attention)
   ckpt_config = os.path.join(wd.model_dir(rc.model_ckpt(config)), 'config.json')
   if rc.model_ckpt(config) and os.path.exists(ckpt_config):
     # The checkpoint's own shape (its config.json; no weights are read): a

@@ -1,0 +1,287 @@
+"""Attention for the teacher-forced passes, with memory linear in length.
+
+  out[b,k,g,t] = Σ_s softmax_s(q[b,k,g,t] · k[b,k,s] / √H + mask) v[b,k,s]
+
+GQA layout: q [B, K, G, T, H] (G query heads per kv head), k and v
+[B, K, S, H]. The mask is described, never materialised as [T, S]:
+
+  allowed(b, t, s) = key_valid[b, s]
+                     & s <= q_offset + t                (causal in key slots)
+                     & q_segment[b, t] == k_segment[b, s]   (packed rows; optional)
+
+which covers the three key layouts of the decoder: a sequence's own keys
+(q_offset 0), a shared prompt prefix followed by a continuation's own keys
+(q_offset P) and a KV cache (q_offset = the cache index). Disallowed scores
+are a finite -1e30, as in the dense path, so rows with no allowed key (left
+padding) stay finite.
+
+Implementations (`model.attention`):
+
+  dense      the [T, S] scores (the reference; decode steps use it: T = 1);
+  blockwise  pure JAX: a scan over key blocks with an online softmax; a
+             custom VJP recomputes each [T, block] tile from the saved
+             log-sum-exp (FlashAttention's backward), so forward and
+             backward memory is O(T·block) rather than O(T·S). CPU default
+             for sequences longer than one block;
+  splash     the maintained Pallas TPU kernel
+             (jax.experimental.pallas.ops.tpu.splash_attention), per device
+             under jax.shard_map (attention_tpu.py);
+  cudnn      jax.nn.dot_product_attention(implementation='cudnn') (GPU; not
+             yet run here: no GPU was lent, so `auto` does not pick it);
+  auto       splash on TPU (blockwise when the query offset is not static),
+             blockwise elsewhere, dense when the keys fit one block; chosen
+             when the computation is lowered (jax.lax.platform_dependent), so
+             an AOT lowering for TPU from a CPU host gets the kernel.
+"""
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'cudnn')
+BLOCK = 512
+NEG_INF = -1e30
+
+
+class Mask(NamedTuple):
+  """The attention mask, described (see the module docstring)."""
+  key_valid_BxS: jax.Array  # bool
+  q_offset: jax.Array | int = 0  # key slot of query 0
+  q_segment_BxT: jax.Array | None = None  # int32; with k_segment_BxS
+  k_segment_BxS: jax.Array | None = None
+
+  def dense(self, T: int) -> jax.Array:
+    """The [B, T, S] boolean mask (the dense path's)."""
+    S = self.key_valid_BxS.shape[1]
+    causal = jnp.arange(S)[None, :] <= (self.q_offset + jnp.arange(T))[:, None]
+    allowed = causal[None] & self.key_valid_BxS[:, None, :]
+    if self.q_segment_BxT is not None:
+      allowed &= self.q_segment_BxT[:, :, None] == self.k_segment_BxS[:, None, :]
+    return allowed
+
+
+def dense(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask) -> jax.Array:
+  dt = q_BxKxGxTxH.dtype
+  T, H = q_BxKxGxTxH.shape[3:]
+  mm = dict(preferred_element_type=jnp.float32)
+  scores = jnp.einsum('bkgth,bksh->bkgts', q_BxKxGxTxH, k_BxKxSxH, **mm) * (1.0 / math.sqrt(H))
+  scores = jnp.where(mask.dense(T)[:, None, None], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+  return jnp.einsum('bkgts,bksh->bkgth', probs, v_BxKxSxH, **mm).astype(dt)
+
+
+# ------------------------------------------------------------------ blockwise
+
+
+def _blocks(x, block, axis, fill):
+  """x padded along `axis` to a multiple of `block` and split there into a
+  leading block axis: [..., S, ...] -> [S/block, ..., block, ...]."""
+  pad = (-x.shape[axis]) % block
+  if pad:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    x = jnp.pad(x, widths, constant_values=fill)
+  shape = x.shape[:axis] + (x.shape[axis] // block, block) + x.shape[axis + 1:]
+  return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _allowed(valid_BxSb, slots_Sb, qslots_T, qseg_BxT, kseg_BxSb):
+  """[B, 1, 1, T, Sb] for one key block."""
+  a = valid_BxSb[:, None, :] & (slots_Sb[None, None, :] <= qslots_T[None, :, None])
+  if qseg_BxT is not None:
+    a &= qseg_BxT[:, :, None] == kseg_BxSb[:, None, :]
+  return a[:, None, None]
+
+
+def _scores(q, kj, scale):
+  return jnp.einsum('bkgth,bksh->bkgts', q, kj, preferred_element_type=jnp.float32) * scale
+
+
+def _key_blocks(k, v, mask: Mask, block):
+  S = k.shape[2]
+  seg = mask.k_segment_BxS
+  return (_blocks(k, block, 2, 0), _blocks(v, block, 2, 0),
+          _blocks(mask.key_valid_BxS, block, 1, False),
+          _blocks(jnp.arange(S, dtype=jnp.int32), block, 0, S),
+          None if seg is None else _blocks(seg, block, 1, -1))
+
+
+def _recompute(body):
+  """A scan body whose intermediates are never saved per block. Inside the
+  model's layer scan, JAX's partial evaluation of these scans would
+  otherwise compute each block's [T, block] mask ahead and keep all of them
+  (memory quadratic in length); under jax.checkpoint only the body's inputs
+  are kept."""
+  return jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable,
+                        prevent_cse=False)
+
+
+def _forward(q, k, v, mask: Mask, block):
+  B, K, G, T, H = q.shape
+  scale = 1.0 / math.sqrt(H)
+  qslots = mask.q_offset + jnp.arange(T, dtype=jnp.int32)
+
+  def body(carry, xs):
+    m, l, acc = carry
+    kj, vj, valid, slots, kseg = xs
+    s = _scores(q, kj, scale)
+    s = jnp.where(_allowed(valid, slots, qslots, mask.q_segment_BxT, kseg), s, NEG_INF)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    l = l * corr + p.sum(axis=-1)
+    acc = acc * corr[..., None] + jnp.einsum('bkgts,bksh->bkgth', p.astype(q.dtype), vj,
+                                             preferred_element_type=jnp.float32)
+    return (m_new, l, acc), None
+
+  init = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+          jnp.zeros((B, K, G, T, H), jnp.float32))
+  (m, l, acc), _ = jax.lax.scan(_recompute(body), init, _key_blocks(k, v, mask, block))
+  return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blockwise(q, k, v, mask, block):
+  return _forward(q, k, v, mask, block)[0]
+
+
+def _blockwise_fwd(q, k, v, mask, block):
+  out, lse = _forward(q, k, v, mask, block)
+  return out, (q, k, v, mask, out, lse)
+
+
+def _blockwise_bwd(block, res, d_out):
+  """FlashAttention's backward, one key block at a time: p is recomputed
+  from the saved log-sum-exp, d q accumulates, d k and d v are per block."""
+  q, k, v, mask, out, lse = res
+  B, K, G, T, H = q.shape
+  S = k.shape[2]
+  scale = 1.0 / math.sqrt(H)
+  qslots = mask.q_offset + jnp.arange(T, dtype=jnp.int32)
+  do = d_out.astype(jnp.float32)
+  delta = jnp.sum(do * out.astype(jnp.float32), axis=-1)  # [B, K, G, T]
+  mm = dict(preferred_element_type=jnp.float32)
+
+  def body(dq, xs):
+    kj, vj, valid, slots, kseg = xs
+    allowed = _allowed(valid, slots, qslots, mask.q_segment_BxT, kseg)
+    s = jnp.where(allowed, _scores(q, kj, scale), NEG_INF)
+    p = jnp.exp(s - lse[..., None])
+    dv = jnp.einsum('bkgts,bkgth->bksh', p, do, **mm)
+    dp = jnp.einsum('bkgth,bksh->bkgts', do, vj.astype(jnp.float32), **mm)
+    ds = jnp.where(allowed, p * (dp - delta[..., None]), 0.0) * scale
+    dq = dq + jnp.einsum('bkgts,bksh->bkgth', ds, kj.astype(jnp.float32), **mm)
+    dk = jnp.einsum('bkgts,bkgth->bksh', ds, q.astype(jnp.float32), **mm)
+    return dq, (dk, dv)
+
+  dq, (dk, dv) = jax.lax.scan(_recompute(body), jnp.zeros((B, K, G, T, H), jnp.float32),
+                              _key_blocks(k, v, mask, block))
+  unblock = lambda x: jnp.moveaxis(x, 0, 2).reshape(B, K, -1, H)[:, :, :S]  # noqa: E731
+  zeros = jax.tree.map(lambda x: None if x is None else _zero_cotangent(x), mask)
+  return (dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
+          Mask(*zeros))
+
+
+def _zero_cotangent(x):
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return jnp.zeros_like(x)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.zeros(x.shape, jax.dtypes.float0)
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK) -> jax.Array:
+  mask = mask._replace(q_offset=jnp.asarray(mask.q_offset, jnp.int32))
+  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, block)
+
+
+# ------------------------------------------------------------------- decode
+
+DECODE_BLOCK = 128
+
+
+def decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset,
+           block: int = DECODE_BLOCK) -> jax.Array:
+  """A decode step over a KV cache that reads only the filled slots: key
+  blocks up to the last query's slot (a dynamic trip count), each sliced from
+  the stacked cache k_all / v_all [L, B, K, S, H] at `layer`, with an online
+  softmax. The slots past the last query (the rest of the cache) are never
+  read, so a step costs what has been generated so far, not P + T. Same
+  mask semantics as `Mask(key_valid_BxS, q_offset)` for queries whose own
+  slot is valid (a decode step's always is; a row with no allowed key would
+  average the blocks read, not all S); no gradient is needed."""
+  B, K, G, T, H = q_BxKxGxTxH.shape
+  S = k_all.shape[3]
+  block = min(block, S)
+  scale = 1.0 / math.sqrt(H)
+  qslots = q_offset + jnp.arange(T, dtype=jnp.int32)
+  n_blocks = (q_offset + T + block - 1) // block  # blocks holding slots <= the last query
+
+  def body(j, carry):
+    m, l, acc = carry
+    nominal = j * block
+    start = jnp.minimum(nominal, S - block)  # the last block may overlap the one before
+    kj = jax.lax.dynamic_slice(k_all, (layer, 0, 0, start, 0), (1, B, K, block, H))[0]
+    vj = jax.lax.dynamic_slice(v_all, (layer, 0, 0, start, 0), (1, B, K, block, H))[0]
+    valid = jax.lax.dynamic_slice(key_valid_BxS, (0, start), (B, block))
+    slots = start + jnp.arange(block, dtype=jnp.int32)
+    valid &= slots >= nominal  # each slot counted once
+    s = jnp.where(_allowed(valid, slots, qslots, None, None), _scores(q_BxKxGxTxH, kj, scale),
+                  NEG_INF)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[..., None] + jnp.einsum('bkgts,bksh->bkgth', p.astype(q_BxKxGxTxH.dtype),
+                                             vj, preferred_element_type=jnp.float32)
+    return m_new, l * corr + p.sum(axis=-1), acc
+
+  init = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+          jnp.zeros((B, K, G, T, H), jnp.float32))
+  _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+  return (acc / l[..., None]).astype(q_BxKxGxTxH.dtype)
+
+
+# --------------------------------------------------------------- dispatch
+
+
+def cudnn(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask) -> jax.Array:
+  """jax.nn.dot_product_attention with cuDNN's fused kernel (GPU). The mask
+  goes in as a boolean [B, 1, T, S]: left padding is not expressible as the
+  sequence lengths cuDNN takes instead."""
+  B, K, G, T, H = q_BxKxGxTxH.shape
+  q = jnp.transpose(q_BxKxGxTxH.reshape(B, K * G, T, H), (0, 2, 1, 3))  # [B, T, N, H]
+  k = jnp.transpose(k_BxKxSxH, (0, 2, 1, 3))
+  v = jnp.transpose(v_BxKxSxH, (0, 2, 1, 3))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask.dense(T)[:, None],
+                                     implementation='cudnn')
+  return jnp.transpose(out, (0, 2, 1, 3)).reshape(B, K, G, T, H)
+
+
+def attention(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, impl: str = 'auto',
+              block: int = BLOCK) -> jax.Array:
+  if impl not in IMPLS:
+    raise ValueError(f'model.attention: unknown {impl!r}; known: {IMPLS}')
+  S = k_BxKxSxH.shape[2]
+  args = (q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask)
+  if impl == 'dense' or (impl == 'auto' and S <= block):
+    return dense(*args)
+  if impl == 'blockwise':
+    return blockwise(*args, block=block)
+  if impl == 'cudnn':
+    return cudnn(*args)
+  from r1jax.kernels import attention_tpu  # pylint: disable=g-import-not-at-top
+  if impl == 'splash':
+    return attention_tpu.splash(*args)
+  fallback = functools.partial(blockwise, block=block)
+  offset = mask.q_offset
+  if not isinstance(offset, int):  # a traced cache index: no static splash mask
+    return fallback(*args)
+  # platform_dependent traces its operands, so the static offset is bound here.
+  with_offset = lambda f: lambda q, k, v, m: f(q, k, v, m._replace(q_offset=offset))  # noqa: E731
+  return jax.lax.platform_dependent(*args, tpu=with_offset(attention_tpu.splash),
+                                    default=with_offset(fallback))
