@@ -1,7 +1,8 @@
 """The tiny base model that configs/zero.py starts from. It ships with r1jax
 (r1jax/assets/base-tiny, r1jax.base.SHIPPED); this config rebuilds it:
 
-  python -m r1jax.base --config=configs/base_tiny.py --config.dir=r1jax/assets/base-tiny
+  python -m r1jax.base --config=configs/base_tiny.py --config.dir=/tmp/base-tiny
+  cp /tmp/base-tiny/* r1jax/assets/base-tiny/   # to ship it (a build skips a dir that has one)
 
 (a training run rebuilds it into <workdir>/base with --config.base.rebuild=True).
 

@@ -76,8 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # The base configs/zero.py trains from, built once with default_config() by
-#   python -m r1jax.base --config=configs/base_tiny.py --config.dir=r1jax/assets/base-tiny
-# and shipped, so that every machine starts RL from the same weights (a base
+#   python -m r1jax.base --config=configs/base_tiny.py --config.dir=/tmp/base-tiny
+# (a build skips a directory that already holds a base), copied to
+# r1jax/assets/base-tiny and shipped, so that every machine starts RL from the same weights (a base
 # built on another CPU differs in its float rounding, and so in its figures).
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'base-tiny')
 

@@ -354,14 +354,18 @@ def validate(config: ConfigDict) -> ConfigDict:
   model = config.model
   to_build = base_to_build(config) is not None
   ckpt = model_ckpt(config)
+  if to_build and not wd.is_local(config.workdir):
+    raise ConfigError('base.rebuild', f'the tiny base is built on local disk; with the workdir '
+                      f'{config.workdir!r} build it once with python -m r1jax.base and set '
+                      'model.ckpt to it')
   if config.get('task') == 'local' and not config.get('data_dir'):
     raise ConfigError('data_dir', 'task \'local\' reads <data_dir>/{train,test}.jsonl (or '
                       '.parquet); set --config.data_dir')
   if ckpt and not to_build:
-    if '://' in ckpt and wd.checkpoint_ref(ckpt) is None:
-      raise ConfigError('model.ckpt', f'{ckpt!r}: weights are memory-mapped from a local '
+    if '://' in ckpt:
+      raise ConfigError('model.ckpt', f'{ckpt!r}: weights and tokenizer are read from a local '
                         'directory; copy the checkpoint to local disk first (e.g. gcloud '
-                        'storage cp -r)')
+                        'storage cp -r), or export an r1jax workdir with python -m r1jax.export')
     if not os.path.exists(os.path.join(wd.model_dir(ckpt), 'config.json')):
       raise ConfigError('model.ckpt', f'{ckpt!r} has no config.json (neither a HF directory '
                         'nor an r1jax workdir or <workdir>/checkpoints/<step>)')

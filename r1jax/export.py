@@ -17,7 +17,6 @@ the policy of another run's newest checkpoint, or of
 """
 import json
 import os
-import shutil
 import sys
 
 import jax
@@ -120,7 +119,8 @@ def export(workdir: epath.PathLike, out: str, step: int | None = None,
   if jax.process_index() == 0:
     for f in (workdir / wd.MODEL).iterdir():
       if f.name != 'config.json' and not f.name.startswith('.'):
-        shutil.copyfile(f, os.path.join(out, f.name))
+        with open(os.path.join(out, f.name), 'wb') as dst:
+          dst.write(f.read_bytes())
   return out
 
 

@@ -140,8 +140,10 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     try:
       tok = tk.load_tokenizer(tok_path)
     except FileNotFoundError as e:
-      raise rc.ConfigError('tokenizer', f'{e}; set --config.tokenizer to a directory that '
-                           'has one (e.g. the HF repo the weights came from)') from None
+      hint = ('point it at a directory with tokenizer.json or tokenizer.model' if config.tokenizer
+              else 'set --config.tokenizer to a directory that has one (e.g. the HF repo the '
+              'weights came from)')
+      raise rc.ConfigError('tokenizer', f'{e}; {hint}') from None
     from_run = wd.checkpoint_ref(ckpt_path) is not None
     if from_run:
       print(f'[r1jax] starting from the policy of the r1jax checkpoint {ckpt_path}', flush=True)

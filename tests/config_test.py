@@ -225,3 +225,17 @@ def test_recipes_by_name(recipe, expected):
     assert (paper.rl.overlong_max_len, paper.rl.overlong_cache_len) == (32768, 6553)
   with pytest.raises(ValueError, match='one recipe at a time'):
     zero_config('dapo,gspo')
+
+
+def test_object_store_paths_that_cannot_work_are_refused():
+  """A gs:// model.ckpt (weights and tokenizer are read locally), and a base
+  rebuilt into a gs:// workdir (it was built into ./gs:/… in the checkout)."""
+  from conftest import zero_config
+  c = zero_config(None)
+  c.model.ckpt = 'gs://bucket/run'
+  with pytest.raises(rc.ConfigError, match='config.model.ckpt: .*local disk'):
+    rc.validate(c)
+  c = zero_config(None)
+  c.workdir, c.base.rebuild = 'gs://bucket/run', True
+  with pytest.raises(rc.ConfigError, match='config.base.rebuild: .*local disk'):
+    rc.validate(c)
