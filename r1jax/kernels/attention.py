@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'cudnn')
 BLOCK = 512
@@ -179,17 +180,9 @@ def _blockwise_bwd(block, res, d_out):
   dq, (dk, dv) = jax.lax.scan(_recompute(body), jnp.zeros((B, K, G, T, H), jnp.float32),
                               _key_blocks(k, v, mask, block))
   unblock = lambda x: jnp.moveaxis(x, 0, 2).reshape(B, K, -1, H)[:, :, :S]  # noqa: E731
-  zeros = jax.tree.map(lambda x: None if x is None else _zero_cotangent(x), mask)
-  return (dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
-          Mask(*zeros))
-
-
-def _zero_cotangent(x):
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.floating):
-    return jnp.zeros_like(x)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return np.zeros(x.shape, jax.dtypes.float0)
+  # The mask holds integers and booleans only: their cotangents are float0.
+  no_grad = jax.tree.map(lambda x: np.zeros(jnp.shape(x), jax.dtypes.float0), mask)
+  return (dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype), no_grad)
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
