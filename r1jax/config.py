@@ -127,6 +127,18 @@ def base_config() -> ConfigDict:
       # Sample the prompts in this many sequential chunks (the KV cache of
       # one chunk at a time: R1's 8,192 x 33k-token rollout needs it).
       rollout_chunks=1,
+      # Decode slots per chunk: 0 decodes every sample of a chunk at once (a
+      # static batch that runs until its longest sample ends); fewer slots
+      # are refilled from the queue of pending samples as samples end
+      # (continuous batching: the work follows the tokens generated, the KV
+      # cache holds only the slots). Same tokens either way.
+      decode_slots=0,
+      # Pack the completions (with their prompts) into rows for the reference,
+      # old-policy and update passes, pack_rows rows a forward (0: a quarter of
+      # a micro-batch's samples): the work follows the real token count rather
+      # than samples x max_new_tokens, at the price of one prompt per sample
+      # instead of one per group (benchmarks/packing.py measures both).
+      pack=False, pack_rows=0,
       overlong_max_len=0, overlong_cache_len=0, overlong_weight=1.0,  # DAPO; 0 = off
       # auto: the Pallas kernel on TPU, chunked elsewhere; naive (full logits) to debug.
       logprob_impl='auto',
@@ -240,6 +252,9 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('rl.reference_reset_every', _int(0)),
     ('rl.dynamic_sampling_attempts', _int(1)),
     ('rl.rollout_chunks', _int(1)),
+    ('rl.decode_slots', _int(0)),
+    ('rl.pack', _BOOL),
+    ('rl.pack_rows', _int(0)),
     ('rl.overlong_max_len', _int(0)),
     ('rl.overlong_cache_len', _int(0)),
     ('rl.overlong_weight', _num(-math.inf)),
@@ -384,6 +399,14 @@ def validate(config: ConfigDict) -> ConfigDict:
     if rl.prompts_per_step % rl.rollout_chunks:
       raise ConfigError('rl.rollout_chunks', f'{rl.prompts_per_step} prompts do not split into '
                         f'{rl.rollout_chunks} chunks')
+    per_chunk = rl.prompts_per_step // rl.rollout_chunks * rl.group_size
+    if rl.decode_slots > per_chunk:
+      raise ConfigError('rl.decode_slots', f'{rl.decode_slots} slots for {per_chunk} samples a '
+                        'chunk (prompts_per_step / rollout_chunks x group_size); at most that')
+    per_update = rl.prompts_per_step // rl.minibatches * rl.group_size
+    if rl.pack_rows and per_update % rl.pack_rows:
+      raise ConfigError('rl.pack_rows', f'{rl.pack_rows} rows do not divide the '
+                        f'{per_update} samples of an update')
     if rl.overlong_max_len and rl.overlong_cache_len > rl.overlong_max_len:
       raise ConfigError('rl.overlong_cache_len', 'must be <= rl.overlong_max_len')
   if 'rewards' in config:
@@ -431,6 +454,12 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
   if (rl.prompts_per_step // rl.rollout_chunks) % batch_shards:
     raise ConfigError('rl.rollout_chunks', f'a chunk of {rl.prompts_per_step // rl.rollout_chunks}'
                       f' prompts does not split over data x fsdp = {batch_shards} devices')
+  if rl.pack and rl.pack_rows % batch_shards:
+    raise ConfigError('rl.pack_rows', f'{rl.pack_rows} rows do not split over data x fsdp = '
+                      f'{batch_shards} devices')
+  if rl.decode_slots % batch_shards:
+    raise ConfigError('rl.decode_slots', f'{rl.decode_slots} slots do not split over data x '
+                      f'fsdp = {batch_shards} devices')
   if 'eval' in config and config.eval.batch_size % batch_shards:
     raise ConfigError('eval.batch_size', f'{config.eval.batch_size} questions do not split '
                       f'over data x fsdp = {batch_shards} devices (evaluation is sharded '

@@ -95,15 +95,23 @@ def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 
 def importance_ratio(logp_NxT: jax.Array, old_logp_NxT: jax.Array, mask_NxT: jax.Array,
-                     kind: str = 'token') -> jax.Array:
-  """ρ per token [N, T]; 'sequence' (GSPO) broadcasts one ratio per completion."""
+                     kind: str = 'token', segments: tuple[jax.Array, int] | None = None
+                     ) -> jax.Array:
+  """ρ per token [N, T]; 'sequence' (GSPO) broadcasts one ratio per completion:
+  per row, or, in a packed layout, per `segments` = (sequence id of each
+  token, number of ids)."""
   log_ratio = jnp.where(mask_NxT, logp_NxT - old_logp_NxT, 0.0)
   if kind == 'token':
     return jnp.exp(log_ratio)
   if kind == 'sequence':
-    n = jnp.maximum(mask_NxT.sum(axis=1, keepdims=True), 1)
-    seq = jnp.exp(log_ratio.sum(axis=1, keepdims=True) / n)
-    return jnp.broadcast_to(seq, logp_NxT.shape)
+    if segments is None:
+      n = jnp.maximum(mask_NxT.sum(axis=1, keepdims=True), 1)
+      seq = jnp.exp(log_ratio.sum(axis=1, keepdims=True) / n)
+      return jnp.broadcast_to(seq, logp_NxT.shape)
+    ids, count = segments
+    total = jax.ops.segment_sum(log_ratio.ravel(), ids.ravel(), count)
+    n = jnp.maximum(jax.ops.segment_sum(mask_NxT.ravel().astype(jnp.float32), ids.ravel(), count), 1)
+    return jnp.exp(total / n)[ids]
   raise ValueError(f'rl.ratio: unknown {kind!r}; known: {RATIOS}')
 
 
@@ -118,17 +126,23 @@ def normalisers(mask_NxT: jax.Array) -> Normalisers:
   return Normalisers(mask_NxT.shape[0], jnp.maximum(mask_NxT.sum(), 1), mask_NxT.shape[1])
 
 
-def aggregate(loss_NxT: jax.Array, mask_NxT: jax.Array, kind: str,
-              norm: Normalisers | None = None) -> jax.Array:
+def token_weights(mask_NxT: jax.Array, kind: str, norm: Normalisers | None = None) -> jax.Array:
+  """Each token's weight w in the aggregated loss Σ ℓ·m·w (module doc), rows
+  being completions: what a packed layout carries along with its tokens."""
   norm = norm or normalisers(mask_NxT)
   if kind == 'seq_mean':
-    per_seq = masked_sum(loss_NxT, mask_NxT, axis=1) / jnp.maximum(mask_NxT.sum(axis=1), 1)
-    return per_seq.sum() / norm.num_seqs
+    per_seq = 1.0 / (jnp.maximum(mask_NxT.sum(axis=1, keepdims=True), 1) * norm.num_seqs)
+    return jnp.broadcast_to(per_seq, mask_NxT.shape)
   if kind == 'token_mean':
-    return masked_sum(loss_NxT, mask_NxT) / norm.num_tokens
+    return jnp.full(mask_NxT.shape, 1.0 / norm.num_tokens)
   if kind == 'constant':
-    return masked_sum(loss_NxT, mask_NxT) / (norm.num_seqs * norm.max_len)
+    return jnp.full(mask_NxT.shape, 1.0 / (norm.num_seqs * norm.max_len))
   raise ValueError(f'rl.loss_agg: unknown {kind!r}; known: {AGGREGATIONS}')
+
+
+def aggregate(loss_NxT: jax.Array, mask_NxT: jax.Array, kind: str,
+              norm: Normalisers | None = None) -> jax.Array:
+  return masked_sum(loss_NxT * token_weights(mask_NxT, kind, norm), mask_NxT)
 
 
 class LossConfig(NamedTuple):
@@ -143,15 +157,22 @@ class LossConfig(NamedTuple):
 
 def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array,
                 ref_logp_NxT: jax.Array | None, adv_N: jax.Array, mask_NxT: jax.Array,
-                cfg: LossConfig, norm: Normalisers | None = None
+                cfg: LossConfig, norm: Normalisers | None = None, *,
+                weights_NxT: jax.Array | None = None,
+                segments: tuple[jax.Array, int] | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The clipped surrogate + β·KL loss and its measurements.
 
+  Rows are completions, with one advantage each (adv [N]); or, in a packed
+  layout (r1jax/packing.py), any rows of tokens with per-token advantages
+  (adv of logp's shape), aggregation weights (`token_weights` of the
+  completions, moved along) and, for the sequence ratio, `segments`.
   Measurements are sums over masked tokens (keys end in '_sum') so that they
   can be added across micro-batches and divided by the token count once.
   """
-  ratio = importance_ratio(logp_NxT, old_logp_NxT, mask_NxT, cfg.ratio)
-  adv = adv_N[:, None].astype(jnp.float32)
+  ratio = importance_ratio(logp_NxT, old_logp_NxT, mask_NxT, cfg.ratio, segments)
+  adv = adv_N.astype(jnp.float32)
+  adv = adv if adv.shape == logp_NxT.shape else adv[:, None]
   clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
   surrogate = jnp.minimum(ratio * adv, clipped * adv)
   if cfg.dual_clip > 1.0:
@@ -166,7 +187,9 @@ def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array,
     kl = kl_divergence(logp_NxT, ref_logp_NxT, cfg.kl_estimator)
     per_token = per_token + cfg.beta * kl
     metrics['kl_sum'] = masked_sum(kl, mask_NxT)
-  return aggregate(per_token, mask_NxT, cfg.loss_agg, norm), metrics
+  if weights_NxT is None:
+    weights_NxT = token_weights(mask_NxT, cfg.loss_agg, norm)
+  return masked_sum(per_token * weights_NxT, mask_NxT), metrics
 
 
 def dynamic_sampling_slots(count: jax.Array, valid_B: jax.Array, capacity: int

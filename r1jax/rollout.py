@@ -1,10 +1,23 @@
 """Batched group sampling: prefill each prompt once, decode G samples of it.
 
-  prompts [B, P] (left-padded) ──prefill──▶ KV cache [L, B, K, P+T, H]
-        ──repeat G──▶ [L, B·G, K, P+T, H] ──lax.while_loop decode──▶ completions [B·G, T]
+  prompts [B, P] (left-padded) ──prefill──▶ prompt KV [L, B, K, P, H]
+    static:     ──repeat G──▶ cache [L, B·G, K, P+T, H] ──lax.while_loop decode──▶ [B·G, T]
+    continuous: Z decode slots, cache [L, Z, K, P+T, H]; a slot whose sample
+                ends takes the next pending one (its prompt's KV copied in)
 
-The loop stops when every sequence has emitted an EOS id or T = max_new_tokens
-tokens exist. Row n = b·G + g is sample g of prompt b.
+Row n = b·G + g of the outputs is sample g of prompt b, whichever way it was
+decoded. The static loop stops when every sequence has emitted an EOS id or
+T = max_new_tokens tokens exist: rows that finished early are decoded (and
+discarded) until the longest one ends. With `slots` Z < B·G the rollout is
+continuously batched: Z rows are decoded per step, and when a slot's sample
+emits EOS or reaches its budget the slot is refilled from the queue of
+pending samples inside the same `lax.while_loop`, so the decode work follows
+the tokens generated rather than B·G × the longest sample.
+
+Randomness is per sample: token t of sample n is drawn with
+fold_in(fold_in(key, n), t). A sample's tokens therefore do not depend on the
+row or slot it is decoded in, nor on the slot count or the chunking: the
+continuous sampler reproduces the static one token for token.
 
 Log-probs returned with the tokens are log softmax(logits / temperature) of the
 sampled token — the distribution before top-p/top-k truncation, which is what
@@ -32,8 +45,8 @@ class Rollout(NamedTuple):
   tokens_NxT: jax.Array  # int32 completion tokens, pad_id after the end
   mask_NxT: jax.Array  # bool, True up to and including the EOS
   logp_NxT: jax.Array  # float32 log π(token) (see module doc), 0 where masked
-  truncated_N: jax.Array  # bool: no EOS within max_new_tokens
-  num_steps: jax.Array  # int32: decode steps actually run (≤ T)
+  truncated_N: jax.Array  # bool: no EOS within max_new_tokens (or the budget)
+  num_steps: jax.Array  # int32: decode steps actually run
 
 
 def filter_logits(logits_NxV: jax.Array, top_p: float, top_k: int) -> jax.Array:
@@ -53,9 +66,16 @@ def filter_logits(logits_NxV: jax.Array, top_p: float, top_k: int) -> jax.Array:
   return logits_NxV
 
 
-def sample_logits(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
+def token_keys(key: jax.Array, sample_N: jax.Array, t_N: jax.Array) -> jax.Array:
+  """The key of token t of sample n, one per row: fold_in(fold_in(key, n), t)."""
+  return jax.vmap(lambda n, t: jax.random.fold_in(jax.random.fold_in(key, n), t))(
+      sample_N, jnp.broadcast_to(t_N, sample_N.shape))
+
+
+def sample_logits(logits_NxV: jax.Array, keys_N: jax.Array, cfg: SamplingConfig
                   ) -> tuple[jax.Array, jax.Array]:
-  """Next tokens [N] and their log-probs [N] (see module doc)."""
+  """Next tokens [N] and their log-probs [N] (see module doc); row i draws
+  with keys_N[i]."""
   logits_NxV = logits_NxV.astype(jnp.float32)
   if cfg.temperature == 0:
     tokens = jnp.argmax(logits_NxV, axis=-1)
@@ -63,50 +83,87 @@ def sample_logits(logits_NxV: jax.Array, key: jax.Array, cfg: SamplingConfig
   else:
     scaled = logits_NxV / cfg.temperature
     logp_all = jax.nn.log_softmax(scaled, axis=-1)
-    tokens = jax.random.categorical(key, filter_logits(scaled, cfg.top_p, cfg.top_k))
+    tokens = jax.vmap(jax.random.categorical)(
+        keys_N, filter_logits(scaled, cfg.top_p, cfg.top_k))
   logp = jnp.take_along_axis(logp_all, tokens[:, None], axis=-1)[:, 0]
   return tokens.astype(jnp.int32), logp
 
 
+class _Out(NamedTuple):
+  """The outputs being written, one row per sample."""
+  tokens_NxT: jax.Array
+  mask_NxT: jax.Array
+  logp_NxT: jax.Array
+  done_N: jax.Array  # EOS emitted or budget reached
+
+  def emit(self, n_Z, t_Z, token_Z, logp_Z, write_Z, eos, budget_N):
+    """Token t of sample n for the rows where `write`; n may be out of range
+    (ignored). Returns the outputs and whether each written sample ended."""
+    n = jnp.where(write_Z, n_Z, self.done_N.shape[0])  # out of range: dropped
+    ended = jnp.isin(token_Z, eos) | (t_Z + 1 >= budget_N.at[n].get(mode='fill', fill_value=1))
+    return _Out(self.tokens_NxT.at[n, t_Z].set(token_Z, mode='drop'),
+                self.mask_NxT.at[n, t_Z].set(True, mode='drop'),
+                self.logp_NxT.at[n, t_Z].set(logp_Z, mode='drop'),
+                self.done_N.at[n].set(ended, mode='drop')), ended
+
+
 def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-             key: jax.Array, cfg: SamplingConfig, group_size: int = 1) -> Rollout:
-  """Samples `group_size` completions for each prompt; see the module doc."""
+             key: jax.Array, cfg: SamplingConfig, group_size: int = 1, *,
+             slots: int = 0, sample_ids_N: jax.Array | None = None,
+             budget_N: jax.Array | None = None) -> Rollout:
+  """Samples `group_size` completions for each prompt; see the module doc.
+
+  slots: decode slots; 0 (or ≥ B·G) decodes all B·G samples as one static
+    batch, fewer batches them continuously.
+  sample_ids_N: the samples' indices for their random keys (default
+    0..B·G-1; a chunk of a larger batch passes its rows' global indices).
+  budget_N: per-sample limits on new tokens (≤ max_new_tokens): a sample
+    ends at its budget as at T (what benchmarks use to draw length
+    distributions)."""
   B, P = prompt_BxP.shape
   G, T = group_size, cfg.max_new_tokens
-  N, S = B * G, P + T
-  slots = jnp.arange(S)
+  N = B * G
+  ids_N = jnp.arange(N, dtype=jnp.int32) if sample_ids_N is None else sample_ids_N
+  budget_N = (jnp.full((N,), T, jnp.int32) if budget_N is None
+              else jnp.minimum(budget_N.astype(jnp.int32), T))
 
   prompt_mask_BxP = prompt_mask_BxP.astype(bool)
   prompt_len_B = prompt_mask_BxP.sum(axis=1)
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
-  prefix_mask_BxS = jnp.pad(prompt_mask_BxP, ((0, 0), (0, T)))
-  cache = model.init_cache(B, S)
-  hidden, cache = model.hidden(prompt_BxP, positions_BxT=positions_BxP, cache=cache,
-                               cache_index=0, cache_mask_BxS=prefix_mask_BxS)
+  hidden, prefix = model.hidden(prompt_BxP, positions_BxT=positions_BxP,
+                                cache=model.init_cache(B, P), cache_index=0,
+                                cache_mask_BxS=prompt_mask_BxP)
   logits_BxV = model.logits_from_hidden(hidden[:, -1:])[:, 0]
-
-  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
-  cache = {k: rep(v, axis=1) for k, v in cache.items()}
-  prefix_mask_NxS, prompt_len_N = rep(prefix_mask_BxS), rep(prompt_len_B)
+  # Token 0 of every sample comes from its prompt's last position.
+  token0_N, logp0_N = sample_logits(jnp.repeat(logits_BxV, G, axis=0),
+                                    token_keys(key, ids_N, jnp.int32(0)), cfg)
   eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+  out = _Out(jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), bool),
+             jnp.zeros((N, T), jnp.float32), jnp.zeros((N,), bool))
+  args = (model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N, logp0_N,
+          ids_N, budget_N, eos, out)
+  if 0 < slots < N:
+    return _continuous(slots, *args)
+  return _static(*args)
 
-  def emit(t, token_N, logp_N, state):
-    tokens, mask, logp, done = state
-    token_N = jnp.where(done, cfg.pad_id, token_N)
-    tokens = tokens.at[:, t].set(token_N)
-    mask = mask.at[:, t].set(~done)
-    logp = logp.at[:, t].set(jnp.where(done, 0.0, logp_N))
-    done = done | jnp.isin(token_N, eos)
-    return tokens, mask, logp, done
 
-  token_N, logp_N = sample_logits(rep(logits_BxV), jax.random.fold_in(key, 0), cfg)
-  out = emit(0, token_N, logp_N, (jnp.full((N, T), cfg.pad_id, jnp.int32),
-                                  jnp.zeros((N, T), bool), jnp.zeros((N, T), jnp.float32),
-                                  jnp.zeros((N,), bool)))
+def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N, logp0_N,
+            ids_N, budget_N, eos, out):
+  N, T = out.tokens_NxT.shape
+  P = prompt_mask_BxP.shape[1]
+  all_N = jnp.arange(N)
+  slots = jnp.arange(P + T)
+  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
+  cache = {k: rep(jnp.pad(v, ((0, 0),) * 3 + ((0, T), (0, 0))), axis=1)
+           for k, v in prefix.items()}
+  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, T))))
+  prompt_len_N = rep(prompt_len_B)
+  out, _ = out.emit(all_N, jnp.zeros((N,), jnp.int32), token0_N, logp0_N,
+                    jnp.ones((N,), bool), eos, budget_N)
 
   def cond(carry):
     t, _, _, out = carry
-    return (t < T) & ~jnp.all(out[3])
+    return (t < T) & ~jnp.all(out.done_N)
 
   def body(carry):
     t, cache, last_N, out = carry
@@ -115,32 +172,108 @@ def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
     hidden, cache = model.hidden(last_N[:, None], positions_BxT=(prompt_len_N + t - 1)[:, None],
                                  cache=cache, cache_index=P + t - 1, cache_mask_BxS=cache_mask)
     logits = model.logits_from_hidden(hidden)[:, 0]
-    token, logp = sample_logits(logits, jax.random.fold_in(key, t), cfg)
-    out = emit(t, token, logp, out)
-    return t + 1, cache, out[0][:, t], out
+    token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
+    out, _ = out.emit(all_N, jnp.full((N,), t), token, logp, ~out.done_N, eos, budget_N)
+    return t + 1, cache, token, out
 
-  t, _, _, (tokens, mask, logp, done) = jax.lax.while_loop(
-      cond, body, (jnp.int32(1), cache, out[0][:, 0], out))
-  truncated = ~done
-  return Rollout(tokens, mask, logp, truncated, t)
+  t, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token0_N, out))
+  return Rollout(out.tokens_NxT, out.mask_NxT, out.logp_NxT, ~_eos_seen(out, eos), t)
+
+
+def _eos_seen(out: _Out, eos) -> jax.Array:
+  return jnp.any(jnp.isin(out.tokens_NxT, eos) & out.mask_NxT, axis=1)
+
+
+class _Slots(NamedTuple):
+  """The continuous sampler's state, one row per decode slot (Z)."""
+  cache: dict  # k, v [L, Z, K, P+T, H]
+  valid_ZxS: jax.Array  # bool: the key slots each slot's sample attends to
+  sample_Z: jax.Array  # int32: the sample in the slot (N: none)
+  t_Z: jax.Array  # int32: tokens that sample has emitted
+  last_Z: jax.Array  # int32: its last token (fed next)
+  live_Z: jax.Array  # bool: still generating
+  queued: jax.Array  # int32: samples handed to slots so far (the queue's head)
+  steps: jax.Array  # int32: decode steps run
+  out: _Out
+
+
+def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N,
+                logp0_N, ids_N, budget_N, eos, out):
+  N, T = out.tokens_NxT.shape
+  B, P = prompt_mask_BxP.shape
+  all_Z = jnp.arange(Z)
+  cache_slots = jnp.arange(P + T)
+
+  def refill(s: _Slots) -> _Slots:
+    """Free slots take the next pending samples, in queue order: the
+    prompt's KV and mask are copied in and token 0 (drawn from the prefill)
+    is emitted."""
+    free = ~s.live_Z
+    head = s.queued + jnp.cumsum(free) - 1
+    take = free & (head < N)
+    n = jnp.where(take, head, N)
+    b = jnp.minimum(n // G, B - 1)
+    dst = jnp.where(take, all_Z, Z)  # out of range: untouched
+    cache = {k: v.at[:, dst, :, :P].set(prefix[k][:, b], mode='drop') for k, v in s.cache.items()}
+    row_mask = jnp.pad(prompt_mask_BxP[b], ((0, 0), (0, T)))
+    valid = jnp.where(take[:, None], row_mask, s.valid_ZxS)
+    n_c = jnp.minimum(n, N - 1)
+    token = token0_N[n_c]
+    out, ended = s.out.emit(n, jnp.zeros((Z,), jnp.int32), token, logp0_N[n_c], take, eos,
+                            budget_N)
+    return _Slots(cache, valid, jnp.where(take, n, jnp.where(s.live_Z, s.sample_Z, N)),
+                  jnp.where(take, 1, s.t_Z), jnp.where(take, token, s.last_Z),
+                  jnp.where(take, ~ended, s.live_Z), s.queued + take.sum(), s.steps, out)
+
+  def can_refill(s: _Slots):
+    return jnp.any(~s.live_Z) & (s.queued < N)
+
+  def refill_all(s: _Slots) -> _Slots:
+    # A sample can end at token 0; its slot takes another at once.
+    return jax.lax.while_loop(can_refill, refill, s)
+
+  def decode(s: _Slots) -> _Slots:
+    idx_Z = P + jnp.maximum(s.t_Z, 1) - 1  # the slot of the token fed
+    valid = s.valid_ZxS | (cache_slots[None] == idx_Z[:, None])
+    b = jnp.minimum(s.sample_Z // G, B - 1)
+    hidden, cache = model.hidden(s.last_Z[:, None], positions_BxT=(prompt_len_B[b] + idx_Z - P)[:, None],
+                                 cache=s.cache, cache_index=idx_Z, cache_mask_BxS=valid)
+    logits = model.logits_from_hidden(hidden)[:, 0]
+    n_c = jnp.minimum(s.sample_Z, N - 1)
+    token, logp = sample_logits(logits, token_keys(key, ids_N[n_c], s.t_Z), cfg)
+    out, ended = s.out.emit(s.sample_Z, s.t_Z, token, logp, s.live_Z, eos, budget_N)
+    return _Slots(cache, valid, s.sample_Z, s.t_Z + 1, token, s.live_Z & ~ended, s.queued,
+                  s.steps + 1, out)
+
+  cache = model.init_cache(Z, P + T)
+  s = _Slots(cache, jnp.zeros((Z, P + T), bool), jnp.full((Z,), N, jnp.int32),
+             jnp.zeros((Z,), jnp.int32), jnp.zeros((Z,), jnp.int32), jnp.zeros((Z,), bool),
+             jnp.int32(0), jnp.int32(1), out)
+  s = refill_all(s)
+  s = jax.lax.while_loop(lambda s: jnp.any(s.live_Z) | (s.queued < N),
+                         lambda s: refill_all(decode(s)), s)
+  out = s.out
+  return Rollout(out.tokens_NxT, out.mask_NxT, out.logp_NxT, ~_eos_seen(out, eos), s.steps)
 
 
 def generate_in_chunks(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                        key: jax.Array, cfg: SamplingConfig, group_size: int = 1,
-                       chunks: int = 1) -> Rollout:
+                       chunks: int = 1, slots: int = 0) -> Rollout:
   """`generate` on the prompts in `chunks` sequential parts, each with its own
   KV cache, so the cache's peak is 1/chunks of the whole batch's (R1's
   rollout of 512 prompts x 16 samples x 33k tokens). Chunk r takes prompts
   r, r+R, r+2R, …: with the batch split over devices in contiguous runs, each
-  chunk is spread over every device and nothing moves between them. Chunk r
-  samples with fold_in(key, r); the rows come back in prompt order."""
+  chunk is spread over every device and nothing moves between them. Samples
+  keep their global indices for their keys, so the tokens are the whole
+  batch's; the rows come back in prompt order. `slots` applies per chunk."""
   if chunks == 1:
-    return generate(model, prompt_BxP, prompt_mask_BxP, key, cfg, group_size)
+    return generate(model, prompt_BxP, prompt_mask_BxP, key, cfg, group_size, slots=slots)
   B, R, G = prompt_BxP.shape[0], chunks, group_size
   part = lambda x: jnp.swapaxes(x.reshape(B // R, R, *x.shape[1:]), 0, 1)  # noqa: E731
+  ids = part(jnp.arange(B * G, dtype=jnp.int32).reshape(B, G)).reshape(R, -1)
   ro = jax.lax.map(
-      lambda a: generate(model, a[0], a[1], jax.random.fold_in(key, a[2]), cfg, G),
-      (part(prompt_BxP), part(prompt_mask_BxP), jnp.arange(R)))
+      lambda a: generate(model, a[0], a[1], key, cfg, G, slots=slots, sample_ids_N=a[2]),
+      (part(prompt_BxP), part(prompt_mask_BxP), ids))
   # [R, B/R·G, …] -> [B·G, …]: row n continues prompt n // G, as in generate.
   whole = lambda x: jnp.swapaxes(x.reshape(R, B // R, G, *x.shape[2:]), 0, 1).reshape(  # noqa: E731
       B * G, *x.shape[2:])

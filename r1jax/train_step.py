@@ -29,7 +29,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax import grpo, kernels, sharding as shd
+from r1jax import grpo, kernels, packing, sharding as shd
 from r1jax.models import Decoder
 from r1jax.rewards import CORRECTNESS, overlong_penalty
 from r1jax.rollout import SamplingConfig, generate_in_chunks
@@ -60,6 +60,11 @@ class StepConfig(NamedTuple):
   # The rollout's prompts in this many sequential chunks (each with its own KV
   # cache, so the cache's peak is 1/R of the batch's); 1: all at once.
   rollout_chunks: int = 1
+  decode_slots: int = 0  # per chunk; 0: a static batch (rollout.generate)
+  # Teacher-forced passes over packed rows (r1jax/packing.py), `pack_rows`
+  # rows per forward: as many forwards as the packed tokens need.
+  pack: bool = False
+  pack_rows: int = 0  # 0: a quarter of a padded micro-batch's samples
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -84,7 +89,8 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       minibatches=rl.minibatches, grad_accum=rl.grad_accum, mask_truncated=rl.mask_truncated,
       reference_reset_every=rl.reference_reset_every,
       dynamic_sampling_attempts=rl.dynamic_sampling_attempts, overlong=overlong,
-      logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks)
+      logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks,
+      decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows)
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
@@ -115,6 +121,23 @@ class Batch(NamedTuple):
 # ---------------------------------------------------------------- log-probs
 
 
+def _head_logprobs(model: Decoder, h_NxTxD: jax.Array, targets_NxT: jax.Array,
+                   temperature: float, impl: str, with_entropy: bool,
+                   mesh: jax.sharding.Mesh | None):
+  N, T, D = h_NxTxD.shape
+  h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
+  if mesh is not None and model.cfg.vocab_size % mesh.shape.get('tensor', 1):
+    # An uneven vocabulary split: left to XLA's partitioner, which cannot
+    # partition a Pallas kernel, so the pure-JAX path.
+    mesh, impl = None, 'naive' if impl == 'naive' else 'chunked'
+  out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),
+                               targets_NxT.reshape(N * T), impl=impl,
+                               with_entropy=with_entropy, mesh=mesh)
+  if with_entropy:
+    return out[0].reshape(N, T), out[1].reshape(N, T)
+  return out.reshape(N, T)
+
+
 def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                         tokens_NxT: jax.Array, temperature: float, impl: str = 'auto',
                         with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None):
@@ -123,23 +146,21 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
   With a mesh whose 'tensor' axis divides the vocabulary, the LM head runs
   per device under shard_map, vocab-parallel (kernels/vocab_parallel.py)."""
   B = prompt_BxP.shape[0]
-  N, T = tokens_NxT.shape
+  N = tokens_NxT.shape[0]
   # The last prompt position predicts token 0, completion position t token t+1.
   h_last_BxD, h_rest = model.hidden_with_prefix(prompt_BxP, prompt_mask_BxP,
                                                 tokens_NxT[:, :-1])
   h_NxTxD = jnp.concatenate([jnp.repeat(h_last_BxD[:, None], N // B, axis=0), h_rest], axis=1)
-  h_NxTxD = h_NxTxD / jnp.asarray(temperature or 1.0, h_NxTxD.dtype)
-  D = h_NxTxD.shape[-1]
-  if mesh is not None and model.cfg.vocab_size % mesh.shape.get('tensor', 1):
-    # An uneven vocabulary split: left to XLA's partitioner, which cannot
-    # partition a Pallas kernel, so the pure-JAX path.
-    mesh, impl = None, 'naive' if impl == 'naive' else 'chunked'
-  out = kernels.token_logprobs(h_NxTxD.reshape(N * T, D), model.head_weight(),
-                               tokens_NxT.reshape(N * T), impl=impl,
-                               with_entropy=with_entropy, mesh=mesh)
-  if with_entropy:
-    return out[0].reshape(N, T), out[1].reshape(N, T)
-  return out.reshape(N, T)
+  return _head_logprobs(model, h_NxTxD, tokens_NxT, temperature, impl, with_entropy, mesh)
+
+
+def packed_logprobs(model: Decoder, rows: packing.Rows, temperature: float, impl: str = 'auto',
+                    with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None):
+  """log π of every slot's target [R, L] over packed rows (r1jax/packing.py;
+  0-padded slots give values that are never read), and the entropy."""
+  h, _ = model.hidden(rows.tokens_RxL, positions_BxT=rows.positions_RxL,
+                      segment_ids_BxT=rows.segments_RxL)
+  return _head_logprobs(model, h, rows.targets_RxL, temperature, impl, with_entropy, mesh)
 
 
 # ---------------------------------------------------------------- rewards
@@ -245,7 +266,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   def rollout_and_score(params, prompt, prompt_mask, ids, key):
     with shd.activation_rules(mesh, shd.SAMPLE_RULES):
       ro = generate_in_chunks(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
-                              cfg.sampling, G, cfg.rollout_chunks)
+                              cfg.sampling, G, cfg.rollout_chunks, cfg.decode_slots)
     rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
     if cfg.overlong:
       lengths = ro.mask_NxT.sum(axis=1)
@@ -297,11 +318,54 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
                                  g['tokens'].reshape(N, -1), tau, impl=cfg.logprob_impl,
                                  with_entropy=with_entropy, mesh=mesh)
 
-  def no_grad_logprobs(params, g):
-    """Per micro-batch (bounded memory), back in [B, G, T] layout."""
-    parts = _split_prompts(g, M * A)
-    out = jax.lax.map(lambda p: logprobs(params, p).reshape(p['tokens'].shape), parts)
+  def no_grad_logprobs(params, g, rows_M=None):
+    """Per micro-batch (bounded memory), back in [B, G, T] layout; packed:
+    per minibatch, as many forwards as its rows need."""
+    if rows_M is None:
+      parts = _split_prompts(g, M * A)
+      out = jax.lax.map(lambda p: logprobs(params, p).reshape(p['tokens'].shape), parts)
+      return jax.lax.stop_gradient(out.reshape(g['tokens'].shape))
+
+    def one(args):
+      p, rows = args
+      forwards, count = split_rows(rows)
+
+      def body(i, buf):
+        return buf.at[i].set(packed(params, forwards.index(i)))
+
+      buf = jax.lax.fori_loop(0, count, body, jnp.zeros(forwards.tokens_RxL.shape, jnp.float32))
+      return packing.from_rows(buf.reshape(rows.tokens_RxL.shape), rows).reshape(
+          p['tokens'].shape)
+
+    out = jax.lax.map(one, (_split_prompts(g, M), rows_M))
     return jax.lax.stop_gradient(out.reshape(g['tokens'].shape))
+
+  # ------------------------------------------------ packed teacher-forced passes
+
+  def pack_minibatches(groups):
+    """Each minibatch's sequences packed into rows (leading M axis)."""
+    def one(p):
+      n = p['tokens'].shape[0] * G
+      return packing.pack(p['prompt'], p['prompt_mask'], p['tokens'].reshape(n, -1),
+                          p['mask'].reshape(n, -1), n)
+    return jax.lax.map(one, _split_prompts(groups, M))
+
+  def split_rows(rows, *more):
+    """Rows (and per-slot arrays) as [F, m, L]: F forwards of m rows, and the
+    number of forwards that hold rows."""
+    R, L = rows.tokens_RxL.shape
+    m = cfg.pack_rows or (R // (4 * A) if R % (4 * A) == 0 else R // A)
+    sharded = NamedSharding(mesh, P(None, BATCH_AXES))
+    split = lambda x: jax.lax.with_sharding_constraint(x.reshape(R // m, m, L), sharded)  # noqa: E731
+    fields = _Forwards(split(rows.tokens_RxL), split(rows.targets_RxL),
+                       split(rows.positions_RxL), split(rows.segments_RxL))
+    return (fields, (rows.rows + m - 1) // m) + tuple(jax.tree.map(split, x) for x in more)
+
+  def packed(params, forward, with_entropy=False):
+    model = model_with(params, shd.TRAIN_RULES)
+    with shd.activation_rules(mesh, shd.TRAIN_RULES):
+      return packed_logprobs(model, forward.rows(), tau, impl=cfg.logprob_impl,
+                             with_entropy=with_entropy, mesh=mesh)
 
   def step(state: TrainState, batch: Batch):
     key = jax.random.wrap_key_data(state.rng)
@@ -312,11 +376,12 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       mask = mask & ~groups['truncated'][..., None]
     adv = grpo.advantages(groups['rewards'], weights, cfg.advantage, cfg.per_reward_norm)
     data = dict(groups, loss_mask=mask, adv=adv)
+    rows_M = pack_minibatches(groups) if cfg.pack else None
     if state.ref_params is not None:
-      data['ref_logp'] = no_grad_logprobs(state.ref_params, groups)
+      data['ref_logp'] = no_grad_logprobs(state.ref_params, groups, rows_M)
     stale = mu * M > 1  # some update sees a policy other than the sampler
     if stale:
-      data['old_logp'] = no_grad_logprobs(state.params, groups)
+      data['old_logp'] = no_grad_logprobs(state.params, groups, rows_M)
 
     def micro_loss(params, mb, norm):
       logp, entropy = logprobs(params, mb, with_entropy=True)
@@ -328,19 +393,51 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       metrics['entropy_sum'] = grpo.masked_sum(jax.lax.stop_gradient(entropy), m_NxT)
       return loss, metrics
 
+    def packed_micro_loss(params, forward, per_slot, num_samples):
+      logp, entropy = packed(params, forward, with_entropy=True)
+      m = per_slot['loss_mask']
+      old = per_slot['old_logp'] if stale else jax.lax.stop_gradient(logp)
+      loss, metrics = grpo.policy_loss(
+          logp, old, per_slot.get('ref_logp'), per_slot['adv'], m, cfg.loss,
+          weights_NxT=per_slot['weights'], segments=(forward.segments_RxL, num_samples + 1))
+      metrics['entropy_sum'] = grpo.masked_sum(jax.lax.stop_gradient(entropy), m)
+      return loss, metrics
+
+    def packed_grads(params, mb, rows, m_mask, norm):
+      """The update's loss and gradient over its packed rows: a sum over the
+      forwards that hold rows (the per-token weights carry the normalisers)."""
+      n, T = m_mask.shape
+      to = lambda x, fill=0.0: packing.to_rows(x.reshape(n, T), rows, fill)  # noqa: E731
+      per_slot = dict(loss_mask=to(m_mask, False),
+                      adv=to(jnp.broadcast_to(mb['adv'].reshape(n, 1), (n, T))),
+                      weights=to(grpo.token_weights(m_mask, cfg.loss.loss_agg, norm)))
+      for k in ('old_logp', 'ref_logp'):
+        if k in mb:
+          per_slot[k] = to(mb[k])
+      forwards, count, per_slot = split_rows(rows, per_slot)
+      grad_fn = lambda i: jax.value_and_grad(packed_micro_loss, has_aux=True)(  # noqa: E731
+          params, forwards.index(i), jax.tree.map(lambda x: x[i], per_slot), n)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, 0))
+      return jax.lax.fori_loop(0, count, lambda i, acc: jax.tree.map(jnp.add, acc, grad_fn(i)),
+                               zeros)
+
     def update(carry, index):
       params, opt_state = carry
       mb = jax.tree.map(lambda x: x[index % M], _split_prompts(data, M))
       m_mask = mb['loss_mask'].reshape(-1, mb['loss_mask'].shape[-1])
       norm = grpo.Normalisers(m_mask.shape[0], jnp.maximum(m_mask.sum(), 1), m_mask.shape[1])
 
-      grad_fn = lambda micro: jax.value_and_grad(micro_loss, has_aux=True)(  # noqa: E731
-          params, micro, norm)
-      micros = _split_prompts(mb, A)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
-      ((loss, metrics), grads), _ = jax.lax.scan(
-          lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
+      if rows_M is not None:
+        rows = jax.tree.map(lambda x: x[index % M], rows_M)
+        (loss, metrics), grads = packed_grads(params, mb, rows, m_mask, norm)
+      else:
+        grad_fn = lambda micro: jax.value_and_grad(micro_loss, has_aux=True)(  # noqa: E731
+            params, micro, norm)
+        micros = _split_prompts(mb, A)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
+        ((loss, metrics), grads), _ = jax.lax.scan(
+            lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
       grad_norm = optax.tree.norm(grads)
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
@@ -365,6 +462,20 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   data_sharding = Batch(batch_sharding, batch_sharding, batch_sharding)
   return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, data_sharding),
                  out_shardings=(state_shardings, None))
+
+
+class _Forwards(NamedTuple):
+  """Packed rows split into forwards: [F, m, L] each."""
+  tokens_RxL: jax.Array
+  targets_RxL: jax.Array
+  positions_RxL: jax.Array
+  segments_RxL: jax.Array
+
+  def index(self, i) -> '_Forwards':
+    return _Forwards(*(x[i] for x in self))
+
+  def rows(self) -> packing.Rows:
+    return packing.Rows(*self, slot_NxT=None, rows=None)
 
 
 def _all_finite(tree) -> jax.Array:

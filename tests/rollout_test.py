@@ -6,7 +6,8 @@ import pytest
 from scipy import stats
 
 from r1jax import models
-from r1jax.rollout import SamplingConfig, filter_logits, generate, sample_logits
+from r1jax.rollout import (SamplingConfig, filter_logits, generate, generate_in_chunks,
+                           sample_logits)
 from r1jax.train_step import completion_logprobs
 
 
@@ -80,7 +81,7 @@ def test_top_k_and_top_p_never_emit_excluded_tokens():
   for cfg, allowed in [(SamplingConfig(1, top_k=2), {0, 1}),
                        (SamplingConfig(1, top_p=0.85), {0, 1, 2}),
                        (SamplingConfig(1, top_p=0.9, top_k=2), {0, 1})]:
-    tokens, _ = sample_logits(many, jax.random.key(0), cfg)
+    tokens, _ = sample_logits(many, jax.random.split(jax.random.key(0), len(many)), cfg)
     assert set(np.unique(np.asarray(tokens)).tolist()) == allowed
 
 
@@ -115,17 +116,44 @@ def test_deterministic_for_a_fixed_key(model):
 
 def test_a_rollout_in_chunks_equals_the_whole_batch():
   """Issue 13.6: rl.rollout_chunks samples the prompts in sequential chunks
-  (one KV cache at a time); greedy tokens and log-probs are the whole
-  batch's, rows in prompt order."""
-  from r1jax.rollout import generate_in_chunks
+  (one KV cache at a time); with per-sample keys the sampled tokens and
+  log-probs are the whole batch's, rows in prompt order."""
   model = models.create(models.get_preset('tiny'), seed=0)
   r = np.random.default_rng(0)
   prompt = jnp.asarray(r.integers(3, 500, (6, 12)), jnp.int32)
   mask = jnp.asarray(np.arange(12)[None] >= r.integers(0, 6, (6, 1)))
-  cfg = SamplingConfig(max_new_tokens=10, temperature=0.0, eos_ids=(), pad_id=0)
+  cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, eos_ids=(), pad_id=0)
   whole = generate(model, prompt, mask, jax.random.key(0), cfg, 2)
   chunked = jax.jit(lambda p, m: generate_in_chunks(model, p, m, jax.random.key(0), cfg, 2, 3))(
       prompt, mask)
   np.testing.assert_array_equal(chunked.tokens_NxT, whole.tokens_NxT)
   np.testing.assert_allclose(chunked.logp_NxT, whole.logp_NxT, atol=1e-5)
   np.testing.assert_array_equal(chunked.mask_NxT, whole.mask_NxT)
+
+
+@pytest.mark.parametrize('T', [12, 150])  # 150: decode over cache blocks (> 128 slots)
+def test_continuous_batching_reproduces_the_static_sampler_token_for_token(model, T):
+  """Issue 13.4: with fewer decode slots than samples, slots are refilled
+  from the queue as samples end (EOS or their budget); every sample's tokens
+  are the static batch's for the same key, whatever the slot count, and the
+  steps run follow the tokens generated."""
+  prompt, mask = _prompts()
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(5, 9, 11),
+                       pad_id=1)
+  G = 4
+  budget = jnp.asarray(np.random.default_rng(2).integers(1, T + 1, 3 * G))
+  run = jax.jit(lambda p, m, slots: generate(model, p, m, jax.random.key(3), cfg, G,
+                                             slots=slots, budget_N=budget),
+                static_argnums=2)
+  ref = run(prompt, mask, 0)
+  lengths = np.asarray(ref.mask_NxT.sum(1))
+  assert len(set(lengths.tolist())) > 4 and (lengths <= np.asarray(budget)).all()
+  assert int(ref.num_steps) == lengths.max()
+  for slots in (1, 5, 11):
+    ro = run(prompt, mask, slots)
+    np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
+    np.testing.assert_array_equal(ro.mask_NxT, ref.mask_NxT)
+    np.testing.assert_array_equal(ro.truncated_N, ref.truncated_N)
+    np.testing.assert_allclose(ro.logp_NxT, ref.logp_NxT, atol=1e-5)
+    if slots == 1:  # one sample at a time: token 0 comes from the prefill
+      assert int(ro.num_steps) == 1 + (lengths - 1).sum()

@@ -22,8 +22,9 @@ def even_share(tokens, mask, ids):
 def _setup(mesh=None, host_fn=even_share, lr=1e-3, prompts=B, optimizer=None, **kw):
   mesh = mesh or shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   cfg = ts.StepConfig(
-      group_size=G, sampling=SamplingConfig(max_new_tokens=T, temperature=1.0),
-      loss=grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=kw.pop('names', ('even',)),
+      group_size=G, sampling=SamplingConfig(max_new_tokens=kw.pop('max_new_tokens', T),
+                                            temperature=1.0, eos_ids=kw.pop('eos_ids', ())),
+      loss=kw.pop('loss', None) or grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=kw.pop('names', ('even',)),
       reward_weights=(1.0,), **kw)
   model = models.create(models.get_preset('tiny', vocab_size=V), seed=0, mesh=mesh)
   optimizer = optimizer or optax.adam(lr)
@@ -134,11 +135,11 @@ def single_device_step():
   return _sharded_run(None)
 
 
-def _sharded_run(mesh):
+def _sharded_run(mesh, **kw):
   # SGD, so parameter differences are gradient differences (Adam's 1/sqrt(v)
   # would amplify reduction-order noise in near-zero gradients).
   step, state, batch, _ = _setup(mesh=mesh, prompts=8, num_iterations=2,
-                                 optimizer=optax.sgd(1.0))
+                                 optimizer=optax.sgd(1.0), **kw)
   state, m = step(state, batch)
   if mesh is not None:
     shd.check_sharded(state.params, mesh, tolerance=0.05)
@@ -155,6 +156,41 @@ def test_sharded_step_equals_single_device(shape, single_device_step):
   np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_continuously_batched_sharded_step_equals_the_static_one(single_device_step):
+  """rl.decode_slots: 8 slots (over a (2, 2, 2) mesh) for 32 samples give
+  the static batch's rollouts, loss and update."""
+  m1, p1 = single_device_step
+  m8, p8 = _sharded_run(shd.make_mesh(2, 2, 2), decode_slots=8)
+  # Each slot decodes 4 samples in turn; token 0 of each comes from the prefill.
+  assert int(m8['decode_steps']) == 1 + 4 * (T - 1)
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize('loss', [dict(), dict(ratio='sequence', loss_agg='token_mean')])
+def test_a_packed_step_equals_the_padded_one(loss):
+  """rl.pack: the reference, old-policy and update passes over packed rows
+  (completions of lengths 1-16 from EOS) give the padded step's loss,
+  measurements and parameters (μ 2, 2 minibatches, f32, SGD lr 0.1)."""
+  def run(pack):
+    step, state, batch, _ = _setup(prompts=8, num_iterations=2, minibatches=2,
+                                   optimizer=optax.sgd(0.1), eos_ids=tuple(range(3, V, 9)),
+                                   max_new_tokens=16, pack=pack, pack_rows=4,
+                                   loss=grpo.LossConfig(beta=0.04, **loss))
+    state, m = step(state, batch)
+    return jax.device_get(m), jax.device_get(state.params)
+
+  (m1, p1), (m2, p2) = run(False), run(True)
+  assert 1 < float(m1['length/mean']) < 15  # lengths vary
+  assert float(m1['clip_low'] + m1['clip_high']) > 0 and int(m1['nonfinite_skipped']) == 0
+  for k in ('loss', 'kl', 'ratio', 'clip_low', 'clip_high', 'entropy', 'grad_norm'):
+    np.testing.assert_allclose(m2[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_allclose(b, a, atol=1e-6)
 
 
 def test_step_config_from_config_runs():
@@ -200,6 +236,13 @@ def test_validation_of_rl_section():
   c.rl.update(prompts_per_step=4, group_size=4)
   with pytest.raises(rc.ConfigError, match='do not split over'):
     rc.validate_for_mesh(c, mesh)
+  c = rc.base_config()
+  c.rl.update(prompts_per_step=8, group_size=4, decode_slots=12)
+  with pytest.raises(rc.ConfigError, match='config.rl.decode_slots: 12 slots do not split'):
+    rc.validate_for_mesh(c, mesh)
+  c.rl.decode_slots = 33
+  with pytest.raises(rc.ConfigError, match='config.rl.decode_slots: 33 slots for 32 samples'):
+    rc.validate(c)
 
 
 def test_mu1_several_minibatches_use_sampling_policy_ratio():

@@ -137,14 +137,20 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   q_BxKxGxTxH = jnp.transpose(q.reshape(B, T, K, G, H), (0, 2, 3, 1, 4))
   if cache is not None:
     k_all, v_all, layer = cache
-    start = (layer, 0, 0, cache_index, 0)
-    k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
-    v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], start)
+    if jnp.ndim(cache_index):  # one slot per row (continuous batching; T = 1)
+      rows = jnp.arange(B)
+      k_all = k_all.at[layer, rows, :, cache_index].set(k_BxKxTxH[:, :, 0])
+      v_all = v_all.at[layer, rows, :, cache_index].set(v_BxKxTxH[:, :, 0])
+    else:
+      start = (layer, 0, 0, cache_index, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], start)
     cache = (k_all, v_all, layer)
     if T == 1 and cfg.attention != 'dense' and k_all.shape[3] > attn_lib.DECODE_BLOCK:
       # A decode step reads only the cache blocks filled so far (a cache of
       # one block is read whole, as the dense path does).
-      attn = attn_lib.decode(q_BxKxGxTxH, k_all, v_all, layer, mask.key_valid_BxS, cache_index)
+      attn = attn_lib.decode(q_BxKxGxTxH, k_all, v_all, layer, mask.key_valid_BxS,
+                             mask.q_offset)
       k_BxKxSxH = None
     else:
       k_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
@@ -210,14 +216,19 @@ class Decoder(nnx.Module):
              cache: Cache | None = None,
              cache_index: jax.Array | int = 0,
              cache_mask_BxS: jax.Array | None = None,
+             segment_ids_BxT: jax.Array | None = None,
              ) -> tuple[jax.Array, Cache | None]:
     """Final (normed) hidden states [B, T, D] and the updated cache.
 
     Without a cache: a full causal forward; `mask_BxT` marks real tokens
     (False for padding), positions default to the running count of real tokens.
+    With `segment_ids_BxT` (packed rows, r1jax/packing.py) a token attends only
+    to earlier tokens of its own segment; pass each token's position too.
     With a cache: the T tokens are written at slots [cache_index,
     cache_index + T) and attend to every earlier slot where `cache_mask_BxS` is
-    True (the caller keeps that mask; it must include the new slots).
+    True (the caller keeps that mask; it must include the new slots). For a
+    decode step (T = 1) `cache_index` may be [B], a slot per row; the mask
+    must then exclude every slot past the row's own.
     """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
@@ -230,11 +241,14 @@ class Decoder(nnx.Module):
     x = constrain(x, ('batch', 'length', 'act_embed'))
 
     if cache is None:
-      mask = attn_lib.Mask(mask_BxT.astype(bool), 0)
+      mask = attn_lib.Mask(mask_BxT.astype(bool), 0, segment_ids_BxT, segment_ids_BxT)
     else:
       if cache_mask_BxS is None:
         raise ValueError('hidden(): cache_mask_BxS is required with a cache')
-      mask = attn_lib.Mask(cache_mask_BxS.astype(bool), cache_index)
+      # A cache index per row (decode slots at different lengths) reads up to
+      # the furthest slot; each row's own limit is in its cache mask.
+      offset = jnp.max(cache_index) if jnp.ndim(cache_index) else cache_index
+      mask = attn_lib.Mask(cache_mask_BxS.astype(bool), offset)
 
     block = lambda w, x, c: _block(  # noqa: E731
         cfg, w, x, positions_BxT, mask, c, cache_index)[:2]
