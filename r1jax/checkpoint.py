@@ -38,6 +38,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from r1jax import workdir as wd
+
 DIGEST = 'r1jax-digest'
 _HANDLER_SET = False  # our jax.Array handler is registered with orbax
 
@@ -166,7 +168,9 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints; saves asynchronously."""
 
   def __init__(self, workdir: epath.PathLike, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    # Orbax's tensorstore writes need absolute local paths (a relative one,
+    # like the default workdir, fails the first save).
+    self.directory = wd.absolute(workdir) / 'checkpoints'
     # Replica-parallel saving splits each replicated shard over its replicas
     # with eager slices (one compile per leaf and shape: 9 s of a tiny model's
     # first save here). It pays only across hosts, and only for big arrays.

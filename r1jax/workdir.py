@@ -47,6 +47,11 @@ def is_local(path: epath.PathLike) -> bool:
   return '://' not in os.fspath(path)
 
 
+def absolute(path: epath.PathLike) -> epath.Path:
+  """A local path made absolute (against the working directory); URLs as they are."""
+  return epath.Path(os.path.abspath(path) if is_local(path) else path)
+
+
 MODEL = 'model'
 CHECKPOINTS = 'checkpoints'
 

@@ -17,8 +17,12 @@ def _config(tmp_path, tfds_dir, steps=3):
   return c
 
 
-def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, tfds_dir, capsys):
-  summary = launch.run(_config(tmp_path, tfds_dir))
+def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, tfds_dir, capsys,
+                                                                 monkeypatch):
+  # A relative workdir, as the default config's (orbax needs absolute paths).
+  monkeypatch.chdir(tmp_path)
+  relative = lambda c: c.update(workdir='run') or c  # noqa: E731
+  summary = launch.run(relative(_config(tmp_path, tfds_dir)))
   rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
   train = [r for r in rows if 'reward/total' in r]
   evals = [r for r in rows if 'eval/pass@1' in r]
@@ -33,7 +37,7 @@ def test_launch_runs_writes_metrics_and_checkpoints_then_resumes(tmp_path, tfds_
 
   # The same command with more steps resumes from step 3.
   capsys.readouterr()
-  launch.run(_config(tmp_path, tfds_dir, steps=4))
+  launch.run(relative(_config(tmp_path, tfds_dir, steps=4)))
   assert 'resumed from' in capsys.readouterr().out
   rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
   assert [r['step'] for r in rows if 'reward/total' in r] == [1, 2, 3, 4]

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'cudnn')
-BLOCK = 512
+BLOCK = 1024
 NEG_INF = -1e30
 
 
