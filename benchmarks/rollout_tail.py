@@ -6,9 +6,9 @@
 Real RL lengths are long-tailed: most samples stop within a few hundred
 tokens, a few run to the limit. Here each sample's length is set by a
 per-sample budget (`generate(..., budget_N=)`): 90 % stop uniformly within
-`--short` tokens, 10 % run to `--new-tokens`. The static batch (the path
-before issue 13.4, still the default: rl.decode_slots = 0) decodes all B·G
-rows until the longest ends; continuous batching decodes `--slots` rows and
+`--short` tokens, 10 % run to `--new-tokens`. The static batch (the default,
+rl.decode_slots = 0, as before issue 13.4 but with per-sample keys) decodes
+all B·G rows until the longest ends; continuous batching decodes `--slots` rows and
 refills each slot from the queue as its sample ends. Same model as
 benchmarks/grpo_step.py (Qwen2-shaped, 4 layers, width 256, f32), temperature
 1, one process, the variants interleaved; best of `--repeats` timed runs.

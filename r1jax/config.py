@@ -135,7 +135,8 @@ def base_config() -> ConfigDict:
       decode_slots=0,
       # Pack the completions (with their prompts) into rows for the reference,
       # old-policy and update passes, pack_rows rows a forward (0: a quarter of
-      # a micro-batch's samples): the work follows the real token count rather
+      # a micro-batch's samples where that splits over the batch devices, else
+      # a whole micro-batch's): the work follows the real token count rather
       # than samples x max_new_tokens, at the price of one prompt per sample
       # instead of one per group (benchmarks/packing.py measures both).
       pack=False, pack_rows=0,

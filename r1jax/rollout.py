@@ -17,7 +17,14 @@ the tokens generated rather than B·G × the longest sample.
 Randomness is per sample: token t of sample n is drawn with
 fold_in(fold_in(key, n), t). A sample's tokens therefore do not depend on the
 row or slot it is decoded in, nor on the slot count or the chunking: the
-continuous sampler reproduces the static one token for token.
+continuous sampler reproduces the static one token for token, as long as the
+backend's batched matmuls give each row the same result whatever the batch
+(true on this CPU, tested; not guaranteed by XLA on GPU or TPU, where a
+last-bit difference can flip a sampled token).
+
+The queue is global: a slot may take any pending sample, so on a mesh the
+refill moves that prompt's KV to the slot's device (per-shard queues are
+not in yet).
 
 Log-probs returned with the tokens are log softmax(logits / temperature) of the
 sampled token — the distribution before top-p/top-k truncation, which is what
@@ -106,6 +113,15 @@ class _Out(NamedTuple):
                 self.logp_NxT.at[n, t_Z].set(logp_Z, mode='drop'),
                 self.done_N.at[n].set(ended, mode='drop')), ended
 
+  def emit_column(self, t, token_N, logp_N, eos, budget_N):
+    """Token t of every sample not yet done (the static batch: row n is
+    sample n), written as one column."""
+    write = ~self.done_N
+    ended = jnp.isin(token_N, eos) | (t + 1 >= budget_N)
+    col = lambda x, new: x.at[:, t].set(jnp.where(write, new, x[:, t]))  # noqa: E731
+    return _Out(col(self.tokens_NxT, token_N), col(self.mask_NxT, True),
+                col(self.logp_NxT, logp_N), self.done_N | (write & ended))
+
 
 def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
              key: jax.Array, cfg: SamplingConfig, group_size: int = 1, *,
@@ -133,33 +149,30 @@ def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
   hidden, prefix = model.hidden(prompt_BxP, positions_BxT=positions_BxP,
                                 cache=model.init_cache(B, P), cache_index=0,
                                 cache_mask_BxS=prompt_mask_BxP)
-  logits_BxV = model.logits_from_hidden(hidden[:, -1:])[:, 0]
   # Token 0 of every sample comes from its prompt's last position.
-  token0_N, logp0_N = sample_logits(jnp.repeat(logits_BxV, G, axis=0),
-                                    token_keys(key, ids_N, jnp.int32(0)), cfg)
+  logits_BxV = model.logits_from_hidden(hidden[:, -1:])[:, 0]
   eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
   out = _Out(jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), bool),
              jnp.zeros((N, T), jnp.float32), jnp.zeros((N,), bool))
-  args = (model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N, logp0_N,
+  args = (model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
           ids_N, budget_N, eos, out)
   if 0 < slots < N:
     return _continuous(slots, *args)
   return _static(*args)
 
 
-def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N, logp0_N,
+def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
             ids_N, budget_N, eos, out):
   N, T = out.tokens_NxT.shape
   P = prompt_mask_BxP.shape[1]
-  all_N = jnp.arange(N)
   slots = jnp.arange(P + T)
   rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
   cache = {k: rep(jnp.pad(v, ((0, 0),) * 3 + ((0, T), (0, 0))), axis=1)
            for k, v in prefix.items()}
   prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, T))))
   prompt_len_N = rep(prompt_len_B)
-  out, _ = out.emit(all_N, jnp.zeros((N,), jnp.int32), token0_N, logp0_N,
-                    jnp.ones((N,), bool), eos, budget_N)
+  token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
+  out = out.emit_column(0, token0_N, logp0_N, eos, budget_N)
 
   def cond(carry):
     t, _, _, out = carry
@@ -173,7 +186,7 @@ def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N,
                                  cache=cache, cache_index=P + t - 1, cache_mask_BxS=cache_mask)
     logits = model.logits_from_hidden(hidden)[:, 0]
     token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
-    out, _ = out.emit(all_N, jnp.full((N,), t), token, logp, ~out.done_N, eos, budget_N)
+    out = out.emit_column(t, token, logp, eos, budget_N)
     return t + 1, cache, token, out
 
   t, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token0_N, out))
@@ -197,8 +210,8 @@ class _Slots(NamedTuple):
   out: _Out
 
 
-def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, token0_N,
-                logp0_N, ids_N, budget_N, eos, out):
+def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
+                ids_N, budget_N, eos, out):
   N, T = out.tokens_NxT.shape
   B, P = prompt_mask_BxP.shape
   all_Z = jnp.arange(Z)
@@ -218,9 +231,8 @@ def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, to
     row_mask = jnp.pad(prompt_mask_BxP[b], ((0, 0), (0, T)))
     valid = jnp.where(take[:, None], row_mask, s.valid_ZxS)
     n_c = jnp.minimum(n, N - 1)
-    token = token0_N[n_c]
-    out, ended = s.out.emit(n, jnp.zeros((Z,), jnp.int32), token, logp0_N[n_c], take, eos,
-                            budget_N)
+    token, logp = sample_logits(logits_BxV[b], token_keys(key, ids_N[n_c], jnp.int32(0)), cfg)
+    out, ended = s.out.emit(n, jnp.zeros((Z,), jnp.int32), token, logp, take, eos, budget_N)
     return _Slots(cache, valid, jnp.where(take, n, jnp.where(s.live_Z, s.sample_Z, N)),
                   jnp.where(take, 1, s.t_Z), jnp.where(take, token, s.last_Z),
                   jnp.where(take, ~ended, s.live_Z), s.queued + take.sum(), s.steps, out)
@@ -233,7 +245,9 @@ def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, to
     return jax.lax.while_loop(can_refill, refill, s)
 
   def decode(s: _Slots) -> _Slots:
-    idx_Z = P + jnp.maximum(s.t_Z, 1) - 1  # the slot of the token fed
+    # The slot of the token fed; idle slots write (harmlessly) at P and do
+    # not lengthen the cache blocks read.
+    idx_Z = jnp.where(s.live_Z, P + s.t_Z - 1, P)
     valid = s.valid_ZxS | (cache_slots[None] == idx_Z[:, None])
     b = jnp.minimum(s.sample_Z // G, B - 1)
     hidden, cache = model.hidden(s.last_Z[:, None], positions_BxT=(prompt_len_B[b] + idx_Z - P)[:, None],
@@ -242,8 +256,8 @@ def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, to
     n_c = jnp.minimum(s.sample_Z, N - 1)
     token, logp = sample_logits(logits, token_keys(key, ids_N[n_c], s.t_Z), cfg)
     out, ended = s.out.emit(s.sample_Z, s.t_Z, token, logp, s.live_Z, eos, budget_N)
-    return _Slots(cache, valid, s.sample_Z, s.t_Z + 1, token, s.live_Z & ~ended, s.queued,
-                  s.steps + 1, out)
+    return _Slots(cache, valid, s.sample_Z, s.t_Z + s.live_Z, token, s.live_Z & ~ended,
+                  s.queued, s.steps + 1, out)
 
   cache = model.init_cache(Z, P + T)
   s = _Slots(cache, jnp.zeros((Z, P + T), bool), jnp.full((Z,), N, jnp.int32),

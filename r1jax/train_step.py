@@ -64,7 +64,7 @@ class StepConfig(NamedTuple):
   # Teacher-forced passes over packed rows (r1jax/packing.py), `pack_rows`
   # rows per forward: as many forwards as the packed tokens need.
   pack: bool = False
-  pack_rows: int = 0  # 0: a quarter of a padded micro-batch's samples
+  pack_rows: int = 0  # 0: _auto_pack_rows
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -354,7 +354,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     """Rows (and per-slot arrays) as [F, m, L]: F forwards of m rows, and the
     number of forwards that hold rows."""
     R, L = rows.tokens_RxL.shape
-    m = cfg.pack_rows or (R // (4 * A) if R % (4 * A) == 0 else R // A)
+    m = cfg.pack_rows or _auto_pack_rows(R, A, mesh.shape['data'] * mesh.shape['fsdp'])
     sharded = NamedSharding(mesh, P(None, BATCH_AXES))
     split = lambda x: jax.lax.with_sharding_constraint(x.reshape(R // m, m, L), sharded)  # noqa: E731
     fields = _Forwards(split(rows.tokens_RxL), split(rows.targets_RxL),
@@ -462,6 +462,16 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   data_sharding = Batch(batch_sharding, batch_sharding, batch_sharding)
   return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, data_sharding),
                  out_shardings=(state_shardings, None))
+
+
+def _auto_pack_rows(samples: int, micro_batches: int, shards: int) -> int:
+  """Rows a packed forward takes by default: a quarter of a padded
+  micro-batch's samples when that splits evenly over the batch shards, else
+  a whole micro-batch's."""
+  quarter = samples // (4 * micro_batches)
+  if samples % (4 * micro_batches) == 0 and quarter % shards == 0:
+    return quarter
+  return samples // micro_batches
 
 
 class _Forwards(NamedTuple):

@@ -207,7 +207,7 @@ def test_the_models_training_passes_lower_to_splash_on_tpu_with_auto():
   their backward; the CPU lowering has no kernel."""
   from flax import nnx
   from r1jax import models
-  cfg = models.get_preset('tiny', max_position_embeddings=2048, head_dim=128)
+  cfg = models.get_preset('tiny', max_position_embeddings=2048, head_dim=128, attention_block=512)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0))))
 
   def loss(params, tokens, mask):
