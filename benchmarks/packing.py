@@ -1,7 +1,7 @@
 """The update pass with packed rows vs padded rows, on the same lengths.
 
   python benchmarks/packing.py [--prompts 4 --group 16 --new-tokens 1024]
-      [--short 64 --long-share 0.1] [--rows 4] [--repeats 2]
+      [--short 64 --long-share 0.1] [--rows 4] [--repeats 2] [--attention-block 512]
 
 Completions with the long-tailed lengths of benchmarks/rollout_tail.py (90 %
 within `--short` tokens, 10 % at `--new-tokens`), and, for contrast, all at
@@ -16,6 +16,7 @@ model as benchmarks/grpo_step.py, f32, one process, interleaved, best of
 `--repeats`. Also checked: both give the same loss.
 """
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -92,10 +93,11 @@ def main():
   parser.add_argument('--micro', type=int, default=1, help='prompts per padded micro-batch')
   parser.add_argument('--rows', type=int, default=4, help='packed rows per forward')
   parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--attention-block', type=int, default=CFG.attention_block)
   args = parser.parse_args()
   B, G, P, T = args.prompts, args.group, args.prompt_len, args.new_tokens
   N = B * G
-  model = models.create(CFG, seed=0)
+  model = models.create(dataclasses.replace(CFG, attention_block=args.attention_block), seed=0)
   graphdef, params = nnx.split(model)
   r = np.random.default_rng(1)
   prompt = jnp.asarray(r.integers(3, CFG.vocab_size, (B, P)), jnp.int32)

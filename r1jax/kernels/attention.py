@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'cudnn')
-BLOCK = 1024
+BLOCK = 512
 NEG_INF = -1e30
 
 

@@ -36,10 +36,9 @@ class ModelConfig:
   remat: bool = False  # rematerialise each layer in the backward pass
   # Teacher-forced passes (kernels/attention.py): auto | dense | blockwise |
   # splash | cudnn, and the key block of the blockwise path (`auto` is dense
-  # up to one block: on this CPU XLA's dense attention at 544 keys ran the
-  # reference pass 1.46x faster than blockwise with 512-key blocks).
+  # up to one block).
   attention: str = 'auto'
-  attention_block: int = 1024
+  attention_block: int = 512
 
   def __post_init__(self):
     if self.arch not in ('qwen2', 'llama'):
