@@ -15,7 +15,6 @@ reference log-prob) and its gradient with the step's functions
 model as benchmarks/grpo_step.py, f32, one process, interleaved, best of
 `--repeats`. Also checked: both give the same loss.
 """
-import argparse
 import dataclasses
 import time
 
@@ -28,7 +27,7 @@ from r1jax import grpo, models, packing
 from r1jax.train_step import completion_logprobs, packed_logprobs
 
 from grpo_step import CFG  # pylint: disable=g-bad-import-order
-from rollout_tail import budgets  # pylint: disable=g-bad-import-order
+from rollout_tail import budgets, length_args  # pylint: disable=g-bad-import-order
 
 LOSS = grpo.LossConfig(beta=0.04)
 
@@ -83,13 +82,7 @@ def packed_update(graphdef, rows_per_forward):
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--prompts', type=int, default=4)
-  parser.add_argument('--group', type=int, default=16)
-  parser.add_argument('--prompt-len', type=int, default=32)
-  parser.add_argument('--new-tokens', type=int, default=1024)
-  parser.add_argument('--short', type=int, default=64)
-  parser.add_argument('--long-share', type=float, default=0.1)
+  parser = length_args()
   parser.add_argument('--micro', type=int, default=1, help='prompts per padded micro-batch')
   parser.add_argument('--rows', type=int, default=4, help='packed rows per forward')
   parser.add_argument('--repeats', type=int, default=2)

@@ -37,7 +37,9 @@ def budgets(n, short, long, long_share, seed=0):
   return jnp.asarray(b, jnp.int32)
 
 
-def main():
+def length_args() -> argparse.ArgumentParser:
+  """The batch and the long-tailed length distribution (shared with
+  benchmarks/packing.py)."""
   parser = argparse.ArgumentParser()
   parser.add_argument('--prompts', type=int, default=4)
   parser.add_argument('--group', type=int, default=16)
@@ -45,6 +47,11 @@ def main():
   parser.add_argument('--new-tokens', type=int, default=1024)
   parser.add_argument('--short', type=int, default=64)
   parser.add_argument('--long-share', type=float, default=0.1)
+  return parser
+
+
+def main():
+  parser = length_args()
   parser.add_argument('--slots', default='16,8')
   parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
