@@ -237,8 +237,44 @@ def shardings_of(tree):
 
 
 def _split_prompts(tree, parts: int):
-  """[B, ...] -> [parts, B/parts, ...] on every leaf."""
-  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
+  """[B, ...] -> [parts, B/parts, ...] on every leaf, strided: part j takes
+  rows j, j + parts, j + 2·parts, … With the rows split over the batch
+  shards in contiguous runs (a multiple of `parts` each), every part holds
+  the same number of rows on every shard and nothing moves between them."""
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape(x.shape[0] // parts, parts, *x.shape[1:]), 0, 1), tree)
+
+
+def _merge_prompts(tree):
+  """The inverse of `_split_prompts`: [parts, B/parts, ...] -> [B, ...]."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+# Per-sample values of the step's data ([B, G, ...]); the rest are per prompt.
+_PER_SAMPLE = ('tokens', 'mask', 'truncated', 'rewards', 'loss_mask', 'adv', 'ref_logp',
+               'old_logp')
+
+
+def subgroups(B: int, G: int, shards: int, parts: int) -> int:
+  """Into how many sub-groups of G/k samples the update splits each group,
+  so that each of its `parts` minibatches and micro-batches holds the same
+  number of (sub-)groups on every one of the batch `shards` (R1's schedule:
+  512 prompts in 32 micro-batches over 32 chips needs k = 2). The prompt is
+  then computed k times (once per sub-group) instead of moving rows between
+  devices. 1 when no divisor of G gives that (the rows then move)."""
+  return next((k for k in range(1, G + 1) if G % k == 0 and (B * k) % (shards * parts) == 0), 1)
+
+
+def _as_subgroups(data: dict, k: int) -> dict:
+  """[B, G, ...] -> [B·k, G/k, ...]; per-prompt values repeated k times.
+  Device-local: each prompt's sub-groups stay where the prompt is."""
+  if k == 1:
+    return data
+  def view(name, x):
+    if name in _PER_SAMPLE:
+      return x.reshape(x.shape[0] * k, x.shape[1] // k, *x.shape[2:])
+    return jnp.repeat(x, k, axis=0)
+  return {name: view(name, x) for name, x in data.items()}
 
 
 def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
@@ -257,6 +293,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     raise ValueError(f'rl.rewards: {len(cfg.reward_weights)} weights for rewards {names}')
   acc_name = next((n for n in CORRECTNESS if n in names), None)
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
 
   def model_with(params, rules):
     params = jax.lax.with_sharding_constraint(
@@ -280,10 +317,14 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
 
   def sample_groups(params, batch: Batch, key):
     """Rollouts of B prompts; with dynamic sampling, refilled from further
-    chunks of B prompts until every group has reward spread (or A attempts)."""
+    chunks of B prompts until every group has reward spread (or A attempts).
+    Attempt a takes rows a, a + A, … of the batch, and each batch shard
+    fills its own B/S groups from its own rows, so no group moves between
+    devices (DAPO's buffer, per shard)."""
     attempts = cfg.dynamic_sampling_attempts
     B = batch.prompt_BxP.shape[0] // attempts
-    chunk = lambda a, x: jax.lax.dynamic_slice_in_dim(x, a * B, B)  # noqa: E731
+    chunk = lambda a, x: jax.lax.dynamic_index_in_dim(  # noqa: E731
+        x.reshape(B, attempts, *x.shape[1:]), a, axis=1, keepdims=False)
 
     def attempt(a):
       g, steps = rollout_and_score(params, *(chunk(a, x) for x in batch), jax.random.fold_in(key, a))
@@ -293,27 +334,34 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     groups, valid, steps = attempt(0)
     if attempts == 1:
       return groups, dict(decode_steps=steps)
-    order = jnp.argsort(~valid, stable=True)  # groups with signal first
-    groups = jax.tree.map(lambda x: x[order], groups)
-    count = valid.sum()
+    S = shards if B % shards == 0 else 1
+    per_shard = lambda x: x.reshape(S, B // S, *x.shape[1:])  # noqa: E731
+    # Groups with signal first, within each shard.
+    order = jnp.argsort(~per_shard(valid), axis=1, stable=True)
+    groups = jax.tree.map(lambda x: jax.vmap(lambda x, o: x[o])(per_shard(x), order), groups)
+    count = per_shard(valid).sum(axis=1)
 
     def cond(c):
-      return (c[0] < attempts) & (c[1] < B)
+      return (c[0] < attempts) & jnp.any(c[1] < B // S)
 
     def body(c):
       a, count, groups, steps = c
       new, valid, s = attempt(a)
-      slots, count = grpo.dynamic_sampling_slots(count, valid, B)
-      groups = jax.tree.map(lambda buf, x: buf.at[slots].set(x, mode='drop'), groups, new)
+      slots, count = jax.vmap(grpo.dynamic_sampling_slots, (0, 0, None))(
+          count, per_shard(valid), B // S)
+      scatter = lambda buf, x, i: buf.at[i].set(x, mode='drop')  # noqa: E731
+      groups = jax.tree.map(lambda buf, x: jax.vmap(scatter)(buf, per_shard(x), slots),
+                            groups, new)
       return a + 1, count, groups, steps + s
 
     used, count, groups, steps = jax.lax.while_loop(cond, body, (1, count, groups, steps))
-    return groups, dict(decode_steps=steps, attempts=used, valid_groups=count / B)
+    groups = jax.tree.map(lambda x: x.reshape(B, *x.shape[2:]), groups)
+    return groups, dict(decode_steps=steps, attempts=used, valid_groups=count.sum() / B)
 
   def logprobs(params, g, with_entropy=False):
     model = model_with(params, shd.TRAIN_RULES)
     with shd.activation_rules(mesh, shd.TRAIN_RULES):
-      N = g['tokens'].shape[0] * G
+      N = g['tokens'].shape[0] * g['tokens'].shape[1]
       return completion_logprobs(model, g['prompt'], g['prompt_mask'],
                                  g['tokens'].reshape(N, -1), tau, impl=cfg.logprob_impl,
                                  with_entropy=with_entropy, mesh=mesh)
@@ -324,7 +372,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     if rows_M is None:
       parts = _split_prompts(g, M * A)
       out = jax.lax.map(lambda p: logprobs(params, p).reshape(p['tokens'].shape), parts)
-      return jax.lax.stop_gradient(out.reshape(g['tokens'].shape))
+      return jax.lax.stop_gradient(_merge_prompts(out))
 
     def one(args):
       p, rows = args
@@ -338,14 +386,14 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
           p['tokens'].shape)
 
     out = jax.lax.map(one, (_split_prompts(g, M), rows_M))
-    return jax.lax.stop_gradient(out.reshape(g['tokens'].shape))
+    return jax.lax.stop_gradient(_merge_prompts(out))
 
   # ------------------------------------------------ packed teacher-forced passes
 
   def pack_minibatches(groups):
     """Each minibatch's sequences packed into rows (leading M axis)."""
     def one(p):
-      n = p['tokens'].shape[0] * G
+      n = p['tokens'].shape[0] * p['tokens'].shape[1]
       return packing.pack(p['prompt'], p['prompt_mask'], p['tokens'].reshape(n, -1),
                           p['mask'].reshape(n, -1), n)
     return jax.lax.map(one, _split_prompts(groups, M))
@@ -375,13 +423,16 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     if cfg.mask_truncated:
       mask = mask & ~groups['truncated'][..., None]
     adv = grpo.advantages(groups['rewards'], weights, cfg.advantage, cfg.per_reward_norm)
-    data = dict(groups, loss_mask=mask, adv=adv)
-    rows_M = pack_minibatches(groups) if cfg.pack else None
+    # The update's view: groups split into sub-groups where that keeps every
+    # minibatch and micro-batch spread evenly over the batch shards.
+    data = _as_subgroups(dict(groups, loss_mask=mask, adv=adv),
+                         subgroups(mask.shape[0], G, shards, M * A))
+    rows_M = pack_minibatches(data) if cfg.pack else None
     if state.ref_params is not None:
-      data['ref_logp'] = no_grad_logprobs(state.ref_params, groups, rows_M)
+      data['ref_logp'] = no_grad_logprobs(state.ref_params, data, rows_M)
     stale = mu * M > 1  # some update sees a policy other than the sampler
     if stale:
-      data['old_logp'] = no_grad_logprobs(state.params, groups, rows_M)
+      data['old_logp'] = no_grad_logprobs(state.params, data, rows_M)
 
     def micro_loss(params, mb, norm):
       logp, entropy = logprobs(params, mb, with_entropy=True)

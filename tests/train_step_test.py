@@ -1,5 +1,8 @@
 """The compiled GRPO step: inner iterations, reference handling, rewards that
 fail, dynamic sampling, and sharded == unsharded."""
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,6 +172,28 @@ def test_a_continuously_batched_sharded_step_equals_the_static_one(single_device
   np.testing.assert_allclose(m8['reward/total'], m1['reward/total'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+_MOVES = re.compile(r'= \S+ (all-gather|all-to-all|collective-permute|reduce-scatter)\(')
+
+
+@pytest.mark.parametrize('kw', [
+    dict(minibatches=2, grad_accum=2),
+    dict(minibatches=2, dynamic_sampling_attempts=2),
+    dict(minibatches=2, pack=True, pack_rows=8, eos_ids=(5, 7), max_new_tokens=16),
+    dict(decode_slots=8, eos_ids=(5, 7), max_new_tokens=16),
+], ids=['minibatches', 'attempts', 'packed', 'slots'])
+def test_nothing_moves_between_data_shards(kw):
+  """On a data-parallel mesh (8, 1, 1) each device keeps its own prompts'
+  rows through minibatches, micro-batches, refill attempts, packing and the
+  continuous sampler's queue: the compiled step has no all-gather,
+  all-to-all or permute, only the gradients' and metrics' all-reduces."""
+  mesh = shd.make_mesh(8, 1, 1)
+  step, state, batch, _ = _setup(mesh=mesh, prompts=16, **kw)
+  if kw.get('dynamic_sampling_attempts'):
+    batch = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
+  hlo = step.lower(state, batch).compile().as_text()
+  assert not _MOVES.findall(hlo), collections.Counter(_MOVES.findall(hlo))
 
 
 @pytest.mark.parametrize('loss', [dict(), dict(ratio='sequence', loss_agg='token_mean')])
