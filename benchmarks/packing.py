@@ -77,7 +77,8 @@ def packed_update(graphdef, rows_per_forward):
       fwd = packing.Rows(*(x[i] for x in fields), slot_NxT=None, rows=None)
       return jax.tree.map(jnp.add, acc, grad(params, fwd, jax.tree.map(lambda x: x[i], per), n))
     zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), params))
-    return jax.lax.fori_loop(0, (rows.rows + m - 1) // m, body, zeros), rows.rows
+    used = rows.rows[0]  # one shard
+    return jax.lax.fori_loop(0, (used + m - 1) // m, body, zeros), used
   return jax.jit(update)
 
 

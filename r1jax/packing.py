@@ -17,6 +17,13 @@ keeps its own position (RoPE restarts per sequence) and a segment id
   rows, as many as are in use (a dynamic trip count), so their FLOPs follow
   the real token count Σ ℓ_n, not N × (P + T).
 
+With `shards` S > 1 (the batch shards of a mesh) each shard's N/S sequences
+(those of its B/S prompts: the batch is split over devices in contiguous
+runs) are packed into its own R/S rows, shard-major, so every shard holds the
+same number of rows and no sequence moves to another device; the packing,
+`to_rows` and `from_rows` are batched over the shards (vmap), which XLA
+partitions without communication.
+
 Per-token values of the completions ([N, T]: log-probs, advantages, masks)
 move between the two layouts with `to_rows` / `from_rows`: completion token t
 of sample n sits at the slot that predicts it, row_n, offset_n + P_b - 1 + t.
@@ -36,8 +43,8 @@ class Rows(NamedTuple):
   targets_RxL: jax.Array  # int32: the token each slot predicts
   positions_RxL: jax.Array  # int32: position within its sequence
   segments_RxL: jax.Array  # int32: sample + 1; 0 in empty slots
-  slot_NxT: jax.Array  # int32: flat index (row·L + slot) predicting token t of sample n; R·L past the end
-  rows: jax.Array  # int32: rows in use (a prefix of the R)
+  slot_NxT: jax.Array  # int32: index (row·L + slot) within its shard's rows predicting token t of sample n; R/S·L past the end
+  rows: jax.Array  # int32 [S]: rows in use on each shard (a prefix of its R/S)
 
 
 def best_fit(lengths_N: jax.Array, row_len: int, num_rows: int
@@ -63,10 +70,25 @@ def best_fit(lengths_N: jax.Array, row_len: int, num_rows: int
 
 
 def pack(prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, tokens_NxT: jax.Array,
-         mask_NxT: jax.Array, num_rows: int) -> Rows:
+         mask_NxT: jax.Array, num_rows: int, shards: int = 1) -> Rows:
   """Packs the N = B·G sequences (row n continues prompt n // G) into
-  `num_rows` (≥ N) rows of P + T - 1 slots; `mask_NxT` marks each
-  completion's tokens (a prefix of its row, at least one token)."""
+  `num_rows` (≥ N) rows of P + T - 1 slots, each of the `shards`
+  contiguous parts of the batch into its own num_rows/shards rows;
+  `mask_NxT` marks each completion's tokens (a prefix of its row, at least
+  one token). Segment ids are global (sample + 1)."""
+  S, N = shards, tokens_NxT.shape[0]
+  part = lambda x: x.reshape(S, x.shape[0] // S, *x.shape[1:])  # noqa: E731
+  rows = jax.vmap(_pack_one, (0, 0, 0, 0, None))(
+      part(prompt_BxP), part(prompt_mask_BxP), part(tokens_NxT), part(mask_NxT), num_rows // S)
+  first = (jnp.arange(S, dtype=jnp.int32) * (N // S))[:, None, None]
+  segments = jnp.where(rows.segments_RxL > 0, rows.segments_RxL + first, 0)
+  whole = lambda x: x.reshape(num_rows, x.shape[-1])  # noqa: E731
+  return Rows(whole(rows.tokens_RxL), whole(rows.targets_RxL), whole(rows.positions_RxL),
+              whole(segments), rows.slot_NxT.reshape(N, -1), rows.rows)
+
+
+def _pack_one(prompt_BxP, prompt_mask_BxP, tokens_NxT, mask_NxT, num_rows) -> Rows:
+  """`pack` for one shard (segment ids from 1, indices within its rows)."""
   B, P = prompt_BxP.shape
   N, T = tokens_NxT.shape
   G, L = N // B, P + T - 1
@@ -102,10 +124,19 @@ def to_rows(x_NxT: jax.Array, rows: Rows, fill=0) -> jax.Array:
   """Per-token completion values [N, T] into the packed layout [R, L] (each
   at the slot predicting its token; `fill` elsewhere)."""
   R, L = rows.tokens_RxL.shape
-  out = jnp.full((R * L,), fill, x_NxT.dtype)
-  return out.at[rows.slot_NxT.ravel()].set(x_NxT.ravel(), mode='drop').reshape(R, L)
+  S = rows.rows.shape[0]
+
+  def one(x, slot):
+    out = jnp.full((R // S * L,), fill, x.dtype)
+    return out.at[slot.ravel()].set(x.ravel(), mode='drop')
+
+  part = lambda x: x.reshape(S, x.shape[0] // S, *x.shape[1:])  # noqa: E731
+  return jax.vmap(one)(part(x_NxT), part(rows.slot_NxT)).reshape(R, L)
 
 
 def from_rows(x_RxL: jax.Array, rows: Rows) -> jax.Array:
   """The packed layout [R, L] back to [N, T] (0 past each completion's end)."""
-  return x_RxL.ravel().at[rows.slot_NxT].get(mode='fill', fill_value=0)
+  S = rows.rows.shape[0]
+  N, T = rows.slot_NxT.shape
+  one = lambda x, slot: x.ravel().at[slot].get(mode='fill', fill_value=0)  # noqa: E731
+  return jax.vmap(one)(x_RxL.reshape(S, -1), rows.slot_NxT.reshape(S, N // S, T)).reshape(N, T)

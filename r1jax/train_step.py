@@ -382,8 +382,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
         return buf.at[i].set(packed(params, forwards.index(i)))
 
       buf = jax.lax.fori_loop(0, count, body, jnp.zeros(forwards.tokens_RxL.shape, jnp.float32))
-      return packing.from_rows(buf.reshape(rows.tokens_RxL.shape), rows).reshape(
-          p['tokens'].shape)
+      return packing.from_rows(merge_forwards(buf, rows), rows).reshape(p['tokens'].shape)
 
     out = jax.lax.map(one, (_split_prompts(g, M), rows_M))
     return jax.lax.stop_gradient(_merge_prompts(out))
@@ -391,23 +390,41 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   # ------------------------------------------------ packed teacher-forced passes
 
   def pack_minibatches(groups):
-    """Each minibatch's sequences packed into rows (leading M axis)."""
+    """Each minibatch's sequences packed into rows (leading M axis), each
+    batch shard's into its own rows."""
     def one(p):
-      n = p['tokens'].shape[0] * p['tokens'].shape[1]
-      return packing.pack(p['prompt'], p['prompt_mask'], p['tokens'].reshape(n, -1),
-                          p['mask'].reshape(n, -1), n)
+      b, g = p['tokens'].shape[:2]
+      return packing.pack(p['prompt'], p['prompt_mask'], p['tokens'].reshape(b * g, -1),
+                          p['mask'].reshape(b * g, -1), b * g,
+                          shards=shards if b % shards == 0 else 1)
     return jax.lax.map(one, _split_prompts(groups, M))
 
+  def rows_per_forward(rows):
+    R = rows.tokens_RxL.shape[0]
+    return cfg.pack_rows or _auto_pack_rows(R, A, shards)
+
   def split_rows(rows, *more):
-    """Rows (and per-slot arrays) as [F, m, L]: F forwards of m rows, and the
-    number of forwards that hold rows."""
+    """Rows (and per-slot arrays) as [F, m, L]: F forwards of m rows, m/S
+    from each of the S shards' own rows, and the number of forwards that
+    hold rows (the most any shard needs)."""
     R, L = rows.tokens_RxL.shape
-    m = cfg.pack_rows or _auto_pack_rows(R, A, mesh.shape['data'] * mesh.shape['fsdp'])
+    S, m = rows.rows.shape[0], rows_per_forward(rows)
     sharded = NamedSharding(mesh, P(None, BATCH_AXES))
-    split = lambda x: jax.lax.with_sharding_constraint(x.reshape(R // m, m, L), sharded)  # noqa: E731
+
+    def split(x):  # [S·F·m/S, L] -> [S, F, m/S, L] -> [F, S·m/S, L]
+      x = jnp.swapaxes(x.reshape(S, R // m, m // S, L), 0, 1).reshape(R // m, m, L)
+      return jax.lax.with_sharding_constraint(x, sharded)
+
     fields = _Forwards(split(rows.tokens_RxL), split(rows.targets_RxL),
                        split(rows.positions_RxL), split(rows.segments_RxL))
-    return (fields, (rows.rows + m - 1) // m) + tuple(jax.tree.map(split, x) for x in more)
+    count = jnp.max((rows.rows + m // S - 1) // (m // S))
+    return (fields, count) + tuple(jax.tree.map(split, x) for x in more)
+
+  def merge_forwards(x_FxmxL, rows):
+    """The inverse of `split_rows` for one array: [F, m, L] -> [R, L]."""
+    F, m, L = x_FxmxL.shape
+    S = rows.rows.shape[0]
+    return jnp.swapaxes(x_FxmxL.reshape(F, S, m // S, L), 0, 1).reshape(F * m, L)
 
   def packed(params, forward, with_entropy=False):
     model = model_with(params, shd.TRAIN_RULES)

@@ -39,9 +39,10 @@ def test_best_fit_decreasing_places_every_sequence_once_within_its_row():
   assert row[6] == row[1]
 
 
-def test_per_token_values_go_to_their_slots_and_back():
+@pytest.mark.parametrize('shards', [1, 3])
+def test_per_token_values_go_to_their_slots_and_back(shards):
   prompt, prompt_mask, tokens, mask = _batch()
-  rows = packing.pack(prompt, prompt_mask, tokens, mask, B * G)
+  rows = packing.pack(prompt, prompt_mask, tokens, mask, B * G, shards=shards)
   L = P + T - 1
   assert rows.tokens_RxL.shape == (B * G, L)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(B * G, T)), jnp.float32)
@@ -53,16 +54,23 @@ def test_per_token_values_go_to_their_slots_and_back():
   seg = np.asarray(rows.segments_RxL)
   lengths = np.asarray(prompt_mask.sum(1)).repeat(G) + np.asarray(mask.sum(1)) - 1
   assert (np.bincount(seg.ravel(), minlength=B * G + 1)[1:] == lengths).all()
-  assert int(rows.rows) < B * G  # short samples share rows
+  assert rows.rows.shape == (shards,) and int(rows.rows.sum()) < B * G  # short samples share rows
+  # Each shard's rows hold only its own samples, in a prefix of its B·G/S rows.
+  R, n = B * G // shards, B * G // shards
+  for d in range(shards):
+    mine = seg[d * R:(d + 1) * R]
+    assert set(np.unique(mine)) - {0} <= set(range(d * n + 1, (d + 1) * n + 1))
+    used = (mine > 0).any(axis=1)
+    assert used.sum() == int(rows.rows[d]) and not used[int(rows.rows[d]):].any()
 
 
-@pytest.mark.parametrize('attention', ['dense', 'blockwise'])
-def test_packed_logprobs_and_gradients_equal_the_padded_ones(attention):
+@pytest.mark.parametrize('attention,shards', [('dense', 1), ('blockwise', 1), ('blockwise', 3)])
+def test_packed_logprobs_and_gradients_equal_the_padded_ones(attention, shards):
   cfg = dataclasses.replace(models.get_preset('tiny', vocab_size=V), attention=attention,
                             attention_block=16)
   model = models.create(cfg, seed=0)
   prompt, prompt_mask, tokens, mask = _batch()
-  rows = packing.pack(prompt, prompt_mask, tokens, mask, B * G)
+  rows = packing.pack(prompt, prompt_mask, tokens, mask, B * G, shards=shards)
   ref = completion_logprobs(model, prompt, prompt_mask, tokens, 0.7, impl='chunked')
   got = packing.from_rows(packed_logprobs(model, rows, 0.7, impl='chunked'), rows)
   np.testing.assert_allclose(got, jnp.where(mask, ref, 0.0), atol=1e-5)
