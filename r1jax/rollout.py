@@ -22,9 +22,9 @@ backend's batched matmuls give each row the same result whatever the batch
 (true on this CPU, tested; not guaranteed by XLA on GPU or TPU, where a
 last-bit difference can flip a sampled token).
 
-The queue is global: a slot may take any pending sample, so on a mesh the
-refill moves that prompt's KV to the slot's device (per-shard queues are
-not in yet).
+On a mesh there is one queue per batch shard (`shards`): the Z/S slots of
+shard d take only the samples of shard d's prompts, so a refill copies KV
+within the device and nothing moves between devices.
 
 Log-probs returned with the tokens are log softmax(logits / temperature) of the
 sampled token — the distribution before top-p/top-k truncation, which is what
@@ -125,12 +125,15 @@ class _Out(NamedTuple):
 
 def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
              key: jax.Array, cfg: SamplingConfig, group_size: int = 1, *,
-             slots: int = 0, sample_ids_N: jax.Array | None = None,
+             slots: int = 0, shards: int = 1, sample_ids_N: jax.Array | None = None,
              budget_N: jax.Array | None = None) -> Rollout:
   """Samples `group_size` completions for each prompt; see the module doc.
 
   slots: decode slots; 0 (or ≥ B·G) decodes all B·G samples as one static
     batch, fewer batches them continuously.
+  shards: the continuous sampler's queues, one per batch shard of the
+    prompts (each shard's slots decode only its own samples); must divide
+    B and `slots`.
   sample_ids_N: the samples' indices for their random keys (default
     0..B·G-1; a chunk of a larger batch passes its rows' global indices).
   budget_N: per-sample limits on new tokens (≤ max_new_tokens): a sample
@@ -157,7 +160,9 @@ def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
   args = (model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
           ids_N, budget_N, eos, out)
   if 0 < slots < N:
-    return _continuous(slots, *args)
+    if B % shards or slots % shards:
+      raise ValueError(f'{shards} queues do not split {B} prompts and {slots} slots')
+    return _continuous(slots, shards, *args)
   return _static(*args)
 
 
@@ -198,47 +203,69 @@ def _eos_seen(out: _Out, eos) -> jax.Array:
 
 
 class _Slots(NamedTuple):
-  """The continuous sampler's state, one row per decode slot (Z)."""
+  """The continuous sampler's state: the cache has one row per decode slot
+  (Z); the rest is per shard and slot [S, Z/S], with each shard's samples
+  numbered locally (0..N/S-1; N/S: none)."""
   cache: dict  # k, v [L, Z, K, P+T, H]
-  valid_ZxS: jax.Array  # bool: the key slots each slot's sample attends to
-  sample_Z: jax.Array  # int32: the sample in the slot (N: none)
-  t_Z: jax.Array  # int32: tokens that sample has emitted
-  last_Z: jax.Array  # int32: its last token (fed next)
-  live_Z: jax.Array  # bool: still generating
-  queued: jax.Array  # int32: samples handed to slots so far (the queue's head)
+  valid: jax.Array  # bool [S, Z/S, P+T]: the key slots each slot's sample attends to
+  sample: jax.Array  # int32: the (local) sample in the slot
+  t: jax.Array  # int32: tokens that sample has emitted
+  last: jax.Array  # int32: its last token (fed next)
+  live: jax.Array  # bool: still generating
+  queued: jax.Array  # int32 [S]: samples each shard has handed to slots (its queue's head)
   steps: jax.Array  # int32: decode steps run
-  out: _Out
+  out: _Out  # [S, N/S, ...]
 
 
-def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
+def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
                 ids_N, budget_N, eos, out):
+  """Z slots in S groups, one per batch shard: group d works through the
+  queue of shard d's samples (those of its B/S prompts), so a refill copies
+  KV only from the shard's own prompts. The refill and the writes are
+  batched over the shards (vmap): XLA partitions them along the shards with
+  no communication."""
   N, T = out.tokens_NxT.shape
   B, P = prompt_mask_BxP.shape
-  all_Z = jnp.arange(Z)
+  Zs, Ns, Bs = Z // S, N // S, B // S
   cache_slots = jnp.arange(P + T)
 
+  def part(x, axis=0):  # [..., S·n, ...] -> [..., S, n, ...]
+    return x.reshape(*x.shape[:axis], S, x.shape[axis] // S, *x.shape[axis + 1:])
+
+  def whole(x, axis=0):  # the inverse
+    return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
+
+  shard_consts = (jax.tree.map(lambda v: part(v, 1), prefix), part(prompt_mask_BxP),
+                  part(logits_BxV), part(ids_N), part(budget_N))
+
+  def refill_shard(cache, valid, sample, t, last, live, queued, out,
+                   prefix, pmask, logits, ids, budget):
+    """One shard's free slots take its next pending samples, in queue order:
+    the prompt's KV and mask are copied in and token 0 (drawn from the
+    prefill) is emitted."""
+    free = ~live
+    head = queued + jnp.cumsum(free) - 1
+    take = free & (head < Ns)
+    n = jnp.where(take, head, Ns)
+    b = jnp.minimum(n // G, Bs - 1)
+    dst = jnp.where(take, jnp.arange(Zs), Zs)  # out of range: untouched
+    cache = {k: v.at[:, dst, :, :P].set(prefix[k][:, b], mode='drop') for k, v in cache.items()}
+    valid = jnp.where(take[:, None], jnp.pad(pmask[b], ((0, 0), (0, T))), valid)
+    token, logp = sample_logits(logits[b], token_keys(key, ids[jnp.minimum(n, Ns - 1)],
+                                                      jnp.int32(0)), cfg)
+    out, ended = out.emit(n, jnp.zeros((Zs,), jnp.int32), token, logp, take, eos, budget)
+    return (cache, valid, jnp.where(take, n, jnp.where(live, sample, Ns)),
+            jnp.where(take, 1, t), jnp.where(take, token, last), jnp.where(take, ~ended, live),
+            queued + take.sum(), out)
+
   def refill(s: _Slots) -> _Slots:
-    """Free slots take the next pending samples, in queue order: the
-    prompt's KV and mask are copied in and token 0 (drawn from the prefill)
-    is emitted."""
-    free = ~s.live_Z
-    head = s.queued + jnp.cumsum(free) - 1
-    take = free & (head < N)
-    n = jnp.where(take, head, N)
-    b = jnp.minimum(n // G, B - 1)
-    dst = jnp.where(take, all_Z, Z)  # out of range: untouched
-    cache = {k: v.at[:, dst, :, :P].set(prefix[k][:, b], mode='drop') for k, v in s.cache.items()}
-    row_mask = jnp.pad(prompt_mask_BxP[b], ((0, 0), (0, T)))
-    valid = jnp.where(take[:, None], row_mask, s.valid_ZxS)
-    n_c = jnp.minimum(n, N - 1)
-    token, logp = sample_logits(logits_BxV[b], token_keys(key, ids_N[n_c], jnp.int32(0)), cfg)
-    out, ended = s.out.emit(n, jnp.zeros((Z,), jnp.int32), token, logp, take, eos, budget_N)
-    return _Slots(cache, valid, jnp.where(take, n, jnp.where(s.live_Z, s.sample_Z, N)),
-                  jnp.where(take, 1, s.t_Z), jnp.where(take, token, s.last_Z),
-                  jnp.where(take, ~ended, s.live_Z), s.queued + take.sum(), s.steps, out)
+    cache = jax.tree.map(lambda v: part(v, 1), s.cache)
+    cache, *rest = jax.vmap(refill_shard, in_axes=(1,) + (0,) * 7 + (1,) + (0,) * 4, out_axes=(1,) + (0,) * 7)(
+        cache, s.valid, s.sample, s.t, s.last, s.live, s.queued, s.out, *shard_consts)
+    return _Slots(jax.tree.map(lambda v: whole(v, 1), cache), *rest[:6], s.steps, rest[6])
 
   def can_refill(s: _Slots):
-    return jnp.any(~s.live_Z) & (s.queued < N)
+    return jnp.any(jnp.any(~s.live, axis=1) & (s.queued < Ns))
 
   def refill_all(s: _Slots) -> _Slots:
     # A sample can end at token 0; its slot takes another at once.
@@ -247,46 +274,56 @@ def _continuous(Z, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, lo
   def decode(s: _Slots) -> _Slots:
     # The slot of the token fed; idle slots write (harmlessly) at P and do
     # not lengthen the cache blocks read.
-    idx_Z = jnp.where(s.live_Z, P + s.t_Z - 1, P)
-    valid = s.valid_ZxS | (cache_slots[None] == idx_Z[:, None])
-    b = jnp.minimum(s.sample_Z // G, B - 1)
-    hidden, cache = model.hidden(s.last_Z[:, None], positions_BxT=(prompt_len_B[b] + idx_Z - P)[:, None],
-                                 cache=s.cache, cache_index=idx_Z, cache_mask_BxS=valid)
+    idx = jnp.where(s.live, P + s.t - 1, P)
+    valid = s.valid | (cache_slots == idx[..., None])
+    # Per-shard lookups (gathers batched over the shards).
+    local = lambda x_SxM, i_SxZ: jnp.take_along_axis(x_SxM, i_SxZ, axis=1)  # noqa: E731
+    prompt_len = local(part(prompt_len_B), jnp.minimum(s.sample // G, Bs - 1))
+    hidden, cache = model.hidden(whole(s.last)[:, None],
+                                 positions_BxT=whole(prompt_len + idx - P)[:, None],
+                                 cache=s.cache, cache_index=whole(idx),
+                                 cache_mask_BxS=whole(valid))
     logits = model.logits_from_hidden(hidden)[:, 0]
-    n_c = jnp.minimum(s.sample_Z, N - 1)
-    token, logp = sample_logits(logits, token_keys(key, ids_N[n_c], s.t_Z), cfg)
-    out, ended = s.out.emit(s.sample_Z, s.t_Z, token, logp, s.live_Z, eos, budget_N)
-    return _Slots(cache, valid, s.sample_Z, s.t_Z + s.live_Z, token, s.live_Z & ~ended,
+    ids = local(part(ids_N), jnp.minimum(s.sample, Ns - 1))
+    token, logp = sample_logits(logits, token_keys(key, whole(ids), whole(s.t)), cfg)
+    token, logp = part(token), part(logp)
+    out, ended = jax.vmap(lambda o, *a: o.emit(*a[:5], eos, a[5]))(
+        s.out, s.sample, s.t, token, logp, s.live, part(budget_N))
+    return _Slots(cache, valid, s.sample, s.t + s.live, token, s.live & ~ended,
                   s.queued, s.steps + 1, out)
 
-  cache = model.init_cache(Z, P + T)
-  s = _Slots(cache, jnp.zeros((Z, P + T), bool), jnp.full((Z,), N, jnp.int32),
-             jnp.zeros((Z,), jnp.int32), jnp.zeros((Z,), jnp.int32), jnp.zeros((Z,), bool),
-             jnp.int32(0), jnp.int32(1), out)
+  per_slot = lambda fill, dtype: jnp.full((S, Zs), fill, dtype)  # noqa: E731
+  s = _Slots(model.init_cache(Z, P + T), jnp.zeros((S, Zs, P + T), bool),
+             per_slot(Ns, jnp.int32), per_slot(0, jnp.int32), per_slot(0, jnp.int32),
+             per_slot(False, bool), jnp.zeros((S,), jnp.int32), jnp.int32(1),
+             jax.tree.map(part, out))
   s = refill_all(s)
-  s = jax.lax.while_loop(lambda s: jnp.any(s.live_Z) | (s.queued < N),
+  s = jax.lax.while_loop(lambda s: jnp.any(s.live) | jnp.any(s.queued < Ns),
                          lambda s: refill_all(decode(s)), s)
-  out = s.out
+  out = jax.tree.map(whole, s.out)
   return Rollout(out.tokens_NxT, out.mask_NxT, out.logp_NxT, ~_eos_seen(out, eos), s.steps)
 
 
 def generate_in_chunks(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                        key: jax.Array, cfg: SamplingConfig, group_size: int = 1,
-                       chunks: int = 1, slots: int = 0) -> Rollout:
+                       chunks: int = 1, slots: int = 0, shards: int = 1) -> Rollout:
   """`generate` on the prompts in `chunks` sequential parts, each with its own
   KV cache, so the cache's peak is 1/chunks of the whole batch's (R1's
   rollout of 512 prompts x 16 samples x 33k tokens). Chunk r takes prompts
   r, r+R, r+2R, …: with the batch split over devices in contiguous runs, each
   chunk is spread over every device and nothing moves between them. Samples
   keep their global indices for their keys, so the tokens are the whole
-  batch's; the rows come back in prompt order. `slots` applies per chunk."""
+  batch's; the rows come back in prompt order. `slots` and `shards` apply
+  per chunk."""
   if chunks == 1:
-    return generate(model, prompt_BxP, prompt_mask_BxP, key, cfg, group_size, slots=slots)
+    return generate(model, prompt_BxP, prompt_mask_BxP, key, cfg, group_size, slots=slots,
+                    shards=shards)
   B, R, G = prompt_BxP.shape[0], chunks, group_size
   part = lambda x: jnp.swapaxes(x.reshape(B // R, R, *x.shape[1:]), 0, 1)  # noqa: E731
   ids = part(jnp.arange(B * G, dtype=jnp.int32).reshape(B, G)).reshape(R, -1)
   ro = jax.lax.map(
-      lambda a: generate(model, a[0], a[1], key, cfg, G, slots=slots, sample_ids_N=a[2]),
+      lambda a: generate(model, a[0], a[1], key, cfg, G, slots=slots, shards=shards,
+                         sample_ids_N=a[2]),
       (part(prompt_BxP), part(prompt_mask_BxP), ids))
   # [R, B/R·G, …] -> [B·G, …]: row n continues prompt n // G, as in generate.
   whole = lambda x: jnp.swapaxes(x.reshape(R, B // R, G, *x.shape[2:]), 0, 1).reshape(  # noqa: E731

@@ -302,8 +302,10 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
 
   def rollout_and_score(params, prompt, prompt_mask, ids, key):
     with shd.activation_rules(mesh, shd.SAMPLE_RULES):
+      per_chunk = prompt.shape[0] // cfg.rollout_chunks
+      queues = shards if per_chunk % shards == 0 and cfg.decode_slots % shards == 0 else 1
       ro = generate_in_chunks(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
-                              cfg.sampling, G, cfg.rollout_chunks, cfg.decode_slots)
+                              cfg.sampling, G, cfg.rollout_chunks, cfg.decode_slots, queues)
     rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
     if cfg.overlong:
       lengths = ro.mask_NxT.sum(axis=1)

@@ -142,18 +142,21 @@ def test_continuous_batching_reproduces_the_static_sampler_token_for_token(model
                        pad_id=1)
   G = 4
   budget = jnp.asarray(np.random.default_rng(2).integers(1, T + 1, 3 * G))
-  run = jax.jit(lambda p, m, slots: generate(model, p, m, jax.random.key(3), cfg, G,
-                                             slots=slots, budget_N=budget),
-                static_argnums=2)
+  run = jax.jit(lambda p, m, slots, shards=1: generate(model, p, m, jax.random.key(3), cfg, G,
+                                                       slots=slots, shards=shards,
+                                                       budget_N=budget),
+                static_argnums=(2, 3))
   ref = run(prompt, mask, 0)
   lengths = np.asarray(ref.mask_NxT.sum(1))
   assert len(set(lengths.tolist())) > 4 and (lengths <= np.asarray(budget)).all()
   assert int(ref.num_steps) == lengths.max()
-  for slots in (1, 5, 11):
-    ro = run(prompt, mask, slots)
+  # (slots, shards): per-shard queues, each shard's slots taking only its
+  # own prompt's samples.
+  for slots, shards in ((1, 1), (5, 1), (11, 1), (3, 3), (6, 3)):
+    ro = run(prompt, mask, slots, shards)
     np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
     np.testing.assert_array_equal(ro.mask_NxT, ref.mask_NxT)
     np.testing.assert_array_equal(ro.truncated_N, ref.truncated_N)
     np.testing.assert_allclose(ro.logp_NxT, ref.logp_NxT, atol=1e-5)
-    if slots == 1:  # one sample at a time: token 0 comes from the prefill
-      assert int(ro.num_steps) == 1 + (lengths - 1).sum()
+    if slots == shards:  # one sample at a time per shard: token 0 comes from the prefill
+      assert int(ro.num_steps) == 1 + (lengths - 1).reshape(shards, -1).sum(1).max()

@@ -181,8 +181,7 @@ _MOVES = re.compile(r'= \S+ (all-gather|all-to-all|collective-permute|reduce-sca
     dict(minibatches=2, grad_accum=2),
     dict(minibatches=2, dynamic_sampling_attempts=2),
     dict(minibatches=2, pack=True, pack_rows=8, eos_ids=(5, 7), max_new_tokens=16),
-    pytest.param(dict(decode_slots=8, eos_ids=(5, 7), max_new_tokens=16),
-                 marks=pytest.mark.xfail(strict=True, reason='global queue: next commit')),
+    dict(decode_slots=8, eos_ids=(5, 7), max_new_tokens=16),
 ], ids=['minibatches', 'attempts', 'packed', 'slots'])
 def test_nothing_moves_between_data_shards(kw):
   """On a data-parallel mesh (8, 1, 1) each device keeps its own prompts'

@@ -138,9 +138,12 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   if cache is not None:
     k_all, v_all, layer = cache
     if jnp.ndim(cache_index):  # one slot per row (continuous batching; T = 1)
-      rows = jnp.arange(B)
-      k_all = k_all.at[layer, rows, :, cache_index].set(k_BxKxTxH[:, :, 0])
-      v_all = v_all.at[layer, rows, :, cache_index].set(v_BxKxTxH[:, :, 0])
+      # Batched over the rows (vmap), so XLA partitions the write along a
+      # sharded batch with no communication.
+      write = jax.vmap(lambda c, i, x: jax.lax.dynamic_update_slice(
+          c, x[None, :, None], (layer, 0, i, 0)), in_axes=(1, 0, 0), out_axes=1)
+      k_all = write(k_all, cache_index, k_BxKxTxH[:, :, 0])
+      v_all = write(v_all, cache_index, v_BxKxTxH[:, :, 0])
     else:
       start = (layer, 0, 0, cache_index, 0)
       k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
