@@ -25,6 +25,8 @@ setuptools.setup(
         "math-verify>=0.7,<1",
         "tensorboardX>=2.6",
         "pyarrow>=14",
+        "jinja2>=3.1",  # chat templates of HF tokenizers (evaluation prompts), sandboxed
+        "matplotlib>=3.8",  # the evaluation's plot of pass@1 against step
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "scipy>=1.11", "nbformat>=5.9", "nbclient>=0.10",

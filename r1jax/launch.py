@@ -253,19 +253,29 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
       max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
       eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
   eval_examples = evaluated
-  eval_prompts = [make_prompt(x) for x in eval_examples]
+  # The task's held-out split as a benchmark: `python -m r1jax.evaluate` on
+  # a checkpoint of this run, with this seed and bench=<task>, gives the same.
+  bench_format = 'math' if config.task == 'local' else config.task
+  eval_key = evaluate.benchmark_key(config.seed, config.task)
 
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
     t0 = time.time()
-    m, records = evaluate.evaluate(
-        sampler, state.params, eval_examples, eval_prompts, tok, scorer, acc_name, e.k,
-        e.batch_size, config.rl.max_prompt_len, jax.random.key(config.seed + 1), forced=forced)
+    bench = evaluate.Benchmark(config.task, bench_format, eval_examples,
+                               [make_prompt(x) for x in eval_examples], forced=forced,
+                               verifier=acc_name)
+    m, questions = evaluate.evaluate(sampler, state.params, bench, tok, scorer, e.k,
+                                     e.batch_size, config.rl.max_prompt_len, eval_key)
+    m['eval/length'] = m['eval/length/mean']
     m['eval/seconds'] = time.time() - t0
     m = {k + tag: v for k, v in m.items()}
     write(step, m)
-    writer.samples(step, 'eval' + tag, records[:16])
+    writer.samples(step, 'eval' + tag, [
+        {'question': eval_examples[q[0]['index']].get('question'),
+         'answer': eval_examples[q[0]['index']].get('answer'),
+         'completions': [s['completion'] for s in q], 'correct': [s['correct'] for s in q]}
+        for q in questions[:16]])
     print(f'[r1jax] eval{tag} @ step {step}: pass@1 {m["eval/pass@1" + tag]:.3f}  '
-          f'cons@{e.k} {m[f"eval/cons@{e.k}" + tag]:.3f}  '
+          f'cons@{e.k} {m.get(f"eval/cons@{e.k}" + tag, float("nan")):.3f}  '
           f'format {m.get("eval/format_rate" + tag, 0):.2f}  '
           f'({len(eval_examples)} questions x {e.k} samples, {m["eval/seconds" + tag]:.0f}s)',
           flush=True)

@@ -19,7 +19,8 @@ def _temp_bytes(mesh, B=8, P=8, k=4, T=64):
   compiled = sampler.jitted.trace(
       params, jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows),
       jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
-      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)).lower().compile()
+      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+      jax.ShapeDtypeStruct((B * k,), jnp.int32, sharding=rows)).lower().compile()
   return compiled.memory_analysis().temp_size_in_bytes, sampler, params
 
 
@@ -74,33 +75,35 @@ def test_evaluate_scores_through_time_limited_workers():
   texts = ['<think> a </think> <answer> 4 </answer>', '<think> a </think> <answer> 5 </answer>',
            '<think> b </think> <answer>(10^{10})!</answer>', '<think> b </think> <answer> 7 </answer>']
 
-  def sample(params, ids, mask, key):
+  def sample(params, ids, mask, key, sample_ids):
     n = ids.shape[0] * k
     return Rollout(np.zeros((n, 3), np.int32), np.ones((n, 3), bool), np.zeros((n, 3)),
                    np.zeros(n, bool), 3)
 
-  scorer = rewards.RewardScorer({'accuracy': 1.0}, timeout_s=2.0, workers=1)
+  scorer = rewards.RewardScorer({'accuracy': 1.0, 'format': 1.0}, timeout_s=2.0, workers=1)
   examples = [{'question': 'q0', 'answer': '4'}, {'question': 'q1', 'answer': '7'}]
+  bench = evaluate.Benchmark('t', 'math', examples, ['p0', 'p1'])
   t0 = time.monotonic()
-  m, records = evaluate.evaluate(sample, None, examples, ['p0', 'p1'], _Tok(texts), scorer,
-                                 'accuracy', k, 2, 4, jax.random.key(0))
+  m, questions = evaluate.evaluate(sample, None, bench, _Tok(texts), scorer, k, 2, 4,
+                                   jax.random.key(0))
   assert time.monotonic() - t0 < 10
   assert m['eval/pass@1'] == 0.5 and m['eval/questions'] == 2
-  assert records[1]['correct'] == [0.0, 1.0]
+  assert [s['correct'] for s in questions[1]] == [False, True]
   assert m['eval/format_rate'] == 1.0
-  # (10^{10})! refused before parsing: as a sample, and as q1's vote (a tie
-  # between its two answers goes to the first).
+  # (10^{10})! is refused before parsing: as a sample, and when q1's two
+  # answers are compared (not one candidate); the tie goes to the first.
   assert scorer.rejected == 2 and m['eval/cons@2'] == 0.5
+  assert [s['cluster'] for s in questions[1]] == [0, 1]
   scorer.close()
 
   # A correctness reward that hangs in sympy: killed after 1 s, scored 0.
-  scorer = rewards.RewardScorer({'hang': 1.0}, timeout_s=1.0, workers=1,
+  scorer = rewards.RewardScorer({'hang': 1.0, 'format': 1.0}, timeout_s=1.0, workers=1,
                                 extra={'hang': hostile.sympy_hang})
   scorer([''], ['warm up'], [{}])
   texts[2] = 'hang'
+  bench = evaluate.Benchmark('t', 'countdown', examples, ['p0', 'p1'], verifier='hang')
   t0 = time.monotonic()
-  m, _ = evaluate.evaluate(sample, None, examples, ['p0', 'p1'], _Tok(texts), scorer, 'hang',
-                           k, 2, 4, jax.random.key(0))
+  m, _ = evaluate.evaluate(sample, None, bench, _Tok(texts), scorer, k, 2, 4, jax.random.key(0))
   assert time.monotonic() - t0 < 10 and scorer.timeouts == 1
   assert m['eval/pass@1'] == 0.0
   scorer.close()

@@ -19,7 +19,7 @@ import os
 
 from etils import epath
 
-__all__ = ['read_examples', 'read_split']
+__all__ = ['read_examples', 'read_records', 'read_split']
 
 _FORMATS = ('.jsonl', '.parquet')
 
@@ -44,8 +44,8 @@ def _example(record, row: int, where: str) -> dict:
   return example
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  examples = []
+def _jsonl_records(path: str) -> list[tuple[dict, str]]:
+  records = []
   with epath.Path(path).open('rb') as f:
     for line_no, raw in enumerate(f, 1):
       where = f'{path}:{line_no}'
@@ -60,14 +60,10 @@ def _read_jsonl(path: str) -> list[dict]:
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{where}: not valid JSON ({e})') from None
-      examples.append(_example(record, len(examples), where))
-  return examples
-
-
-def _read_parquet(path: str) -> list[dict]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  return [_example(record, row, f'{path} row {row}')
-          for row, record in enumerate(_parquet_rows(pq, path))]
+      if not isinstance(record, dict):
+        raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}')
+      records.append((record, where))
+  return records
 
 
 def _parquet_rows(pq, path: str) -> list[dict]:
@@ -75,17 +71,24 @@ def _parquet_rows(pq, path: str) -> list[dict]:
     return pq.read_table(f).to_pylist()
 
 
-def read_examples(path: str) -> list[dict]:
-  """All records of one .jsonl or .parquet file, in file order."""
+def read_records(path: str) -> list[tuple[dict, str]]:
+  """The raw records of one .jsonl or .parquet file, in file order, each with
+  where it came from ('file:line' or 'file row n')."""
   if path.endswith('.jsonl'):
-    examples = _read_jsonl(path)
+    records = _jsonl_records(path)
   elif path.endswith('.parquet'):
-    examples = _read_parquet(path)
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    records = [(r, f'{path} row {i}') for i, r in enumerate(_parquet_rows(pq, path))]
   else:
     raise ValueError(f'{path}: expected a {" or ".join(_FORMATS)} file')
-  if not examples:
+  if not records:
     raise ValueError(f'{path}: no records')
-  return examples
+  return records
+
+
+def read_examples(path: str) -> list[dict]:
+  """All records of one .jsonl or .parquet file, in file order."""
+  return [_example(record, row, where) for row, (record, where) in enumerate(read_records(path))]
 
 
 def read_split(data_dir: str, split: str) -> list[dict]:

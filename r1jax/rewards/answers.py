@@ -20,6 +20,7 @@ and `\\frac{1}{2}` agree), after two guards:
   assignment `x = 18` (a left side with a letter and no bare number) is read
   as 18, on either side.
 `exact_match` is a sympy-free numeric comparison for plain-number tasks.
+`choice` compares the letter of a multiple-choice answer (`choice_letter`).
 
 Both sides are parsed as LaTeX math (`$...$`-wrapped) first, because raw text
 parsing misreads answers: `parse('x^2 + 1')` is `[1]` (it extracts the last
@@ -192,3 +193,28 @@ def exact_match(prompt: str, completion: str, example: dict) -> float:
   pred = extract_answer(response(prompt, completion))
   value = None if pred is None else parse_number(pred)
   return float(value is not None and value == gold)
+
+
+# A letter standing alone at the start of the answer: 'B', '(B)', 'B)', 'B.',
+# '\\text{B}', 'B) 42'; not the first letter of a word.
+_LETTER = re.compile(r'\s*(?:\\text\s*\{\s*|\\mathrm\s*\{\s*)?\(?([A-Z])(?![A-Za-z])')
+_ANSWER_LINE = re.compile(r'(?i)\banswer\s*(?:is)?\s*[:：]?\s*\(?([A-Z])(?![A-Za-z])')
+
+
+def choice_letter(completion: str) -> str | None:
+  """The letter a multiple-choice response picks: the start of its answer
+  (`<answer>` block or `\\boxed{}`), else the last 'Answer: X' of its final
+  part (simple-evals' format); None if neither names one."""
+  answer = extract_answer(completion)
+  if answer is not None:
+    m = _LETTER.match(answer)
+    return m.group(1) if m else None
+  text = final_part(completion)
+  hits = _ANSWER_LINE.findall(text) if text is not None else []
+  return hits[-1].upper() if hits else None
+
+
+def choice(prompt: str, completion: str, example: dict) -> float:
+  """1.0 iff the response's letter (`choice_letter`) is `example['answer']`."""
+  letter = choice_letter(response(prompt, completion))
+  return float(letter is not None and letter == str(example['answer']).strip().upper())

@@ -142,7 +142,8 @@ def check(config, devices) -> dict:
   eval_lowered = sampler.jitted.trace(
       state.params, jax.ShapeDtypeStruct((e.batch_size, P), jnp.int32, sharding=rows),
       jax.ShapeDtypeStruct((e.batch_size, P), jnp.bool_, sharding=rows),
-      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)).lower()
+      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+      jax.ShapeDtypeStruct((e.batch_size * e.k,), jnp.int32, sharding=rows)).lower()
   report['eval_lower_seconds'] = round(time.time() - t0, 1)
   report.update(_compile(lowered))  # without a TPU compiler both stay lowered only
   report.update({f'eval_{k}': v for k, v in _compile(eval_lowered).items()})
