@@ -58,7 +58,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.reward_workers = 0  # 0: rewards.default_workers()
   c.reward_timeout_s = 10.0
   c.distributed = False
-  c.model = ConfigDict(dict(param_dtype='float32', dtype='float32', attention='auto'))
+  # name: a preset, for the AOT tool only (r1jax.tools.aot checks this sampler's memory).
+  c.model = ConfigDict(dict(param_dtype='float32', dtype='float32', attention='auto', name=''))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.benchmarks = {}
   for spec in filter(None, arg.bench.split(';')):
@@ -66,9 +67,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     fmt = fmt or name
     c.benchmarks[name] = _benchmark(fmt, path, 256 if (fmt, path) == ('arithmetic', '') else 0)
   if arg.r1:
+    # 32 questions x 64 samples a batch, decoded continuously in 512 slots
+    # (per batch shard: 16 slots of 33k tokens on each of 32 chips, ~15 GB
+    # of KV cache for Qwen2.5-1.5B in bf16) over the long-chains decode.
     c.k = 64
     c.pass_k = (1, 8, 64)
     c.max_new_tokens = 32768
+    c.batch_size = 32
+    c.decode_slots = 512
     c.model.update(param_dtype='bfloat16', dtype='bfloat16')
-    c.decode_slots = 0
   return c

@@ -10,7 +10,8 @@ import jax
 from etils import epath
 from flax import nnx
 
-from r1jax import base, config as rc, evaluate as ev, export, metrics, models, sharding as shd
+from r1jax import base, config as rc, estimators, evaluate as ev, export, metrics, models
+from r1jax import sharding as shd
 from r1jax import tokenizer as tk, workdir as wd
 from r1jax.data import benchmarks as bm, load_split
 from r1jax.rewards import RewardScorer
@@ -23,8 +24,8 @@ def validate(c) -> None:
     if not ok:
       raise rc.ConfigError(key, message)
   need(isinstance(c.k, int) and c.k >= 1, 'k', f'{c.k!r}: samples per question, an integer >= 1')
-  need(all(isinstance(j, int) and j >= 1 for j in c.pass_k), 'pass_k',
-       f'{c.pass_k!r}: integers >= 1')
+  need(all(isinstance(j, int) and 1 <= j <= c.k for j in c.pass_k), 'pass_k',
+       f'{c.pass_k!r}: integers from 1 to k = {c.k}')
   need(0 <= c.temperature <= 100, 'temperature', f'{c.temperature!r}: in [0, 100]')
   need(0 < c.top_p <= 1, 'top_p', f'{c.top_p!r}: in (0, 1]')
   need(isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1, 'max_new_tokens',
@@ -82,6 +83,9 @@ def checkpoint(c) -> tuple[str, list[int | None], str]:
   if not have:
     raise rc.ConfigError('ckpt', f'{workdir}/{wd.CHECKPOINTS}: no checkpoint yet')
   if step is not None:
+    if c.steps != 'latest':
+      raise rc.ConfigError('steps', f'{path} is one checkpoint (step {step}); give the workdir '
+                           f'{workdir} to choose steps')
     return os.fspath(workdir), [step], tok
   if c.steps == 'latest':
     return os.fspath(workdir), [have[-1]], tok
@@ -115,7 +119,7 @@ def load_benchmarks(c, tok_path: str, data_dir: str) -> list[ev.Benchmark]:
     style = b.get('prompt') or c.prompt
     try:
       made = [bm.prompt_for(x, fmt, style, chat) for x in examples]
-    except ValueError as e:
+    except (ValueError, bm.TemplateError) as e:
       raise rc.ConfigError(f'{key}.prompt' if b.get('prompt') else 'prompt', str(e)) from None
     forced = {f for _, f in made}
     out.append(ev.Benchmark(name, fmt, examples, [p for p, _ in made], forced.pop(), style))
@@ -186,6 +190,7 @@ def _run(c, mesh, path, steps, tokenizer, benches, out: epath.Path) -> list[dict
   print(f'[r1jax] evaluating {where} on {names}: '
         f'k {c.k}, temperature {c.temperature}, top-p {c.top_p}, up to {c.max_new_tokens} new '
         f'tokens; writing to {out}', flush=True)
+  model_id = os.fspath(wd.absolute(path))
   try:
     for step in steps:
       model = _load(path, step, c, mesh)
@@ -199,38 +204,69 @@ def _run(c, mesh, path, steps, tokenizer, benches, out: epath.Path) -> list[dict
       del model
       label_step = 'model' if step is None else str(step)
       at = 'model' if step is None else f'step {step}'
+      label = step if step is not None else label_step
+      every = []
       for b in benches:
         t0 = time.time()
-        m = ev.evaluate_with_files(sampler, params, b, tokenizer, scorer, c,
-                                   ev.benchmark_key(c.seed, b.name), ev._Out(out, label_step, b.name),
-                                   f'{b.name} @ {at}')
-        row = {'step': step if step is not None else label_step, 'benchmark': b.name, **m,
-               'seconds': round(time.time() - t0, 1)}
+        m, questions = ev.evaluate_with_files(
+            sampler, params, b, tokenizer, scorer, c, ev.benchmark_key(c.seed, b.name),
+            ev._Out(out, label_step, b.name), f'{b.name} @ {at}', model=model_id)
+        every += questions
+        row = {'step': label, 'benchmark': b.name, **m, 'seconds': round(time.time() - t0, 1)}
         rows.append(row)
         print(f'[r1jax] {b.name} @ {at}: pass@1 {m["pass@1"]:.3f} '
               f'± {m["pass@1_stderr"]:.3f}  cons@{c.k} {m.get(f"cons@{c.k}", float("nan")):.3f}  '
               f'format {m["format_rate"]:.2f}  length {m["length/mean"]:.1f}  '
               f'({m["questions"]} questions x {c.k}, {row["seconds"]:.0f}s)', flush=True)
-        _write_results(rows, c, out)
+      if len(benches) > 1:
+        # Every question of every benchmark counted once (question-weighted).
+        rows.append({'step': label, 'benchmark': 'overall',
+                     **estimators.summarize(every, tuple(c.pass_k) + (c.k,))})
+      _write_results(rows, c, out)
   finally:
     scorer.close()
+  rows = _merged(rows, out)
   table = ev.results_table(rows, c.pass_k, c.k)
   print('\n' + table, flush=True)
-  if len(steps) > 1 and jax.process_index() == 0:
-    ev.plot(rows, out / 'plot.png')
+  if len({r['step'] for r in rows}) > 1 and jax.process_index() == 0:
+    ev.plot([r for r in rows if r['benchmark'] != 'overall'], out / 'plot.png')
     print(f'[r1jax] plot: {out / "plot.png"}', flush=True)
   return rows
 
 
+def _merged(rows: list[dict], out: epath.Path) -> list[dict]:
+  """These rows and the earlier ones of `out`'s results.json that they do
+  not replace (an earlier evaluation of other steps), sorted by step."""
+  path = out / 'results.json'
+  old = json.loads(path.read_text()).get('rows', []) if path.exists() else []
+  new = {(r['step'], r['benchmark']) for r in rows}
+  kept = [r for r in old if (r['step'], r['benchmark']) not in new]
+  order = lambda r: (isinstance(r['step'], str), r['step'] if isinstance(r['step'], int) else 0,  # noqa: E731
+                     r['benchmark'] == 'overall')
+  return sorted(kept + rows, key=order)
+
+
+def _json_safe(x):
+  """NaN (no correct sample, one question) as null: strict JSON has no NaN."""
+  if isinstance(x, float) and x != x:
+    return None
+  if isinstance(x, dict):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_json_safe(v) for v in x]
+  return x
+
+
 def _write_results(rows, c, out: epath.Path) -> None:
-  """results.json and results.md, replaced atomically (a killed run keeps
-  the previous ones)."""
+  """results.json and results.md (with the rows of earlier evaluations of
+  other steps), replaced atomically: a killed run keeps the previous ones."""
   if jax.process_index() != 0:
     return
-  ev._write_atomic(out / 'results.json', json.dumps(
+  rows = _merged(rows, out)
+  ev._write_atomic(out / 'results.json', json.dumps(_json_safe(
       {'settings': {'k': c.k, 'temperature': c.temperature, 'top_p': c.top_p,
                     'max_new_tokens': c.max_new_tokens, 'seed': c.seed},
-       'rows': rows}, indent=2))
+       'rows': rows}), indent=2))
   ev._write_atomic(out / 'results.md', ev.results_table(rows, c.pass_k, c.k))
 
 

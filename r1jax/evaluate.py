@@ -55,7 +55,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import estimators, sharding as shd
 from r1jax.data import benchmarks as bm
-from r1jax.rewards import choice_letter, extract_answer
+from r1jax.rewards import choice_letter, extract_answer, parse_number
 from r1jax.rewards.answers import final_part
 from r1jax.rollout import Rollout, SamplingConfig, generate
 
@@ -135,9 +135,14 @@ def benchmark_key(seed: int, name: str) -> jax.Array:
 
 
 def _equal_many(scorer, bench: Benchmark) -> Callable[[list[tuple[str, str]]], list[bool]]:
-  """Whether two answers are one candidate: whitespace-blind string
-  equality, or the verifier accepting one with the other as the gold."""
-  if bm.FORMATS[bench.format].equivalence == 'string':
+  """Whether two answers are one candidate, by the verifier: math-verify
+  accepting one with the other as the gold (`accuracy`, in the workers),
+  numeric equality (`exact_match`), else whitespace-blind string equality
+  (letters, countdown expressions, a user's verifier)."""
+  if bench.verifier == 'exact_match':
+    return lambda pairs: [parse_number(a) is not None and parse_number(a) == parse_number(b)
+                          for a, b in pairs]
+  if bench.verifier != 'accuracy':
     return lambda pairs: [''.join(a.split()) == ''.join(b.split()) for a, b in pairs]
 
   def equal(pairs):
@@ -195,6 +200,7 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
     for j, i in enumerate(idx):
       batch.append([{
           'id': str(bench.examples[i].get('id', i)), 'index': i, 'sample': s,
+          'digest': question_digest(bench, i),
           'completion': texts[j * k + s], 'answer': answers[j * k + s],
           'cluster': cands[j][s], 'correct': bool(scores[j * k + s, 0] >= 0.5),
           'length': int(lengths[j * k + s]), 'truncated': bool(truncated[j * k + s]),
@@ -203,6 +209,13 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
       on_batch(batch)
     out.extend(batch)
   return out
+
+
+def question_digest(bench: Benchmark, i: int) -> int:
+  """What question i's samples were drawn and judged for: its prompt and
+  gold answer (a resume checks it, so an edited file is not mixed in)."""
+  text = f'{bench.prompts[i]}{bench.forced}\x00{bench.examples[i].get("answer")}'
+  return zlib.crc32(text.encode())
 
 
 def gather_numeric(questions: list[list[dict]]) -> list[list[dict]]:
@@ -262,6 +275,10 @@ class _Out:
       if not path.exists():
         _write_atomic(path, json.dumps(settings, indent=2))
     multihost_utils.sync_global_devices('r1jax-eval-prepare')
+    if not path.exists():
+      raise RuntimeError(f'{path}: written by host 0 but not seen by host '
+                         f'{jax.process_index()}; `out` must be on a filesystem every host '
+                         'shares (e.g. gs://)')
 
   def done(self, k: int) -> dict[int, list[dict]]:
     """The questions whose k samples are in finished part files."""
@@ -297,20 +314,22 @@ def _eta(seconds: float) -> str:
 
 
 def evaluate_with_files(sample, params, bench: Benchmark, tokenizer, scorer, config,
-                        key: jax.Array, out: _Out, label: str) -> dict[str, float]:
+                        key: jax.Array, out: _Out, label: str, model: str = ''
+                        ) -> tuple[dict[str, float], list[list[dict]]]:
   """One (step, benchmark): resumes after the finished batches in `out`,
-  prints progress with an ETA, and returns the benchmark's metrics (every
-  host computes them from the part files)."""
+  prints progress with an ETA, and returns the benchmark's metrics and its
+  questions' samples (every host reads them from the part files: `out`
+  must be on a filesystem all hosts share, e.g. gs://)."""
   k = config.k
-  out.prepare(settings_of(config, bench))
+  out.prepare(settings_of(config, bench, model))
   done = {i: q for i, q in out.done(k).items() if i < len(bench.examples)}
   for i, q in done.items():
-    if q[0]['id'] != str(bench.examples[i].get('id', i)):
+    if q[0].get('digest') != question_digest(bench, i):
       from r1jax import config as rc  # pylint: disable=g-import-not-at-top
       raise rc.ConfigError(f'benchmarks.{bench.name}', f'{out.dir} holds samples of question '
-                           f'{q[0]["id"]!r} at row {i}, where the file now has '
-                           f'{bench.examples[i].get("id", i)!r}: the file changed; evaluate into '
-                           'another out directory')
+                           f'{q[0]["id"]!r} (row {i}) for another prompt or answer than the '
+                           'file now has: the file or the prompt changed; evaluate into another '
+                           'out directory')
   todo = [i for i in range(len(bench.examples)) if i not in done]
   total, t0, finished = len(bench.examples), time.time(), [len(done)]
   if done:
@@ -335,14 +354,16 @@ def evaluate_with_files(sample, params, bench: Benchmark, tokenizer, scorer, con
     raise RuntimeError(f'{out.dir}: {len(questions)} of {total} questions have samples')
   if jax.process_index() == 0:
     out.write_samples(questions)
-  return estimators.summarize(questions, tuple(config.pass_k) + (k,))
+  return estimators.summarize(questions, tuple(config.pass_k) + (k,)), questions
 
 
-def settings_of(config, bench: Benchmark) -> dict:
-  """What a benchmark's samples depend on (besides the weights)."""
-  return {'k': config.k, 'temperature': config.temperature, 'top_p': config.top_p,
-          'max_new_tokens': config.max_new_tokens, 'seed': config.seed,
-          'prompt': bench.style, 'forced': bench.forced, 'verifier': bench.verifier}
+def settings_of(config, bench: Benchmark, model: str = '') -> dict:
+  """What a benchmark's samples depend on, keyed by config name (the
+  questions themselves are checked one by one: `question_digest`)."""
+  return {'ckpt': model, 'k': config.k, 'temperature': config.temperature,
+          'top_p': config.top_p, 'max_new_tokens': config.max_new_tokens, 'seed': config.seed,
+          'model.param_dtype': config.model.param_dtype, 'model.dtype': config.model.dtype,
+          f'benchmarks.{bench.name}.verifier': bench.verifier}
 
 
 def results_table(rows: list[dict], pass_k: Sequence[int], k: int) -> str:

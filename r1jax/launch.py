@@ -357,9 +357,13 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     summary['eval/pass@1 at step 0'] = first_eval['eval/pass@1']
     if 'eval/pass@1_no_thinking' in first_eval:
       summary['eval/pass@1 at step 0, no thinking'] = first_eval['eval/pass@1_no_thinking']
+  # The console line: the headline figures (metrics.jsonl has every one).
+  shown = [k for k in summary if not k.startswith('eval/') or k in (
+      'eval/pass@1', 'eval/pass@1_stderr', f'eval/cons@{e.k}', 'eval/format_rate',
+      'eval/length', 'eval/truncated') or ' at step 0' in k]
   print('[r1jax] done: ' + '  '.join(
-      f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in summary.items()),
-        flush=True)
+      f'{k} {summary[k]:.3f}' if isinstance(summary[k], float) else f'{k} {summary[k]}'
+      for k in shown), flush=True)
   return summary
 
 

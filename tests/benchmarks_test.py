@@ -70,8 +70,13 @@ def test_choice_verifier_reads_the_letter():
                       ('<think>.</think> The answer is B) 42.\nAnswer: B', 1.0),
                       ('<think>.</think> <answer>Because</answer>', 0.0),
                       ('<think> Answer: B', 0.0),  # inside an unclosed think block
-                      ('<think>.</think> Answer: C', 0.0)]:
+                      ('<think>.</think> Answer: C', 0.0),
+                      ('<think>.</think> <answer>b</answer>', 1.0),
+                      ('<think>.</think> Answer: B. So the answer is a bit unclear', 1.0),
+                      ('<think>.</think> the answer is i guess B', 0.0)]:
     assert rewards.REWARDS['choice']('', text, ex) == score, text
+  # A letter outside the options offered is wrong even when it is the gold.
+  assert rewards.REWARDS['choice']('', '<answer>E</answer>', {'answer': 'E', 'letters': 'ABCD'}) == 0
 
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -98,7 +103,7 @@ def test_prompts_r1_zero_and_chat_with_r1s_recommendation(tmp_path):
   assert prompt.endswith('<｜Assistant｜><think>\n') and forced == ''  # the template opens it
   # The template runs sandboxed: no attribute escapes.
   (tmp_path / 'chat_template.jinja').write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
-  with pytest.raises(Exception, match='unsafe|not safely'):
+  with pytest.raises(bm.TemplateError, match='SecurityError'):
     bm.prompt_for(ex, 'math', 'chat', bm.chat_template(str(tmp_path)))
   with pytest.raises(ValueError, match='no chat template'):
     bm.prompt_for(ex, 'math', 'chat', None)

@@ -54,7 +54,10 @@ def test_evaluates_the_shipped_base_on_a_local_file_and_the_built_in_task(tmp_pa
                                                                           capsys):
   rows = eval_command.run(_config(tmp_path, tfds_dir))
   out = capsys.readouterr().out
-  assert [r['benchmark'] for r in rows] == ['arithmetic', 'sums']
+  assert [r['benchmark'] for r in rows] == ['arithmetic', 'sums', 'overall']
+  # Overall: every question of both benchmarks counted once.
+  assert rows[2]['questions'] == 28 and rows[2]['pass@1'] == pytest.approx(
+      (16 * rows[0]['pass@1'] + 12 * rows[1]['pass@1']) / 28)
   for r in rows:
     for key in ('pass@1', 'pass@1_stderr', 'pass@2', 'cons@2', 'length_correct/median',
                 'length_incorrect/p90', 'truncated', 'format_rate'):
@@ -63,14 +66,14 @@ def test_evaluates_the_shipped_base_on_a_local_file_and_the_built_in_task(tmp_pa
   assert rows[1]['pass@1'] > 0.3  # the base adds one-digit numbers
   samples = _samples(tmp_path / 'eval' / 'model' / 'sums' / 'samples.jsonl')
   assert len(samples) == 24 and samples[0]['id'] == 'q0'
-  assert set(samples[0]) == {'id', 'index', 'sample', 'completion', 'answer', 'cluster',
+  assert set(samples[0]) == {'id', 'index', 'sample', 'digest', 'completion', 'answer', 'cluster',
                              'correct', 'length', 'truncated', 'format'}
   # Every metric can be recomputed from samples.jsonl.
   questions = [samples[i:i + 2] for i in range(0, 24, 2)]
   assert ev.estimators.summarize(questions, (1, 2)) == {
       k: v for k, v in rows[1].items() if k not in ('step', 'benchmark', 'seconds')}
   saved = json.loads((tmp_path / 'eval' / 'results.json').read_text())
-  assert saved['rows'] == rows and saved['settings']['k'] == 2
+  assert saved['rows'] == json.loads(json.dumps(rows)) and saved['settings']['k'] == 2
   table = (tmp_path / 'eval' / 'results.md').read_text()
   assert table.startswith('| step | benchmark | questions | pass@1 | ± | pass@2 | cons@2 |')
   assert '| model | sums | 12 |' in table and table in out
@@ -107,6 +110,15 @@ def test_a_killed_evaluation_resumes_without_redoing_finished_questions(tmp_path
   # Other sampling settings on the same out directory are refused, naming the key.
   with pytest.raises(rc.ConfigError, match='config.temperature: .*other settings'):
     eval_command.run(_config(tmp_path, tfds_dir, out='killed', temperature=1.0))
+  # So is an edited benchmark file (the questions' prompts and answers are checked).
+  c = _config(tmp_path, tfds_dir, out='killed')
+  path = c.benchmarks.sums.path
+  rows = [json.loads(line) for line in open(path)]
+  rows[0]['Solution'] = '-1'
+  with open(path, 'w') as f:
+    f.write(''.join(json.dumps(r) + '\n' for r in rows))
+  with pytest.raises(rc.ConfigError, match="config.benchmarks.sums: .*question 'q0'"):
+    eval_command.run(c)
 
 
 def test_the_training_loops_evaluation_equals_the_commands_on_its_checkpoints(done, tmp_path):
@@ -124,6 +136,9 @@ def test_the_training_loops_evaluation_equals_the_commands_on_its_checkpoints(do
   logged = {r['step']: r for r in metrics.read_jsonl(os.path.join(done.workdir, 'metrics.jsonl'))
             if 'eval/pass@1' in r}
   assert [r['step'] for r in rows] == [2, 3]
+  # A later evaluation of another step adds its row to results.json.
+  c.steps = '1'
+  assert [r['step'] for r in eval_command.run(c)] == [1, 2, 3]
   for r in rows:
     for key in ('pass@1', f'cons@{e.k}', 'format_rate', 'length/mean', 'truncated'):
       assert r[key] == pytest.approx(logged[r['step']][f'eval/{key}'], abs=1e-9), key
@@ -159,3 +174,15 @@ def test_the_command_line(tmp_path, tfds_dir):
                         f'--config={ROOT}/configs/eval.py', '--config.k=0'],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert bad.returncode == 1 and 'FATAL: config.k: 0' in bad.stderr
+
+
+def test_the_aot_tool_checks_the_evaluation_sampler():
+  """`python -m r1jax.tools.aot --config=configs/eval.py:…` compiles the
+  command's sampler (decode slots included) and reports its memory."""
+  import jax
+  from r1jax.tools import aot
+  c = eval_config()
+  c.model.name = 'tiny'
+  c.update(k=4, pass_k=(1, 4), batch_size=8, max_new_tokens=16, max_prompt_len=8, decode_slots=16)
+  report = aot.check_eval(c, jax.devices())
+  assert report['eval_compiled'] and report['eval_temp_gib'] > 0

@@ -95,7 +95,12 @@ def _choice_example(record: dict, fields: dict, where: str, qid: str, seed: int)
   if len(names) == 1:
     options = _field(record, names[0], where)
     if isinstance(options, str):
-      options = json.loads(options)
+      try:
+        options = json.loads(options)
+      except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, list):
+      raise ValueError(f'{where}: field {names[0]!r} is not a list of options')
     options = [str(o) for o in options]
   else:
     options = [str(_field(record, n, where)) for n in names]
@@ -174,19 +179,32 @@ def chat_template(model_dir: str) -> dict | None:
           'eos_token': token(config.get('eos_token')) or ''}
 
 
+class TemplateError(ValueError):
+  """A chat template that does not render (syntax, an unsafe access)."""
+
+
 def render_chat(chat: dict, user: str) -> str:
   """One user turn rendered with the model's template, ready for the
-  assistant (add_generation_prompt), in jinja2's immutable sandbox."""
+  assistant (add_generation_prompt), in jinja2's immutable sandbox with the
+  globals transformers gives templates (raise_exception, strftime_now, the
+  loop controls)."""
+  import datetime  # pylint: disable=g-import-not-at-top
+  import jinja2  # pylint: disable=g-import-not-at-top
   from jinja2 import sandbox  # pylint: disable=g-import-not-at-top
 
   def raise_exception(message):
-    raise ValueError(f'chat template: {message}')
+    raise TemplateError(f'chat template: {message}')
 
-  env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-  env.globals['raise_exception'] = raise_exception
-  return env.from_string(chat['template']).render(
-      messages=[{'role': 'user', 'content': user}], add_generation_prompt=True,
-      bos_token=chat['bos_token'], eos_token=chat['eos_token'])
+  env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                              extensions=['jinja2.ext.loopcontrols'])
+  env.globals.update(raise_exception=raise_exception,
+                     strftime_now=lambda f: datetime.datetime.now().strftime(f))
+  try:
+    return env.from_string(chat['template']).render(
+        messages=[{'role': 'user', 'content': user}], add_generation_prompt=True,
+        bos_token=chat['bos_token'], eos_token=chat['eos_token'])
+  except jinja2.TemplateError as e:  # includes the sandbox's SecurityError
+    raise TemplateError(f'chat template: {type(e).__name__}: {e}') from None
 
 
 def prompt_for(example: dict, fmt: str, style: str, chat: dict | None = None

@@ -196,9 +196,12 @@ def exact_match(prompt: str, completion: str, example: dict) -> float:
 
 
 # A letter standing alone at the start of the answer: 'B', '(B)', 'B)', 'B.',
-# '\\text{B}', 'B) 42'; not the first letter of a word.
+# '\\text{B}', 'B) 42'; not the first letter of a word. A lone lowercase
+# letter ('b') counts too.
 _LETTER = re.compile(r'\s*(?:\\text\s*\{\s*|\\mathrm\s*\{\s*)?\(?([A-Z])(?![A-Za-z])')
-_ANSWER_LINE = re.compile(r'(?i)\banswer\s*(?:is)?\s*[:：]?\s*\(?([A-Z])(?![A-Za-z])')
+_LONE_LETTER = re.compile(r'\s*\(?([a-z])\)?\s*$')
+# simple-evals' 'Answer: X' (the word in any case, the letter a capital).
+_ANSWER_LINE = re.compile(r'(?i:\banswer)\s*(?:(?i:is)\s*)?[:：]?\s*\(?([A-Z])(?![A-Za-z])')
 
 
 def choice_letter(completion: str) -> str | None:
@@ -207,14 +210,17 @@ def choice_letter(completion: str) -> str | None:
   part (simple-evals' format); None if neither names one."""
   answer = extract_answer(completion)
   if answer is not None:
-    m = _LETTER.match(answer)
-    return m.group(1) if m else None
+    m = _LETTER.match(answer) or _LONE_LETTER.match(answer)
+    return m.group(1).upper() if m else None
   text = final_part(completion)
   hits = _ANSWER_LINE.findall(text) if text is not None else []
-  return hits[-1].upper() if hits else None
+  return hits[-1] if hits else None
 
 
 def choice(prompt: str, completion: str, example: dict) -> float:
-  """1.0 iff the response's letter (`choice_letter`) is `example['answer']`."""
+  """1.0 iff the response's letter (`choice_letter`) is `example['answer']`
+  (and one of `example['letters']`, the options offered, when given)."""
   letter = choice_letter(response(prompt, completion))
-  return float(letter is not None and letter == str(example['answer']).strip().upper())
+  if letter is None or letter not in example.get('letters', letter):
+    return 0.0
+  return float(letter == str(example['answer']).strip().upper())

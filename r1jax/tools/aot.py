@@ -12,6 +12,11 @@ and the state's per-device bytes are reported. The evaluation sampler (k
 samples of eval.batch_size questions, sharded like the rollout) is compiled
 and reported the same way (`eval_*`). `--topology=cpu` uses this machine's
 devices instead (what the tests run).
+
+  python -m r1jax.tools.aot --config=configs/eval.py:r1 --config.model.name=qwen2.5-1.5b --topology=v5p-64
+
+checks the evaluation command's sampler instead (configs/eval.py: k samples of
+batch_size questions, with its decode slots).
 """
 import dataclasses
 import json
@@ -150,6 +155,48 @@ def check(config, devices) -> dict:
   return report
 
 
+def check_eval(config, devices) -> dict:
+  """The evaluation command's sampler (configs/eval.py): k samples of each
+  of batch_size questions, prompts of max_prompt_len tokens (512 when 0),
+  sharded over the batch axes; the model's shape from the checkpoint's
+  config.json, or the preset `model.name` (no weights are read)."""
+  from r1jax import eval_command  # pylint: disable=g-import-not-at-top
+  eval_command.validate(config)
+  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+            attention=config.model.attention)
+  ckpt_config = os.path.join(wd.model_dir(config.ckpt), 'config.json') if config.ckpt else ''
+  if config.model.get('name'):
+    cfg = models.get_preset(config.model.name, **kw)
+  elif ckpt_config and os.path.exists(ckpt_config):
+    with open(ckpt_config) as f:
+      cfg = models.config_from_hf(json.load(f), **kw)
+  else:
+    raise rc.ConfigError('model.name', 'a preset (e.g. qwen2.5-1.5b) or a ckpt with config.json')
+  abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(abstract)
+  shardings = shd.state_shardings(params, mesh, shd.SAMPLE_RULES)
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, shardings)
+  sampler = evaluate.make_sampler(graphdef, SamplingConfig(
+      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+      eos_ids=cfg.eos_ids), config.k, mesh, slots=config.decode_slots)
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(evaluate.BATCH_AXES))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  B, P = config.batch_size, config.max_prompt_len or 512
+  t0 = time.time()
+  lowered = sampler.jitted.trace(
+      params, jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows),
+      jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
+      jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+      jax.ShapeDtypeStruct((B * config.k,), jnp.int32, sharding=rows)).lower()
+  report = {'devices': len(devices), 'mesh': dict(mesh.shape),
+            'eval_lower_seconds': round(time.time() - t0, 1),
+            'params_gib_per_device': _bytes_per_device(params) / 2**30}
+  report.update({f'eval_{k}': v for k, v in _compile(lowered).items()})
+  return report
+
+
 def _compile(lowered) -> dict:
   try:
     t0 = time.time()
@@ -188,7 +235,8 @@ def main(argv):
     devices, hbm = topology_devices(topology), topology.hbm_gib
     print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
           f'{topology.hbm_gib} GiB HBM each')
-  report = check(config, devices)
+  # An evaluation config (configs/eval.py) checks the evaluation command's sampler.
+  report = check_eval(config, devices) if 'benchmarks' in config else check(config, devices)
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
   for what, prefix in (('train step', ''), ('evaluation sampler', 'eval_')):
