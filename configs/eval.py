@@ -2,10 +2,14 @@
 
   python -m r1jax.evaluate --config=configs/eval.py:ckpt=workdir/zero-tiny
   python -m r1jax.evaluate --config=configs/eval.py:ckpt=workdir/zero-tiny,steps=all
-  python -m r1jax.evaluate --config=configs/eval.py:ckpt=/models/DeepSeek-R1-Distill-Qwen-1.5B,r1,chat,\\
-bench=aime24:math:/data/aime24.jsonl;gpqa:multiple_choice:/data/gpqa_diamond.parquet \\
+  python -m r1jax.evaluate '--config=configs/eval.py:ckpt=/models/DeepSeek-R1-Distill-Qwen-1.5B,r1,chat,bench=aime24:math:/data/aime24.jsonl;gpqa:multiple_choice:/data/gpqa_diamond.parquet' \\
       --config.benchmarks.gpqa.fields.options='Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3' \\
       --config.benchmarks.gpqa.fields.question=Question
+
+Default (no args): the tiny base shipped with r1jax on the built-in
+arithmetic task's 256 held-out questions x 4 samples. Hardware: 2 CPU cores.
+Time: about 20 s. Result (measured, README): pass@1 0.585 +- 0.018, cons@4
+0.773 -- the quickstart's step-0 evaluation, sample for sample.
 
 `ckpt`: a HF directory, an r1jax workdir (its checkpoints: `steps`), or
 `<workdir>/checkpoints/<step>`; empty: the tiny base shipped with r1jax.
