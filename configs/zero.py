@@ -72,7 +72,8 @@ def get_config(arg: str | None = None):
                 # (7.8 TB in bf16 for Qwen2.5-1.5B) does not fit a v5p-64's
                 # HBM, an eighth at a time (31 GB a chip) does; each update's
                 # 512 completions in 2 micro-batches. Qwen2.5-1.5B on v5p-64
-                # (r1jax.tools.aot): 86.95 GiB a chip of 95.
+                # (r1jax.tools.aot): 91.74 GiB a chip of 95 (47.55 with
+                # decode_slots=512, pack=True).
                 rollout_chunks=8, grad_accum=2)
     c.steps = 650
     c.eval_every = 25

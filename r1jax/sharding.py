@@ -171,6 +171,16 @@ def activation_rules(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
     _ACTIVE.current = prev
 
 
+def is_split(name: str, size: int) -> bool:
+  """Whether a dimension of `size` with logical name `name` is split over
+  devices under the active rules (False outside `activation_rules`)."""
+  active = getattr(_ACTIVE, 'current', None)
+  if active is None:
+    return False
+  mesh, rules = active
+  return logical_to_spec((name,), (size,), mesh, rules)[0] is not None
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   active = getattr(_ACTIVE, 'current', None)
   if active is None:

@@ -178,11 +178,10 @@ _MOVES = re.compile(r'= \S+ (all-gather|all-to-all|collective-permute|reduce-sca
 
 
 @pytest.mark.parametrize('kw', [
-    dict(minibatches=2, grad_accum=2),
-    dict(minibatches=2, dynamic_sampling_attempts=2),
-    dict(minibatches=2, pack=True, pack_rows=8, eos_ids=(5, 7), max_new_tokens=16),
-    dict(decode_slots=8, eos_ids=(5, 7), max_new_tokens=16),
-], ids=['minibatches', 'attempts', 'packed', 'slots'])
+    dict(minibatches=2, grad_accum=2, dynamic_sampling_attempts=2),
+    dict(minibatches=2, pack=True, pack_rows=8, decode_slots=8, eos_ids=(5, 7),
+         max_new_tokens=16),
+], ids=['minibatches-attempts', 'packed-slots'])
 def test_nothing_moves_between_data_shards(kw):
   """On a data-parallel mesh (8, 1, 1) each device keeps its own prompts'
   rows through minibatches, micro-batches, refill attempts, packing and the
