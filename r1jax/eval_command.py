@@ -210,7 +210,7 @@ def _run(c, mesh, path, steps, tokenizer, benches, out: epath.Path) -> list[dict
         t0 = time.time()
         m, questions = ev.evaluate_with_files(
             sampler, params, b, tokenizer, scorer, c, ev.benchmark_key(c.seed, b.name),
-            ev._Out(out, label_step, b.name), f'{b.name} @ {at}', model=model_id)
+            ev.Outputs(out, label_step, b.name), f'{b.name} @ {at}', model=model_id)
         every += questions
         row = {'step': label, 'benchmark': b.name, **m, 'seconds': round(time.time() - t0, 1)}
         rows.append(row)
@@ -263,11 +263,11 @@ def _write_results(rows, c, out: epath.Path) -> None:
   if jax.process_index() != 0:
     return
   rows = _merged(rows, out)
-  ev._write_atomic(out / 'results.json', json.dumps(_json_safe(
+  ev.write_atomic(out / 'results.json', json.dumps(_json_safe(
       {'settings': {'k': c.k, 'temperature': c.temperature, 'top_p': c.top_p,
                     'max_new_tokens': c.max_new_tokens, 'seed': c.seed},
        'rows': rows}), indent=2))
-  ev._write_atomic(out / 'results.md', ev.results_table(rows, c.pass_k, c.k))
+  ev.write_atomic(out / 'results.md', ev.results_table(rows, c.pass_k, c.k))
 
 
 def run_or_exit(c) -> list[dict]:

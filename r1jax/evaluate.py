@@ -252,7 +252,7 @@ def evaluate(sample: Callable, params, bench: Benchmark, tokenizer, scorer, k: i
 # ------------------------------------------------------------------ the command
 
 
-class _Out:
+class Outputs:
   """One (step, benchmark)'s files (see the module doc)."""
 
   def __init__(self, root: epath.Path, step: str, bench: str):
@@ -273,7 +273,7 @@ class _Out:
     if jax.process_index() == 0:
       self.parts.mkdir(parents=True, exist_ok=True)
       if not path.exists():
-        _write_atomic(path, json.dumps(settings, indent=2))
+        write_atomic(path, json.dumps(settings, indent=2))
     multihost_utils.sync_global_devices('r1jax-eval-prepare')
     if not path.exists():
       raise RuntimeError(f'{path}: written by host 0 but not seen by host '
@@ -294,14 +294,14 @@ class _Out:
 
   def write_part(self, batch: list[list[dict]]) -> None:
     name = f'part-{batch[0][0]["index"]:08d}.jsonl'
-    _write_atomic(self.parts / name, ''.join(json.dumps(s) + '\n' for q in batch for s in q))
+    write_atomic(self.parts / name, ''.join(json.dumps(s) + '\n' for q in batch for s in q))
 
   def write_samples(self, questions: list[list[dict]]) -> None:
-    _write_atomic(self.dir / 'samples.jsonl',
+    write_atomic(self.dir / 'samples.jsonl',
                   ''.join(json.dumps(s) + '\n' for q in questions for s in q))
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
+def write_atomic(path: epath.Path, text: str) -> None:
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
   tmp.write_text(text)
   tmp.replace(path)
@@ -314,7 +314,7 @@ def _eta(seconds: float) -> str:
 
 
 def evaluate_with_files(sample, params, bench: Benchmark, tokenizer, scorer, config,
-                        key: jax.Array, out: _Out, label: str, model: str = ''
+                        key: jax.Array, out: Outputs, label: str, model: str = ''
                         ) -> tuple[dict[str, float], list[list[dict]]]:
   """One (step, benchmark): resumes after the finished batches in `out`,
   prints progress with an ETA, and returns the benchmark's metrics and its

@@ -84,7 +84,7 @@ def test_a_killed_evaluation_resumes_without_redoing_finished_questions(tmp_path
                                                                         monkeypatch):
   whole = eval_command.run(_config(tmp_path, tfds_dir, out='whole', batch_size=4))
   # Killed after the arithmetic benchmark's second batch was written.
-  real = ev._Out.write_part
+  real = ev.Outputs.write_part
   written = []
 
   def dies(self, batch):
@@ -92,10 +92,10 @@ def test_a_killed_evaluation_resumes_without_redoing_finished_questions(tmp_path
     written.append(batch[0][0]['index'])
     if len(written) == 2:
       raise KeyboardInterrupt
-  monkeypatch.setattr(ev._Out, 'write_part', dies)
+  monkeypatch.setattr(ev.Outputs, 'write_part', dies)
   with pytest.raises(KeyboardInterrupt):
     eval_command.run(_config(tmp_path, tfds_dir, out='killed', batch_size=4))
-  monkeypatch.setattr(ev._Out, 'write_part', real)
+  monkeypatch.setattr(ev.Outputs, 'write_part', real)
   asked = []
   sample_questions = ev.sample_questions
   monkeypatch.setattr(ev, 'sample_questions', lambda *a, indices=None, **kw: (
