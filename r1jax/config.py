@@ -154,8 +154,10 @@ def base_config() -> ConfigDict:
   c.reward_timeout_s = 5.0  # per call; the worker process is killed past it
   c.reward_workers = 0  # scoring processes per host; 0: one per core, at most 8
 
+  # schedule: 'constant' after the warm-up (R1's RL), or 'cosine' decay to
+  # final_lr_ratio x lr at the last update (R1's SFT: 0.1).
   c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
-                            eps=1e-8, grad_clip=1.0))
+                            eps=1e-8, grad_clip=1.0, schedule='constant', final_lr_ratio=0.1))
   return c
 
 
@@ -269,6 +271,21 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('optim.b2', _num(0, 1, hi_open=True)),
     ('optim.eps', _num(0, lo_open=True)),
     ('optim.grad_clip', (_num(0)[0], 'a finite number >= 0 (0: off)')),
+    ('optim.schedule', _one_of(('constant', 'cosine'))),
+    ('optim.final_lr_ratio', _num(0, 1)),
+    # Supervised fine-tuning (r1jax/sft.py; configs/sft.py).
+    ('sft.data', _PATH_OR_EMPTY),
+    ('sft.eval_data', _PATH_OR_EMPTY),
+    ('sft.held_out', _int(0)),
+    ('sft.builtin_examples', _int(1)),
+    ('sft.template', _one_of(('none', 'r1_zero', 'chat'))),
+    ('sft.max_len', _int(2)),
+    ('sft.too_long', _one_of(('error', 'drop'))),
+    ('sft.batch_size', _int(1)),
+    ('sft.grad_accum', _int(1)),
+    ('sft.epochs', _num(0, lo_open=True)),
+    ('eval.max_new_tokens', _int(1)),
+    ('eval.max_prompt_len', _int(1)),
     # The tiny base build (r1jax/base.py).
     ('base.rebuild', _BOOL),
     ('base.dir', _PATH_OR_EMPTY),

@@ -1,4 +1,5 @@
-"""R1-Zero training: `python -m r1jax.launch --config=configs/zero.py`.
+"""R1-Zero training: `python -m r1jax.launch --config=configs/zero.py` (a config
+with an `sft` section, configs/sft.py, runs r1jax/sft.py's loop instead).
 
 One loop, top to bottom: config → mesh → base model → tokenizer and policy →
 data → rewards and the compiled GRPO step → restore → evaluate at step 0 →
@@ -10,9 +11,7 @@ on every exit path (the end, a signal, an exception) the save in flight is
 finished, with a bounded wait, and everything is closed.
 """
 import contextlib
-import errno
 import os
-import signal
 import sys
 import time
 import traceback
@@ -24,40 +23,19 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from r1jax import base, config as rc, evaluate, export, metrics, models, sharding as shd
-from r1jax import tokenizer as tk, train_step as ts, workdir as wd
+from r1jax import config as rc, export, metrics, policy, sharding as shd, train_step as ts
+from r1jax import loop, workdir as wd
+from r1jax.loop import eta
 from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
 from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
 from r1jax.rewards import CORRECTNESS, RewardScorer, load_reward
-from r1jax.rollout import SamplingConfig
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
 
 # Errors that end a run with one FATAL line (they say what to do), not a traceback.
 FATAL = (rc.ConfigError, Mismatch, SaveError, wd.Busy)
-_STUCK = []  # Checkpointers whose save did not finish in config.checkpoint_wait_s
-
-
-class _Stop:
-  """SIGTERM/SIGINT set a flag; the loop saves and exits at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self.previous = {sig: signal.signal(sig, self._handle)
-                     for sig in (signal.SIGTERM, signal.SIGINT)}
-
-  def restore(self):
-    for sig, handler in self.previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.requested:  # a second signal: stop now
-      raise KeyboardInterrupt
-    self.requested = True
-    print(f'\n[r1jax] signal {signum}: saving at the end of this step, then exiting', flush=True)
 
 
 def main(argv):
@@ -71,14 +49,14 @@ def run_or_exit(config) -> dict:
     return run(config)
   except FATAL as e:
     print(f'FATAL: {e}', file=sys.stderr, flush=True)
-    if _STUCK or getattr(e, 'dirty', False):
+    if loop.STUCK or getattr(e, 'dirty', False):
       # A save thread would keep the interpreter alive, or orbax's failed
       # writers would print hundreds of lines while it shuts down.
       sys.stdout.flush()
       os._exit(1)
     sys.exit(1)
   except BaseException:
-    if _STUCK:  # the traceback, then out: orbax's thread would block the exit
+    if loop.STUCK:  # the traceback, then out: orbax's thread would block the exit
       traceback.print_exc()
       sys.stdout.flush()
       sys.stderr.flush()
@@ -122,6 +100,9 @@ def run(config) -> dict:
       print(f'[r1jax] library log: {log_path}', flush=True)
     lock = wd.Lock(workdir)
     closing.callback(lock.release)
+    if 'sft' in config:  # configs/sft.py: supervised fine-tuning
+      from r1jax import sft  # pylint: disable=g-import-not-at-top
+      return sft.run(config, workdir, lock, closing)
     return _run(config, workdir, lock, closing)
 
 
@@ -131,41 +112,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   rc.validate_for_mesh(config, mesh)
 
   # ---------------------------------------------------------------- policy
-  built = rc.base_to_build(config)
-  if built is not None:
-    base.build(built)  # no-op when already built
-  ckpt_path = rc.model_ckpt(config)
-  if ckpt_path:
-    tok_path = config.tokenizer or wd.model_dir(ckpt_path)
-    try:
-      tok = tk.load_tokenizer(tok_path)
-    except FileNotFoundError as e:
-      hint = ('point it at a directory with tokenizer.json or tokenizer.model' if config.tokenizer
-              else 'set --config.tokenizer to a directory that has one (e.g. the HF repo the '
-              'weights came from)')
-      raise rc.ConfigError('tokenizer', f'{e}; {hint}') from None
-    from_run = wd.checkpoint_ref(ckpt_path) is not None
-    if from_run:
-      print(f'[r1jax] starting from the policy of the r1jax checkpoint {ckpt_path}', flush=True)
-    elif ckpt_path == base.SHIPPED:
-      print(f'[r1jax] starting from the tiny base shipped with r1jax ({ckpt_path}; '
-            f'{base.describe(ckpt_path)})', flush=True)
-    model = (export.load if from_run else models.load_hf)(
-        ckpt_path, config.model.param_dtype, compute_dtype=config.model.dtype, mesh=mesh,
-        remat=config.model.remat, attention=config.model.attention)
-  else:
-    tok_path = config.tokenizer
-    tok = tk.load_tokenizer(tok_path)
-    cfg = models.get_preset(config.model.name, param_dtype=config.model.param_dtype,
-                            dtype=config.model.dtype, remat=config.model.remat,
-                            attention=config.model.attention)
-    if cfg.vocab_size < tok.vocab_size:
-      cfg = cfg.replace(vocab_size=tok.vocab_size)
-    model = models.create(cfg, seed=config.seed, mesh=mesh)
+  pol = policy.load(config, mesh)
+  model, tok, tok_path, eos_ids = pol.model, pol.tok, pol.tok_path, pol.eos_ids
   graphdef = nnx.graphdef(model)
-  # One set of stop ids for the sampler and the decoder (Llama 3 ends turns
-  # with <|eot_id|>, which the tokenizer's own eos is not).
-  eos_ids = tok.set_stop_ids(model.cfg.eos_ids)
 
   # -------------------------------------------------------------------- data
   data_dir = rc.data_dir(config)
@@ -187,12 +136,12 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
 
   # ----------------------------------------------------------------- restore
   step_cfg = ts.step_config(config, eos_ids=eos_ids, pad_id=tok.pad_id)
-  optimizer = ts.make_optimizer(config.optim)
+  optimizer = ts.make_optimizer(config.optim, config.steps * ts.updates_per_step(config))
   state = ts.init_state(model, optimizer, step_cfg, seed=config.seed)
   model_cfg = model.cfg
   del model
   ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
-  closing.push(_closer(ckpt, config.checkpoint_wait_s))
+  closing.push(loop.closer(ckpt, config.checkpoint_wait_s))
   start = 0
   # A checkpoint of another run (its state does not fit) stops here, before
   # anything is compiled or written.
@@ -236,49 +185,21 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   train_step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
                                   ts.shardings_of(state))
 
-  def write(step: int, m: dict) -> None:
-    try:
-      writer.write(step, m)
-    except OSError as e:
-      if e.errno != errno.ENOSPC:
-        raise
-      raise SaveError(f'no space left on {workdir} while writing the metrics of step {step}; '
-                      f'checkpoint {ckpt.latest_step()} is intact') from e
+  write = loop.safe_write(writer, workdir, ckpt)
 
   # -------------------------------------------------------------- evaluation
   e = config.eval
   acc_name = next((n for n in CORRECTNESS if n in config.rewards),
                   VERIFIERS[config.task][0])
-  sampler = evaluate.make_sampler(graphdef, SamplingConfig(
-      max_new_tokens=config.rl.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-      eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
-  eval_examples = evaluated
-  # The task's held-out split as a benchmark: `python -m r1jax.evaluate` on
-  # a checkpoint of this run, with this seed and bench=<task>, gives the same.
-  bench_format = 'math' if config.task == 'local' else config.task
-  eval_key = evaluate.benchmark_key(config.seed, config.task)
+  task_eval = policy.TaskEval(config, graphdef, tok, eos_ids, mesh, scorer, evaluated, acc_name,
+                              config.rl.max_new_tokens, config.rl.max_prompt_len)
 
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
-    t0 = time.time()
-    bench = evaluate.Benchmark(config.task, bench_format, eval_examples,
-                               [make_prompt(x) for x in eval_examples], forced=forced,
-                               verifier=acc_name)
-    m, questions = evaluate.evaluate(sampler, state.params, bench, tok, scorer, e.k,
-                                     e.batch_size, config.rl.max_prompt_len, eval_key)
-    m['eval/length'] = m['eval/length/mean']
-    m['eval/seconds'] = time.time() - t0
+    m, questions = task_eval(state.params, forced)
     m = {k + tag: v for k, v in m.items()}
     write(step, m)
-    writer.samples(step, 'eval' + tag, [
-        {'question': eval_examples[q[0]['index']].get('question'),
-         'answer': eval_examples[q[0]['index']].get('answer'),
-         'completions': [s['completion'] for s in q], 'correct': [s['correct'] for s in q]}
-        for q in questions[:16]])
-    print(f'[r1jax] eval{tag} @ step {step}: pass@1 {m["eval/pass@1" + tag]:.3f}  '
-          f'cons@{e.k} {m.get(f"eval/cons@{e.k}" + tag, float("nan")):.3f}  '
-          f'format {m.get("eval/format_rate" + tag, 0):.2f}  '
-          f'({len(eval_examples)} questions x {e.k} samples, {m["eval/seconds" + tag]:.0f}s)',
-          flush=True)
+    writer.samples(step, 'eval' + tag, task_eval.samples(questions))
+    print('[r1jax] ' + task_eval.line(step, m, tag), flush=True)
     return m
 
   def save(step: int) -> None:
@@ -288,13 +209,13 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
 
   # -------------------------------------------------------------------- loop
   if start == 0:
-    print(f'[r1jax] evaluating step 0 ({len(eval_examples)} questions x {e.k}; the sampler '
+    print(f'[r1jax] evaluating step 0 ({len(evaluated)} questions x {e.k}; the sampler '
           'compiles first)', flush=True)
   first_eval = run_eval(0) if start == 0 else None
   if first_eval and e.no_thinking:
     first_eval.update(run_eval(0, forced=NO_THINKING, tag='_no_thinking'))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
-  stop = _Stop()  # from here on a signal saves at the next step boundary
+  stop = loop.Stop()  # from here on a signal saves at the next step boundary
   closing.callback(stop.restore)
   last_eval = first_eval
   t_start = first_done = time.time()
@@ -324,26 +245,17 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     print('[r1jax] ' + metrics.console_line(step, config.steps, m, now - t_start,
                                             eta(start, step, config.steps, first_done, now)),
           flush=True)
+    what = ''
     if m['nonfinite_skipped']:
       # The step did not apply those updates (the state is the last finite
       # one), so stopping here keeps every checkpoint finite.
       what = (f'step {step}: {int(m["nonfinite_skipped"])} of '
               f'{config.rl.num_iterations * config.rl.minibatches} updates had a non-finite '
               f'loss, gradient or result (loss {m["loss"]:.4g}, grad norm {m["grad_norm"]:.4g})')
-      if not config.skip_nonfinite:
-        ckpt.finish(config.checkpoint_wait_s)
-        raise FloatingPointError(
-            f'{what}; they were not applied and nothing was saved (last checkpoint: '
-            f'{ckpt.latest_step()}). Lower optim.lr, or set skip_nonfinite=True to skip such '
-            'updates and go on.')
-      print(f'[r1jax] WARNING: {what}; skipped (skip_nonfinite=True)', flush=True)
-    if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-      last_eval = run_eval(step)
-    if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop.requested:
-      save(step)
-    if stop.requested:
-      ckpt.finish(config.checkpoint_wait_s)
-      print(f'[r1jax] stopped at step {step}; run the same command to resume', flush=True)
+    stopped, evaluated = loop.end_of_step(config, step, config.steps, what, ckpt, save, run_eval,
+                                          stop)
+    last_eval = evaluated or last_eval
+    if stopped:
       return last_eval or {}
 
   # --------------------------------------------------------------- summary
@@ -367,14 +279,6 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   return summary
 
 
-def eta(start: int, step: int, total: int, first_done: float, now: float) -> float | None:
-  """Seconds left at the pace of the steps after this process's first
-  (which compiles); None on the first."""
-  if step <= start + 1:
-    return None
-  return (now - first_done) / (step - start - 1) * (total - step)
-
-
 def _summed(counts: dict[str, float]) -> dict[str, float]:
   """Each host's counters summed over hosts (each scores its own rows)."""
   if jax.process_count() == 1:
@@ -383,25 +287,6 @@ def _summed(counts: dict[str, float]) -> dict[str, float]:
   keys = sorted(counts)
   total = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.int32))
   return dict(zip(keys, np.asarray(total).sum(0).tolist()))
-
-
-def _closer(ckpt: Checkpointer, timeout_s: float):
-  """Exit callback: finish the save in flight (bounded) and close orbax. When
-  the run is already failing, a failed save is a warning, not a second error."""
-
-  def close(exc_type, exc, tb):
-    del exc, tb
-    try:
-      ckpt.close(timeout_s)
-    except SaveError as e:
-      if ckpt.stuck:
-        _STUCK.append(ckpt)
-      if exc_type is None:
-        raise
-      print(f'[r1jax] WARNING: {e}', file=sys.stderr, flush=True)
-    return False
-
-  return close
 
 
 def parse_flags(argv: list[str]) -> list[str]:

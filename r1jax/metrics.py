@@ -22,7 +22,7 @@ from r1jax.workdir import is_local
 # Console columns: (metric key, label, format).
 _CONSOLE = (('reward/total', 'reward', '.3f'), ('accuracy', 'acc', '.3f'),
             ('format_rate', 'format', '.2f'), ('length/mean', 'len', '.1f'),
-            ('kl', 'kl', '.4f'), ('tokens_per_s', 'tok/s', '.0f'),
+            ('kl', 'kl', '.4f'), ('sft/loss', 'loss', '.4f'), ('tokens_per_s', 'tok/s', '.0f'),
             ('eval/pass@1', 'pass@1', '.3f'))
 
 

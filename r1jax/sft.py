@@ -1,19 +1,49 @@
-"""Supervised next-token training: the base-model pretraining stage, R1's
-cold-start SFT and distillation all minimise
+"""Supervised fine-tuning: the base model's pretraining, R1's cold start and
+stage-3 SFT, and distillation all minimise
 
   L = - Σ_t m_t log π_θ(x_{t+1} | x_≤t) / Σ_t m_t
 
-over token sequences x with a loss mask m (e.g. 1 on completions only).
+over token sequences x with a loss mask m (1 on the responses and their EOS).
+
+  records (JSONL / parquet: prompt or question, completion; or messages)
+    ─▶ text: the prompt as is, in the R1-Zero template, or in the model's chat template
+    ─▶ tokens: prompt ++ completion ++ EOS, the loss on completion ++ EOS
+    ─▶ rows: best-fit decreasing packing into rows of max_len - 1 slots (the RL
+       passes' layout, r1jax/packing.py: segment ids, per-sequence positions)
+    ─▶ epochs: every epoch the rows in a seeded order (data/iterator.py: a
+       function of (seed, position) only, so a resumed run sees the same rows)
+    ─▶ one jitted step: batch_size rows in grad_accum micro-batches (lax.scan),
+       the loss a token mean over the whole batch (the same for any grad_accum)
+    ─▶ AdamW, warm-up then cosine decay to final_lr_ratio × lr
+    ─▶ checkpoints (exact resume), metrics.jsonl, held-out loss and pass@1,
+       the final model as a HF directory (<workdir>/hf)
+
+  python -m r1jax.launch --config=configs/sft.py
 """
-from typing import Callable
+import bisect
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax import kernels
+from r1jax import config as rc, export, kernels, loop, metrics, packing, policy
+from r1jax import sharding as shd, train_step as ts, workdir as wd
+from r1jax.data import PromptIterator, benchmarks as bm, load_split, make_prompt
+from r1jax.data.local import read_records
+from r1jax.data.tasks import VERIFIERS
+from r1jax.data.templates import r1_zero_prompt
+
+# ------------------------------------------------------------- the loss (base)
 
 
 def next_token_loss(model, tokens_BxT: jax.Array, mask_BxT: jax.Array,
@@ -30,7 +60,7 @@ def next_token_loss(model, tokens_BxT: jax.Array, mask_BxT: jax.Array,
 def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
                   ) -> Callable:
   """Jitted (params, opt_state, tokens, mask, loss_mask) -> (params, opt_state, loss);
-  params and opt_state are donated."""
+  params and opt_state are donated. (The tiny base's pretraining, r1jax/base.py.)"""
   def step(params, opt_state, tokens, mask, loss_mask):
     loss, grads = jax.value_and_grad(lambda p: next_token_loss(
         nnx.merge(graphdef, p), tokens, mask, loss_mask))(params)
@@ -58,3 +88,504 @@ def pack_examples(tokenizer, prompts: list[str], completions: list[str], length:
     mask[i, :n] = True
     loss_mask[i, len(pi):n] = True
   return tokens, mask, loss_mask
+
+
+# ------------------------------------------------------------------ records
+
+
+def record_text(record: dict, template: str, chat: dict | None = None) -> tuple[str, str]:
+  """(prompt, completion) of one record: `prompt` (or `question`) and
+  `completion`, or a single-turn `messages` list (a user turn, then the
+  assistant's). The prompt is used as is ('none'), put in the R1-Zero
+  template ('r1_zero'), or rendered as a user turn with the model's chat
+  template ('chat')."""
+  if 'messages' in record:
+    turns = record['messages']
+    roles = [t.get('role') for t in turns] if isinstance(turns, list) else None
+    if roles != ['user', 'assistant']:
+      raise ValueError(f'messages: one user turn, then one assistant turn, got roles {roles}')
+    user, completion = turns[0]['content'], turns[1]['content']
+  else:
+    user = record.get('prompt', record.get('question'))
+    completion = record.get('completion')
+    if user is None or completion is None:
+      raise ValueError(f'needs prompt (or question) and completion, or messages; has '
+                       f'{sorted(record)}')
+  if not isinstance(user, str) or not isinstance(completion, str):
+    raise ValueError('prompt and completion must be strings')
+  if template == 'r1_zero':
+    return r1_zero_prompt(user), completion
+  if template == 'chat':
+    if chat is None:
+      raise ValueError("template 'chat': the model's tokenizer has no chat template")
+    return bm.render_chat(chat, user), completion
+  return user, completion
+
+
+class Encoded(NamedTuple):
+  seqs: list[np.ndarray]  # int32 token ids: prompt ++ completion ++ EOS
+  loss: list[np.ndarray]  # bool per token: in the loss (completion and EOS)
+  dropped: int  # longer than max_len (too_long='drop')
+
+
+def encode(tok, pairs: list[tuple[str, str]], max_len: int, too_long: str = 'error',
+           where: Callable[[int], str] = str) -> Encoded:
+  """Tokenises (prompt, completion) pairs; a sequence longer than `max_len`
+  tokens is an error naming it (`where(i)`), or dropped and counted."""
+  seqs, loss, dropped = [], [], 0
+  for i, (prompt, completion) in enumerate(pairs):
+    p = tok.encode(prompt)
+    c = tok.encode(completion) + [tok.eos_id]
+    if len(p) + len(c) > max_len:
+      if too_long == 'drop':
+        dropped += 1
+        continue
+      raise ValueError(f'{where(i)} has {len(p) + len(c)} tokens > sft.max_len={max_len}; '
+                       'raise sft.max_len or set sft.too_long=drop')
+    seqs.append(np.asarray(p + c, np.int32))
+    loss.append(np.asarray([False] * len(p) + [True] * len(c)))
+  return Encoded(seqs, loss, dropped)
+
+
+# ------------------------------------------------------------------ packing
+
+
+def best_fit(lengths: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """packing.best_fit on the host, for a whole data set: best-fit decreasing
+  (longest first, each into the row with the least room that still holds
+  it; ties to the lowest row; a fresh row when none does). Returns (row,
+  offset, rows used); the same assignment as packing.best_fit."""
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size and (lengths.max() > row_len or lengths.min() < 1):
+    raise ValueError(f'lengths must be in [1, {row_len}]')
+  row = np.zeros(len(lengths), np.int32)
+  offset = np.zeros(len(lengths), np.int32)
+  open_rows: list[tuple[int, int]] = []  # (room, row), sorted
+  used = 0
+  for n in np.argsort(-lengths, kind='stable'):
+    need = int(lengths[n])
+    j = bisect.bisect_left(open_rows, (need, -1))
+    if j < len(open_rows):
+      room, r = open_rows.pop(j)
+    else:
+      room, r = row_len, used
+      used += 1
+    row[n], offset[n] = r, row_len - room
+    if room - need > 0:
+      bisect.insort(open_rows, (room - need, r))
+  return row, offset, used
+
+
+class PackedRows(NamedTuple):
+  """Sequences packed into R rows of L slots (packing.Rows' layout): slot j
+  of a row holds an input token, its target (the next token of its
+  sequence), its position in the sequence and the sequence's segment id
+  (index + 1; 0 in empty slots), and `weights` 1 where the target is in the
+  loss."""
+  tokens: np.ndarray
+  targets: np.ndarray
+  positions: np.ndarray
+  segments: np.ndarray
+  weights: np.ndarray
+
+
+def pack_rows(enc: Encoded, row_len: int) -> PackedRows:
+  """A sequence of n tokens takes n - 1 slots (its last token is only a
+  target), packed best-fit decreasing into rows of `row_len` slots."""
+  lengths = np.asarray([len(s) - 1 for s in enc.seqs])
+  row, offset, R = best_fit(lengths, row_len)
+  out = PackedRows(*(np.zeros((R, row_len), np.int32) for _ in range(4)),
+                   np.zeros((R, row_len), np.float32))
+  for i, (seq, loss) in enumerate(zip(enc.seqs, enc.loss)):
+    r, o, n = row[i], offset[i], len(seq) - 1
+    out.tokens[r, o:o + n] = seq[:-1]
+    out.targets[r, o:o + n] = seq[1:]
+    out.positions[r, o:o + n] = np.arange(n)
+    out.segments[r, o:o + n] = i + 1
+    out.weights[r, o:o + n] = loss[1:]
+  return out
+
+
+class RowSource:
+  """Packed rows as a PromptIterator source (`source[i]` is row i)."""
+
+  def __init__(self, rows: PackedRows):
+    self.rows = rows
+
+  def __len__(self) -> int:
+    return len(self.rows.tokens)
+
+  def __getitem__(self, i: int) -> dict:
+    return {'row': i}
+
+  def take(self, examples: list[dict]) -> PackedRows:
+    idx = np.asarray([x['index'] for x in examples], np.int64)
+    return PackedRows(*(x[idx] for x in self.rows))
+
+
+# ---------------------------------------------------------------------- step
+
+
+class SFTState(NamedTuple):
+  step: jax.Array  # int32 scalar
+  params: nnx.State  # the name export.load and the checkpoint tools read
+  opt_state: object
+
+
+def loss_sum(model, rows: dict, impl: str = 'auto', mesh=None) -> tuple[jax.Array, jax.Array]:
+  """(Σ weight × NLL, Σ weight) over packed rows ([m, L] arrays)."""
+  rows = {k: jnp.asarray(v) for k, v in rows.items()}
+  logp = ts.packed_logprobs(model, packing.Rows(rows['tokens'], rows['targets'],
+                                                rows['positions'], rows['segments'], None, None),
+                            1.0, impl, mesh=mesh)
+  return -(logp * rows['weights']).sum(), rows['weights'].sum()
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                    grad_accum: int, mesh: jax.sharding.Mesh, state_shardings,
+                    impl: str = 'auto') -> Callable:
+  """Jitted (state, rows) -> (state, metrics): one optimizer update on the
+  batch's rows ([R, L] each, sharded over the batch axes), in grad_accum
+  micro-batches of R / grad_accum rows (strided, so each stays on its
+  shards). The loss is Σ NLL / Σ loss tokens over the whole batch, so the
+  update does not depend on grad_accum. A non-finite loss, gradient or
+  result is not applied (the state is kept, `nonfinite` is 1)."""
+  rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
+
+  def step(state: SFTState, rows: dict):
+    with shd.activation_rules(mesh, shd.TRAIN_RULES):
+      total = jnp.maximum(rows['weights'].sum(), 1.0)
+      micros = ts._split_prompts(rows, grad_accum)  # pylint: disable=protected-access
+
+      def grad_fn(micro):
+        return jax.value_and_grad(lambda p: loss_sum(nnx.merge(graphdef, p), micro, impl, mesh)[0]
+                                  )(state.params)
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (nll, grads), _ = jax.lax.scan(
+          lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None),
+          (jnp.zeros((), jnp.float32), zeros), micros)
+      loss = nll / total
+      grads = jax.tree.map(lambda g: g / total, grads)
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                & ts._all_finite(params))  # pylint: disable=protected-access
+      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+      params, opt_state = jax.tree.map(keep, (params, opt_state),
+                                       (state.params, state.opt_state))
+      new = SFTState(state.step + 1, params, opt_state)
+      return new, {'sft/loss': loss, 'grad_norm': grad_norm, 'loss_tokens': rows['weights'].sum(),
+                   'tokens': (rows['segments'] > 0).sum(), 'nonfinite': (~finite).astype(jnp.int32)}
+
+  return jax.jit(step, in_shardings=(state_shardings, rows_sharding),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def make_eval_loss(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, impl: str = 'auto'
+                   ) -> Callable:
+  """Jitted (params, rows) -> (Σ weight × NLL, Σ weight)."""
+  rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
+
+  def fn(params, rows):
+    with shd.activation_rules(mesh, shd.TRAIN_RULES):
+      return loss_sum(nnx.merge(graphdef, params), rows, impl, mesh)
+  return jax.jit(fn, in_shardings=(None, rows_sharding))
+
+
+def held_out_loss(fn: Callable, params, rows: PackedRows, batch: int, mesh) -> float:
+  """Token-mean NLL of held-out rows, `batch` rows a call (the last batch
+  padded with empty rows, which weigh nothing)."""
+  sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
+  nll = count = 0.0
+  for i in range(0, len(rows.tokens), batch):
+    part = {k: np.asarray(v[i:i + batch]) for k, v in rows._asdict().items()}
+    pad = batch - len(part['tokens'])
+    part = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in part.items()}
+    s, n = fn(params, {k: jax.device_put(v, sharding) for k, v in part.items()})
+    nll, count = nll + float(s), count + float(n)
+  return nll / max(count, 1.0)
+
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Data:
+  train: PackedRows
+  held_out: PackedRows | None
+  examples: int  # training sequences
+  dropped: int  # too long, dropped
+
+
+def builtin_records(config) -> tuple[list[dict], list[dict]]:
+  """The built-in cold-start data: correct reduction chains of the task's
+  training questions in R1's format ('<think> chain </think> <answer> … </answer>'),
+  and sft.held_out held-out ones from its test split (after the questions
+  the evaluation samples)."""
+  if config.task != 'arithmetic':
+    raise rc.ConfigError('sft.data', f'the built-in SFT data is for the arithmetic task, not '
+                         f'{config.task!r}; set sft.data to a JSONL file')
+  from r1jax import base  # pylint: disable=g-import-not-at-top
+  from r1jax.data import tasks  # pylint: disable=g-import-not-at-top
+  data_dir = rc.data_dir(config)
+  train = load_split('arithmetic', 'train', data_dir)
+  test = load_split('arithmetic', 'test', data_dir)
+  n = config.sft.builtin_examples
+
+  def record(ex):
+    chain, total = tasks.reduction(ex['question'])
+    return {'prompt': make_prompt(ex), 'completion': base.completion_text(chain, str(total))}
+
+  first = config.eval.num_questions  # the evaluated questions are not held-out data
+  held = [dict(test[i]) for i in range(first, min(len(test), first + config.sft.held_out))]
+  return ([record(dict(train[i])) for i in range(min(n, len(train)))],
+          [record(ex) for ex in held])
+
+
+def _records(path: str, key: str) -> list[dict]:
+  try:
+    return [{**r, 'source': where} for r, where in read_records(path)]
+  except ValueError as e:
+    raise rc.ConfigError(key, str(e)) from None
+
+
+def load_data(config, tok, chat: dict | None) -> Data:
+  """Reads, tokenises and packs the training and held-out records. Held out:
+  sft.eval_data, or the last sft.held_out records of sft.data."""
+  s = config.sft
+  if s.data:
+    train = _records(s.data, 'sft.data')
+    held = _records(s.eval_data, 'sft.eval_data') if s.eval_data else []
+    if not s.eval_data and s.held_out:
+      if s.held_out >= len(train):
+        raise rc.ConfigError('sft.held_out', f'{s.held_out} held-out records of the '
+                             f'{len(train)} in {s.data}; leave some to train on')
+      train, held = train[:-s.held_out], train[-s.held_out:]
+    template = s.template
+  else:
+    train, held = builtin_records(config)
+    template = 'none'  # the built-in prompts are already in the R1-Zero template
+
+  def encoded(records, what):
+    try:
+      pairs = [record_text(r, template, chat) for r in records]
+    except (ValueError, bm.TemplateError) as e:
+      raise rc.ConfigError('sft.data', f'{what}: {e}') from None
+    where = lambda i: records[i].get('source') or f'{what} record {i}'  # noqa: E731
+    try:
+      return encode(tok, pairs, s.max_len, s.too_long, where)
+    except ValueError as e:
+      raise rc.ConfigError('sft.max_len', str(e)) from None
+
+  enc = encoded(train, s.data or 'built-in data')
+  if not enc.seqs:
+    raise rc.ConfigError('sft.data', f'no training example fits sft.max_len={s.max_len}')
+  held_enc = encoded(held, s.eval_data or 'held-out data') if held else None
+  return Data(pack_rows(enc, s.max_len - 1),
+              pack_rows(held_enc, s.max_len - 1) if held_enc and held_enc.seqs else None,
+              len(enc.seqs), enc.dropped + (held_enc.dropped if held_enc else 0))
+
+
+def total_steps(config, num_rows: int) -> int:
+  """config.steps when set, else sft.epochs over the packed rows."""
+  if config.steps:
+    return config.steps
+  return max(1, math.ceil(config.sft.epochs * num_rows / config.sft.batch_size))
+
+
+# ----------------------------------------------------------------------- run
+
+
+def validate(config) -> None:
+  """The SFT section's checks that rc.validate does not do."""
+  s = config.sft
+  if s.batch_size % s.grad_accum:
+    raise rc.ConfigError('sft.batch_size', f'{s.batch_size} rows do not split into '
+                         f'grad_accum={s.grad_accum} micro-batches')
+  if s.data and not os.path.exists(s.data):
+    raise rc.ConfigError('sft.data', f'{s.data!r} does not exist')
+  if s.eval_data and not os.path.exists(s.eval_data):
+    raise rc.ConfigError('sft.eval_data', f'{s.eval_data!r} does not exist')
+
+
+def validate_for_mesh(config, mesh) -> None:
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  s = config.sft
+  if (s.batch_size // s.grad_accum) % shards:
+    raise rc.ConfigError('sft.batch_size', f'a micro-batch of {s.batch_size // s.grad_accum} '
+                         f'rows does not split over data x fsdp = {shards} devices')
+  if config.eval.num_questions and config.eval.batch_size % shards:
+    raise rc.ConfigError('eval.batch_size', f'{config.eval.batch_size} questions do not split '
+                         f'over data x fsdp = {shards} devices')
+
+
+def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStack) -> dict:
+  """The SFT loop (r1jax.launch runs it for a config with an `sft` section)."""
+  from r1jax.checkpoint import Checkpointer, Mismatch, config_diff  # pylint: disable=g-import-not-at-top
+  from r1jax.rewards import CORRECTNESS, RewardScorer  # pylint: disable=g-import-not-at-top
+  validate(config)
+  mesh = shd.make_mesh(**config.mesh)
+  validate_for_mesh(config, mesh)
+  s, e = config.sft, config.eval
+  pol = policy.load(config, mesh)
+  tok = pol.tok
+  graphdef = nnx.graphdef(pol.model)
+  model_cfg = pol.model.cfg
+  if s.max_len > model_cfg.max_position_embeddings:
+    raise rc.ConfigError('sft.max_len', f'{s.max_len} > the model\'s max_position_embeddings '
+                         f'({model_cfg.max_position_embeddings})')
+  chat = bm.chat_template(pol.tok_path) if s.template == 'chat' and os.path.isdir(
+      pol.tok_path) else None
+
+  t0 = time.time()
+  data = load_data(config, tok, chat)
+  R = len(data.train.tokens)
+  steps = total_steps(config, R)
+  fill = float((data.train.segments > 0).mean())
+  print(f'[r1jax] sft data: {data.examples} examples in {R} rows of {s.max_len - 1} slots '
+        f'({fill:.0%} full), {data.dropped} dropped as too long; '
+        f'{len(data.held_out.tokens) if data.held_out else 0} held-out rows; {steps} steps of '
+        f'{s.batch_size} rows ({steps * s.batch_size / R:.2f} epochs; {time.time() - t0:.1f}s)',
+        flush=True)
+  source = RowSource(data.train)
+  order = PromptIterator(source, s.batch_size, seed=config.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+
+  optimizer = ts.make_optimizer(config.optim, steps)
+  params = nnx.state(pol.model, nnx.Param)
+  del pol.model
+  state = SFTState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
+  rep = NamedSharding(mesh, P())
+  state = state._replace(step=jax.device_put(state.step, rep), opt_state=jax.tree.map(
+      lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep),
+      state.opt_state))
+  ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
+  closing.push(loop.closer(ckpt, config.checkpoint_wait_s))
+  if ckpt.latest_step() is not None:
+    print(f'[r1jax] restoring the newest checkpoint in {ckpt.directory} (checking its digest)',
+          flush=True)
+  restored = ckpt.restore_latest(state, config.to_dict())
+  export.write_model_dir(workdir, model_cfg, pol.tok_path, tok, export.generation_config(
+      tok, pol.eos_ids, e.temperature, e.top_p))
+  start = 0
+  if restored is not None:
+    start, state, meta = restored
+    try:
+      order.restore(meta['data'])
+    except ValueError as err:
+      changed = [d for d in config_diff(meta.get('config'), config.to_dict())
+                 if not d.startswith(('workdir:', 'steps:'))]
+      raise Mismatch(f'checkpoint {ckpt.directory}/{start} is of another run: {err}; the saved '
+                     'config differs in: ' + '; '.join(changed[:10])) from None
+    print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
+  hf_dir = workdir / 'hf'
+  if restored is not None and start >= steps and (hf_dir / 'config.json').exists():
+    print(f'[r1jax] {workdir} holds a finished run ({start} of {steps} steps); nothing to do',
+          flush=True)
+    path = workdir / 'metrics.jsonl'
+    rows = [r for r in metrics.read_jsonl(path) if 'eval/loss' in r] if path.exists() else []
+    return rows[-1] if rows else {}
+  writer = metrics.Writer(workdir, resume_step=start if restored else None)
+  closing.callback(writer.close)
+
+  write = loop.safe_write(writer, workdir, ckpt)
+
+  # Held-out: the loss on held-out rows, and pass@1 on the task's questions.
+  eval_loss = make_eval_loss(graphdef, mesh)
+  task_eval = None
+  if e.num_questions:
+    test = load_split(config.task, 'test', rc.data_dir(config))
+    questions = [dict(test[i]) for i in range(min(e.num_questions, len(test)))]
+    scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
+                          workers=config.reward_workers)
+    closing.callback(scorer.close)
+    acc = next((n for n in CORRECTNESS if n in config.rewards), VERIFIERS[config.task][0])
+    task_eval = policy.TaskEval(config, graphdef, tok, pol.eos_ids, mesh, scorer, questions,
+                                acc, e.max_new_tokens, e.max_prompt_len)
+
+  def run_eval(step: int) -> dict:
+    m = {}
+    if data.held_out is not None:
+      m['eval/loss'] = held_out_loss(eval_loss, state.params, data.held_out,
+                                     s.batch_size // s.grad_accum, mesh)
+    if task_eval is not None:
+      tm, questions = task_eval(state.params)
+      m.update(tm)
+      writer.samples(step, 'eval', task_eval.samples(questions))
+    if m:
+      write(step, m)
+      line = f'eval @ step {step}:'
+      if 'eval/loss' in m:
+        line += f' held-out loss {m["eval/loss"]:.4f}'
+      if task_eval is not None:
+        line += '; ' + task_eval.line(step, m).partition(': ')[2]
+      print('[r1jax] ' + line, flush=True)
+    return m
+
+  def save(step: int) -> None:
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, {'data': order.state(), 'step': step, 'config': config.to_dict()})
+
+  step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state))
+  rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
+  stop = loop.Stop()
+  closing.callback(stop.restore)
+  first_eval = run_eval(0) if start == 0 else None
+  last_eval = first_eval
+  t_start = first_done = time.time()
+  step = start
+  if start < steps:
+    print(f'[r1jax] training from step {start + 1} of {steps}; the first step compiles',
+          flush=True)
+  for step in range(start + 1, steps + 1):
+    ckpt.check()
+    lock.check()
+    part = source.take(order.next())
+    batch = {k: jax.make_array_from_process_local_data(rows_sharding, v)
+             for k, v in part._asdict().items()}
+    t0 = time.time()
+    state, m = step_fn(state, batch)
+    m = metrics.scalars(m)
+    dt = time.time() - t0
+    m.update(step_seconds=dt, tokens_per_s=m['tokens'] / dt, epoch=order.position / R)
+    write(step, m)
+    now = time.time()
+    first_done = now if step == start + 1 else first_done
+    print('[r1jax] ' + metrics.console_line(step, steps, m, now - t_start,
+                                            loop.eta(start, step, steps, first_done, now)),
+          flush=True)
+    what = (f'step {step}: the update had a non-finite loss, gradient or result (loss '
+            f'{m["sft/loss"]:.4g}, grad norm {m["grad_norm"]:.4g})' if m['nonfinite'] else '')
+    stopped, evaluated = loop.end_of_step(config, step, steps, what, ckpt, save, run_eval, stop)
+    last_eval = evaluated or last_eval
+    if stopped:
+      return last_eval or {}
+
+  if step > start or last_eval is None:
+    last_eval = run_eval(step)
+  save(step)
+  ckpt.finish(config.checkpoint_wait_s)
+  # The trained model as a HF directory (written aside, then moved in place).
+  if not (hf_dir / 'config.json').exists():
+    tmp = workdir / '.hf.tmp'
+    if tmp.exists():
+      tmp.rmtree()
+    export.export(workdir, str(tmp), step=step)
+    if jax.process_index() == 0:
+      if hf_dir.exists():
+        hf_dir.rmtree()
+      tmp.rename(hf_dir)
+  summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, 'hf_dir': str(hf_dir),
+             **(last_eval or {})}
+  if first_eval:
+    for k in ('eval/loss', 'eval/pass@1'):
+      if k in first_eval:
+        summary[f'{k} at step 0'] = first_eval[k]
+  shown = [k for k in summary if not k.startswith('eval/') or k in (
+      'eval/loss', 'eval/pass@1', 'eval/format_rate') or ' at step 0' in k]
+  print('[r1jax] done: ' + '  '.join(
+      f'{k} {summary[k]:.3f}' if isinstance(summary[k], float) else f'{k} {summary[k]}'
+      for k in shown), flush=True)
+  return summary

@@ -93,15 +93,27 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows)
 
 
-def make_optimizer(optim) -> optax.GradientTransformation:
-  """AdamW with linear warm-up to a constant rate (R1 uses a constant lr),
-  after global-norm clipping."""
-  lr = (optax.warmup_constant_schedule(0.0, optim.lr, optim.warmup_steps)
-        if optim.warmup_steps else optim.lr)
+def make_optimizer(optim, total_updates: int = 0) -> optax.GradientTransformation:
+  """AdamW after global-norm clipping, with a linear warm-up to optim.lr,
+  then a constant rate (schedule 'constant': R1's RL) or a cosine decay to
+  final_lr_ratio x lr at update `total_updates` ('cosine': R1's SFT)."""
+  if optim.get('schedule', 'constant') == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, optim.lr, optim.warmup_steps, max(total_updates, optim.warmup_steps + 1),
+        optim.lr * optim.final_lr_ratio)
+  elif optim.warmup_steps:
+    lr = optax.warmup_constant_schedule(0.0, optim.lr, optim.warmup_steps)
+  else:
+    lr = optim.lr
   tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
   if optim.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
   return tx
+
+
+def updates_per_step(config) -> int:
+  """Optimizer updates of one launcher step (μ inner epochs x minibatches)."""
+  return config.rl.num_iterations * config.rl.minibatches
 
 
 class TrainState(NamedTuple):

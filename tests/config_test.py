@@ -125,10 +125,11 @@ def test_validation_rejects_non_finite_and_out_of_range(key, value):
   assert e.value.key == key
 
 
-def test_every_field_has_a_check():
-  """Every leaf of the default recipe (with the base section) is validated."""
-  from conftest import zero_config
-  c = zero_config(None)
+@pytest.mark.parametrize('recipe', ['zero', 'sft'])
+def test_every_field_has_a_check(recipe):
+  """Every leaf of the default recipes (with the base section) is validated."""
+  from conftest import config_file
+  c = config_file(recipe, None)
 
   def leaves(node, prefix=''):
     for k, v in node.items():

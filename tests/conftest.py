@@ -24,11 +24,16 @@ FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 sys.path.insert(0, ROOT)
 
 
-def zero_config(arg):
-  spec = importlib.util.spec_from_file_location('zero', os.path.join(ROOT, 'configs', 'zero.py'))
+def config_file(name, arg):
+  """configs/<name>.py's get_config(arg)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def zero_config(arg):
+  return config_file('zero', arg)
 
 
 @pytest.fixture(scope='session')

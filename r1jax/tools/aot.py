@@ -88,7 +88,7 @@ def abstract_state(config, mesh):
   else:
     cfg = models.get_preset(config.model.name, **kw)
   step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
-  optimizer = ts.make_optimizer(config.optim)
+  optimizer = ts.make_optimizer(config.optim, config.steps * ts.updates_per_step(config))
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(abstract)
   shardings = shd.state_shardings(params, mesh, shd.TRAIN_RULES)
