@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import jax
 from etils import epath
@@ -55,6 +56,8 @@ def validate(c) -> None:
     unknown = set(b.get('fields', {})) - set(bm.FORMATS[b['format']].fields)
     need(not unknown, f'{key}.fields', f'{sorted(unknown)}: format {b["format"]!r} maps only '
          f'{sorted(bm.FORMATS[b["format"]].fields)}')
+    need(b.get('split', 'test') in ('train', 'test'), f'{key}.split',
+         f"{b.get('split')!r}: 'train' or 'test' (a built-in task's split)")
     need(b.get('prompt', '') in ('', 'r1_zero', 'chat'), f'{key}.prompt',
          f"{b.get('prompt')!r}: '', 'r1_zero' or 'chat'")
     need(isinstance(b.get('limit', 0), int) and b.get('limit', 0) >= 0, f'{key}.limit',
@@ -111,7 +114,7 @@ def load_benchmarks(c, tok_path: str, data_dir: str) -> list[ev.Benchmark]:
         examples = bm.read_benchmark(b['path'], fmt, dict(b.get('fields', {})), b.get('limit', 0),
                                      c.seed)
       else:
-        split = load_split(fmt, 'test', data_dir)
+        split = load_split(fmt, b.get('split', 'test'), data_dir)
         examples = [dict(split[i], id=str(i)) for i in range(min(b.get('limit', 0) or len(split),
                                                                   len(split)))]
     except (ValueError, FileNotFoundError) as e:
@@ -144,31 +147,39 @@ def run(c) -> list[dict]:
     if c.distributed or os.environ.get('R1JAX_DISTRIBUTED') == '1':
       from r1jax import launch  # pylint: disable=g-import-not-at-top
       launch.init_distributed(c)
-    try:
-      mesh = shd.make_mesh(**c.mesh)
-    except ValueError as e:
-      raise rc.ConfigError('mesh', str(e)) from None
-    shards = mesh.shape['data'] * mesh.shape['fsdp']
-    if c.batch_size % shards:
-      raise rc.ConfigError('batch_size', f'{c.batch_size} prompts do not split over data x fsdp '
-                           f'= {shards} devices')
-    path, steps, tok_path = checkpoint(c)
-    from_run = steps != [None]
-    out = wd.absolute(c.out or (os.path.join(path, 'eval') if from_run
-                                else os.path.join('eval', epath.Path(path).name)))
-    if jax.process_index() == 0:
-      out.mkdir(parents=True, exist_ok=True)
-    log.to(out)
-    try:
-      tokenizer = tk.load_tokenizer(tok_path)
-    except FileNotFoundError as e:
-      raise rc.ConfigError('tokenizer', str(e)) from None
-    data_dir = c.data_dir or os.fspath((epath.Path(path) if from_run else out) / 'tfds')
-    benches = load_benchmarks(c, tok_path, data_dir)
-    c.max_prompt_len = _prompt_len(c, tokenizer, benches)
+    mesh, path, steps, tokenizer, benches, out = prepare(c, log, lambda path, from_run: (
+        os.path.join(path, 'eval') if from_run else os.path.join('eval', epath.Path(path).name)))
     return _run(c, mesh, path, steps, tokenizer, benches, out)
   finally:
     log.close()
+
+
+def prepare(c, log, default_out: Callable[[str, bool], str]):
+  """(mesh, checkpoint path, steps, tokenizer, benchmarks, out directory) of
+  a sampling command's config; `default_out(path, from_run)` when c.out is
+  empty. The library log goes to out/log.txt."""
+  try:
+    mesh = shd.make_mesh(**c.mesh)
+  except ValueError as e:
+    raise rc.ConfigError('mesh', str(e)) from None
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  if c.batch_size % shards:
+    raise rc.ConfigError('batch_size', f'{c.batch_size} prompts do not split over data x fsdp '
+                         f'= {shards} devices')
+  path, steps, tok_path = checkpoint(c)
+  from_run = steps != [None]
+  out = wd.absolute(c.out or default_out(path, from_run))
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+  log.to(out)
+  try:
+    tokenizer = tk.load_tokenizer(tok_path)
+  except FileNotFoundError as e:
+    raise rc.ConfigError('tokenizer', str(e)) from None
+  data_dir = c.data_dir or os.fspath((epath.Path(path) if from_run else out) / 'tfds')
+  benches = load_benchmarks(c, tok_path, data_dir)
+  c.max_prompt_len = _prompt_len(c, tokenizer, benches)
+  return mesh, path, steps, tokenizer, benches, out
 
 
 def _load(path: str, step, c, mesh):
@@ -179,40 +190,64 @@ def _load(path: str, step, c, mesh):
   return export.load(path, c.model.param_dtype, step=step, **kw)
 
 
+class Sampled:
+  """One checkpoint step's samples of one benchmark (evaluate_step)."""
+
+  def __init__(self, bench: ev.Benchmark, metrics: dict, questions: list[list[dict]],
+               seconds: float):
+    self.bench, self.metrics, self.questions, self.seconds = bench, metrics, questions, seconds
+
+
+def evaluate_step(c, mesh, path: str, step, tokenizer, benches, out: epath.Path, scorer,
+                  cache: dict) -> list[Sampled]:
+  """Samples every benchmark at one step of the checkpoint (resumable:
+  evaluate.evaluate_with_files into out/<step>/<benchmark>/). `cache` keeps
+  the compiled sampler between steps."""
+  model = _load(path, step, c, mesh)
+  eos_ids = tokenizer.set_stop_ids(model.cfg.eos_ids)
+  if 'sampler' not in cache:
+    cache['sampler'] = ev.make_sampler(nnx.graphdef(model), SamplingConfig(
+        max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+        eos_ids=eos_ids, pad_id=tokenizer.pad_id), c.k, mesh, slots=c.decode_slots)
+  params = nnx.state(model)
+  del model
+  label_step = 'model' if step is None else str(step)
+  at = 'model' if step is None else f'step {step}'
+  model_id = os.fspath(wd.absolute(path))
+  done = []
+  for b in benches:
+    t0 = time.time()
+    m, questions = ev.evaluate_with_files(
+        cache['sampler'], params, b, tokenizer, scorer, c, ev.benchmark_key(c.seed, b.name),
+        ev.Outputs(out, label_step, b.name), f'{b.name} @ {at}', model=model_id)
+    done.append(Sampled(b, m, questions, round(time.time() - t0, 1)))
+  return done
+
+
+def make_scorer(c, benches, extra: dict | None = None) -> RewardScorer:
+  """The benchmarks' verifiers and the format reward (and `extra` rewards)."""
+  return RewardScorer({**{b.verifier: 1.0 for b in benches}, 'format': 1.0, **(extra or {})},
+                      timeout_s=c.reward_timeout_s, workers=c.reward_workers or None)
+
+
 def _run(c, mesh, path, steps, tokenizer, benches, out: epath.Path) -> list[dict]:
-  verifiers = {b.verifier: 1.0 for b in benches}
-  scorer = RewardScorer({**verifiers, 'format': 1.0}, timeout_s=c.reward_timeout_s,
-                        workers=c.reward_workers or None)
-  rows, sampler, graphdef = [], None, None
+  scorer = make_scorer(c, benches)
+  rows, cache = [], {}
   names = ', '.join(f'{b.name} ({len(b.examples)} questions)' for b in benches)
   where = (f'{path} (HF directory)' if steps == [None] else
            f'{path} at step{"s" if len(steps) > 1 else ""} {", ".join(map(str, steps))}')
   print(f'[r1jax] evaluating {where} on {names}: '
         f'k {c.k}, temperature {c.temperature}, top-p {c.top_p}, up to {c.max_new_tokens} new '
         f'tokens; writing to {out}', flush=True)
-  model_id = os.fspath(wd.absolute(path))
   try:
     for step in steps:
-      model = _load(path, step, c, mesh)
-      eos_ids = tokenizer.set_stop_ids(model.cfg.eos_ids)
-      if sampler is None:
-        graphdef = nnx.graphdef(model)
-        sampler = ev.make_sampler(graphdef, SamplingConfig(
-            max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-            eos_ids=eos_ids, pad_id=tokenizer.pad_id), c.k, mesh, slots=c.decode_slots)
-      params = nnx.state(model)
-      del model
-      label_step = 'model' if step is None else str(step)
+      label = step if step is not None else 'model'
       at = 'model' if step is None else f'step {step}'
-      label = step if step is not None else label_step
       every = []
-      for b in benches:
-        t0 = time.time()
-        m, questions = ev.evaluate_with_files(
-            sampler, params, b, tokenizer, scorer, c, ev.benchmark_key(c.seed, b.name),
-            ev.Outputs(out, label_step, b.name), f'{b.name} @ {at}', model=model_id)
-        every += questions
-        row = {'step': label, 'benchmark': b.name, **m, 'seconds': round(time.time() - t0, 1)}
+      for done in evaluate_step(c, mesh, path, step, tokenizer, benches, out, scorer, cache):
+        b, m = done.bench, done.metrics
+        every += done.questions
+        row = {'step': label, 'benchmark': b.name, **m, 'seconds': done.seconds}
         rows.append(row)
         print(f'[r1jax] {b.name} @ {at}: pass@1 {m["pass@1"]:.3f} '
               f'± {m["pass@1_stderr"]:.3f}  cons@{c.k} {m.get(f"cons@{c.k}", float("nan")):.3f}  '
