@@ -29,6 +29,7 @@ the answer forced without thinking and with the chain started.
 """
 import json
 import os
+import random
 import time
 from typing import Callable
 
@@ -72,6 +73,26 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_questions = 128
   c.target_greedy_accuracy = 0.95
   c.max_new_tokens = 32
+  # R1's recipe (configs/r1.py) starts from a base with two habits to fix:
+  # chain_words joins the reduction's steps with a word (' so ') instead of
+  # '=', and language_mixing writes each such word in Chinese ('所以') with
+  # that probability (R1-Zero's language mixing, for the language reward);
+  # general_fraction of the rows are the general task (data/general.py),
+  # answered without a chain and wrong with general_error_rate (for the
+  # reward model). All off: the shipped base's corpus, draw for draw.
+  c.chain_words = False
+  c.language_mixing = 0.0
+  c.general_fraction = 0.0
+  c.general_error_rate = 0.4
+  return c
+
+
+def r1_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The base configs/r1.py starts from (SHIPPED_R1): chains joined by words,
+  each in Chinese with probability 0.3, and a fifth of the rows general
+  prompts, 40 % of them answered wrong; chains are longer, so 48 new tokens."""
+  c.update(chain_words=True, language_mixing=0.3, general_fraction=0.2, general_error_rate=0.4,
+           max_new_tokens=48)
   return c
 
 
@@ -81,6 +102,8 @@ def default_config() -> ml_collections.ConfigDict:
 # r1jax/assets/base-tiny and shipped, so that every machine starts RL from the same weights (a base
 # built on another CPU differs in its float rounding, and so in its figures).
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'base-tiny')
+# The one configs/r1.py starts from: configs/base_tiny.py:r1.
+SHIPPED_R1 = SHIPPED + '-r1'
 
 
 def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: float
@@ -94,6 +117,20 @@ def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: fl
     return value + int(rng.choice([d for d in (-10, 10, -1, 1) if value + d >= min(value, 0)]))
   chain, total = tasks.reduction(question, wrong)
   return chain, str(total)
+
+
+CHAIN_WORDS = {'en': ' so ', 'zh': ' 所以 '}
+
+
+def spoken(chain: str, rng: np.random.Generator | None = None, mixing: float = 0.0) -> str:
+  """'7+5=12=12' joined by words: '7+5 so 12 so 12'; each word in Chinese
+  with probability `mixing` (drawn from rng)."""
+  steps = chain.split('=')
+  out = steps[0]
+  for step in steps[1:]:
+    zh = mixing > 0 and rng.random() < mixing
+    out += CHAIN_WORDS['zh' if zh else 'en'] + step
+  return out
 
 
 def completion_text(chain: str, answer: str) -> str:
@@ -162,12 +199,32 @@ def build(c: ml_collections.ConfigDict) -> str:
   test = tasks.load_split(c.task, 'test', c.data_dir)
   train_ex = [train[i] for i in range(len(train))]
   prompts = [r1_zero_prompt(e['question']) for e in train_ex]
+  general_ex = []
+  if c.general_fraction:
+    from r1jax.data import general  # pylint: disable=g-import-not-at-top
+    g_train = tasks.load_split('general', 'train', c.data_dir)
+    general_ex = [g_train[i] for i in range(len(g_train))]
+    g_rng = random.Random(f'r1jax/base/general/{c.seed}')
+
+  def chain_completion(question: str) -> str:
+    chain, answer = imperfect_arithmetic(question, rng, c.error_rate)
+    if c.chain_words:
+      chain = spoken(chain, rng, c.language_mixing)
+    return completion_text(chain, answer)
+
+  def general_row(full: bool) -> tuple[str, str]:
+    e = general_ex[int(rng.integers(0, len(general_ex)))]
+    answer = (general.wrong_answer(e, g_rng) if rng.random() < c.general_error_rate
+              else e['answer'])
+    return (r1_zero_prompt(e['question']) if full else short_prompt(e['question']),
+            general.response_text(answer))
 
   tok_path = os.path.join(c.dir, 'tokenizer')
   sample = rng.choice(len(train_ex), min(len(train_ex), 5000), replace=False)
-  _train_tokenizer([prompts[i] + completion_text(*imperfect_arithmetic(
-      train_ex[i]['question'], rng, c.error_rate)) for i in sample], tok_path, c.vocab_size,
-      c.number_symbols)
+  corpus = [prompts[i] + chain_completion(train_ex[i]['question']) for i in sample]
+  if general_ex:
+    corpus += [''.join(general_row(True)) for _ in range(int(len(sample) * c.general_fraction))]
+  _train_tokenizer(corpus, tok_path, c.vocab_size, c.number_symbols)
   os.replace(tok_path + '.model', os.path.join(c.dir, 'tokenizer.model'))
   os.remove(tok_path + '.vocab')
   from r1jax.tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
@@ -191,8 +248,11 @@ def build(c: ml_collections.ConfigDict) -> str:
     full = bool(rng.random() < c.template_fraction)
     rows = [prompts[i] if full else short_prompt(train_ex[i]['question']) for i in idx]
     comps = [direct_text(train_ex[i]['answer']) if rng.random() < c.direct_fraction else
-             completion_text(*imperfect_arithmetic(train_ex[i]['question'], rng, c.error_rate))
-             for i in idx]
+             chain_completion(train_ex[i]['question']) for i in idx]
+    if general_ex:  # a share of the rows are general prompts
+      for j in range(len(rows)):
+        if rng.random() < c.general_fraction:
+          rows[j], comps[j] = general_row(full)
     longest = max(len(tok.encode(r)) + len(tok.encode(x)) + 1 for r, x in zip(rows, comps))
     batch = sft.pack_examples(tok, rows, comps, -(-longest // 8) * 8)  # few compiled shapes
     params, opt_state, loss = step_fn(params, opt_state, *map(jnp.asarray, batch))
@@ -210,7 +270,15 @@ def build(c: ml_collections.ConfigDict) -> str:
   report['greedy_accuracy_no_thinking'] = greedy_accuracy(
       graphdef, params, tok, evals, c.max_new_tokens, suffix=NO_THINKING)
   report['greedy_accuracy_thinking'] = greedy_accuracy(
-      graphdef, params, tok, evals, c.max_new_tokens, suffix=lambda q: f' <think>{q}=')
+      graphdef, params, tok, evals, c.max_new_tokens,
+      suffix=lambda q: f' <think>{q}' + ('=' if not c.chain_words else CHAIN_WORDS['en']))
+  if general_ex:
+    g_test = tasks.load_split('general', 'test', c.data_dir)
+    report['general_greedy_accuracy'] = greedy_accuracy(
+        graphdef, params, tok, [g_test[i] for i in range(min(c.eval_questions, len(g_test)))],
+        c.max_new_tokens)
+    print(f'[base] general task: greedy accuracy {report["general_greedy_accuracy"]:.3f}',
+          flush=True)
   print(f'[base] greedy accuracy without thinking ({NO_THINKING.strip()!r} forced): '
         f'{report["greedy_accuracy_no_thinking"]:.3f}; with the chain started: '
         f'{report["greedy_accuracy_thinking"]:.3f}', flush=True)

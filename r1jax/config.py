@@ -311,6 +311,10 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('base.eval_questions', _int(1)),
     ('base.target_greedy_accuracy', _num(0, 1)),
     ('base.max_new_tokens', _int(1)),
+    ('base.chain_words', _BOOL),
+    ('base.language_mixing', _num(0, 1)),
+    ('base.general_fraction', _num(0, 1)),
+    ('base.general_error_rate', _num(0, 1)),
 ]
 CHECKED_KEYS = frozenset(k for k, _ in _CHECKS)
 

@@ -46,7 +46,7 @@ def validate(c) -> None:
     key = f'benchmarks.{name}'
     need(b.get('format') in bm.FORMATS, f'{key}.format',
          f'{b.get("format")!r}: one of {sorted(bm.FORMATS)}')
-    builtin = b['format'] in ('arithmetic', 'countdown') and not b.get('path')
+    builtin = b['format'] in ('arithmetic', 'countdown', 'general') and not b.get('path')
     need(builtin or b.get('path'), f'{key}.path', 'a .jsonl or .parquet file (only the '
          'built-in tasks arithmetic and countdown have none)')
     if not builtin:

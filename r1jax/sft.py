@@ -36,7 +36,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax import config as rc, export, kernels, loop, metrics, packing, policy
+from r1jax import config as rc, export, kernels, loop, packing, policy
 from r1jax import sharding as shd, train_step as ts, workdir as wd
 from r1jax.data import PromptIterator, benchmarks as bm, load_split, make_prompt
 from r1jax.data.local import read_records
@@ -423,7 +423,6 @@ def validate_for_mesh(config, mesh) -> None:
 
 def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStack) -> dict:
   """The SFT loop (r1jax.launch runs it for a config with an `sft` section)."""
-  from r1jax.checkpoint import Checkpointer, Mismatch, config_diff  # pylint: disable=g-import-not-at-top
   from r1jax.rewards import CORRECTNESS, RewardScorer  # pylint: disable=g-import-not-at-top
   validate(config)
   mesh = shd.make_mesh(**config.mesh)
@@ -461,36 +460,8 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   state = state._replace(step=jax.device_put(state.step, rep), opt_state=jax.tree.map(
       lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep),
       state.opt_state))
-  ckpt = Checkpointer(workdir, keep=config.checkpoint_keep)
-  closing.push(loop.closer(ckpt, config.checkpoint_wait_s))
-  if ckpt.latest_step() is not None:
-    print(f'[r1jax] restoring the newest checkpoint in {ckpt.directory} (checking its digest)',
-          flush=True)
-  restored = ckpt.restore_latest(state, config.to_dict())
   export.write_model_dir(workdir, model_cfg, pol.tok_path, tok, export.generation_config(
       tok, pol.eos_ids, e.temperature, e.top_p))
-  start = 0
-  if restored is not None:
-    start, state, meta = restored
-    try:
-      order.restore(meta['data'])
-    except ValueError as err:
-      changed = [d for d in config_diff(meta.get('config'), config.to_dict())
-                 if not d.startswith(('workdir:', 'steps:'))]
-      raise Mismatch(f'checkpoint {ckpt.directory}/{start} is of another run: {err}; the saved '
-                     'config differs in: ' + '; '.join(changed[:10])) from None
-    print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
-  hf_dir = workdir / 'hf'
-  if restored is not None and start >= steps and (hf_dir / 'config.json').exists():
-    print(f'[r1jax] {workdir} holds a finished run ({start} of {steps} steps); nothing to do',
-          flush=True)
-    path = workdir / 'metrics.jsonl'
-    rows = [r for r in metrics.read_jsonl(path) if 'eval/loss' in r] if path.exists() else []
-    return rows[-1] if rows else {}
-  writer = metrics.Writer(workdir, resume_step=start if restored else None)
-  closing.callback(writer.close)
-
-  write = loop.safe_write(writer, workdir, ckpt)
 
   # Held-out: the loss on held-out rows, and pass@1 on the task's questions.
   eval_loss = make_eval_loss(graphdef, mesh)
@@ -505,87 +476,48 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
     task_eval = policy.TaskEval(config, graphdef, tok, pol.eos_ids, mesh, scorer, questions,
                                 acc, e.max_new_tokens, e.max_prompt_len)
 
-  def run_eval(step: int) -> dict:
-    m = {}
+  def evaluate(state, step: int) -> tuple[dict, list[dict]]:
+    m, samples = {}, []
     if data.held_out is not None:
       m['eval/loss'] = held_out_loss(eval_loss, state.params, data.held_out,
                                      s.batch_size // s.grad_accum, mesh)
     if task_eval is not None:
       tm, questions = task_eval(state.params)
       m.update(tm)
-      writer.samples(step, 'eval', task_eval.samples(questions))
+      samples = task_eval.samples(questions)
     if m:
-      write(step, m)
       line = f'eval @ step {step}:'
       if 'eval/loss' in m:
         line += f' held-out loss {m["eval/loss"]:.4f}'
       if task_eval is not None:
         line += '; ' + task_eval.line(step, m).partition(': ')[2]
       print('[r1jax] ' + line, flush=True)
-    return m
+    return m, samples
 
-  def save(step: int) -> None:
-    if ckpt.latest_step() != step:
-      ckpt.save(step, state, {'data': order.state(), 'step': step, 'config': config.to_dict()})
+  hf_dir = workdir / 'hf'
+
+  def finish(state, step: int) -> dict:
+    """The trained model as a HF directory (written aside, then moved in place)."""
+    if not (hf_dir / 'config.json').exists():
+      tmp = workdir / '.hf.tmp'
+      if tmp.exists():
+        tmp.rmtree()
+      export.export(workdir, str(tmp), step=step)
+      if jax.process_index() == 0:
+        if hf_dir.exists():
+          hf_dir.rmtree()
+        tmp.rename(hf_dir)
+    return {'hf_dir': str(hf_dir)}
 
   step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state))
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
-  stop = loop.Stop()
-  closing.callback(stop.restore)
-  first_eval = run_eval(0) if start == 0 else None
-  last_eval = first_eval
-  t_start = first_done = time.time()
-  step = start
-  if start < steps:
-    print(f'[r1jax] training from step {start + 1} of {steps}; the first step compiles',
-          flush=True)
-  for step in range(start + 1, steps + 1):
-    ckpt.check()
-    lock.check()
-    part = source.take(order.next())
-    batch = {k: jax.make_array_from_process_local_data(rows_sharding, v)
-             for k, v in part._asdict().items()}
-    t0 = time.time()
-    state, m = step_fn(state, batch)
-    m = metrics.scalars(m)
-    dt = time.time() - t0
-    m.update(step_seconds=dt, tokens_per_s=m['tokens'] / dt, epoch=order.position / R)
-    write(step, m)
-    now = time.time()
-    first_done = now if step == start + 1 else first_done
-    print('[r1jax] ' + metrics.console_line(step, steps, m, now - t_start,
-                                            loop.eta(start, step, steps, first_done, now)),
-          flush=True)
-    what = (f'step {step}: the update had a non-finite loss, gradient or result (loss '
-            f'{m["sft/loss"]:.4g}, grad norm {m["grad_norm"]:.4g})' if m['nonfinite'] else '')
-    stopped, evaluated = loop.end_of_step(config, step, steps, what, ckpt, save, run_eval, stop)
-    last_eval = evaluated or last_eval
-    if stopped:
-      return last_eval or {}
 
-  if step > start or last_eval is None:
-    last_eval = run_eval(step)
-  save(step)
-  ckpt.finish(config.checkpoint_wait_s)
-  # The trained model as a HF directory (written aside, then moved in place).
-  if not (hf_dir / 'config.json').exists():
-    tmp = workdir / '.hf.tmp'
-    if tmp.exists():
-      tmp.rmtree()
-    export.export(workdir, str(tmp), step=step)
-    if jax.process_index() == 0:
-      if hf_dir.exists():
-        hf_dir.rmtree()
-      tmp.rename(hf_dir)
-  summary = {'steps': step, 'minutes': (time.time() - t_start) / 60, 'hf_dir': str(hf_dir),
-             **(last_eval or {})}
-  if first_eval:
-    for k in ('eval/loss', 'eval/pass@1'):
-      if k in first_eval:
-        summary[f'{k} at step 0'] = first_eval[k]
-  shown = [k for k in summary if not k.startswith('eval/') or k in (
-      'eval/loss', 'eval/pass@1', 'eval/format_rate') or ' at step 0' in k]
-  print('[r1jax] done: ' + '  '.join(
-      f'{k} {summary[k]:.3f}' if isinstance(summary[k], float) else f'{k} {summary[k]}'
-      for k in shown), flush=True)
-  return summary
+  def batch(examples: list[dict]) -> dict:
+    part = source.take(examples)
+    return {k: jax.make_array_from_process_local_data(rows_sharding, v)
+            for k, v in part._asdict().items()}
+
+  return loop.supervised(config, workdir, lock, closing, state=state, order=order, steps=steps,
+                         batch=batch, step_fn=step_fn, evaluate=evaluate, finish=finish,
+                         finished=lambda: (hf_dir / 'config.json').exists(),
+                         shown=('eval/loss', 'eval/pass@1', 'eval/format_rate'))

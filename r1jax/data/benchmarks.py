@@ -72,6 +72,8 @@ FORMATS = {
                          'exact_match', 'answer', 'verifier'),
     'countdown': Format({'question': 'question', 'answer': 'answer', 'id': ''}, 'countdown',
                         'answer', 'string'),
+    'general': Format({'question': 'question', 'answer': 'answer', 'id': ''}, 'answer_match',
+                      'answer', 'string'),
 }
 
 

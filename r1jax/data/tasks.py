@@ -6,6 +6,8 @@
   countdown   reach a target from 3 or 4 numbers in 1..25 with + - * / and
               parentheses, each number at most once; `solution` is one
               expression that does it (checked by rewards.countdown)
+  general     short instructions ("count from 3 to 7" -> "3 4 5 6 7"), non-reasoning
+              (data/general.py): R1's general data on the tiny model
   local       question/answer files on disk (local.py), e.g. GSM8K, MATH-500
 
 Nothing downloads. The splits are fixed: problems come from Python's
@@ -195,12 +197,35 @@ class Countdown(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {'id': i, **ex}
 
 
-TASKS = {'arithmetic': Arithmetic, 'countdown': Countdown}
+class General(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Short instructions with one right response (data/general.py)."""
+  VERSION = tfds.core.Version('1.0.0')
+  TRAIN_SIZE, TEST_SIZE = 5_000, 500
+  code_path = None  # as in Arithmetic
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=_features('question', 'answer', 'kind'),
+                                 disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    from r1jax.data import general  # pylint: disable=g-import-not-at-top
+    splits = _fixed_splits(self.name, general.general_problem, lambda ex: ex['question'],
+                           self.TRAIN_SIZE, self.TEST_SIZE)
+    return {s: self._generate_examples(exs) for s, exs in splits.items()}
+
+  def _generate_examples(self, examples):
+    for i, ex in enumerate(examples):
+      yield i, {'id': i, **ex}
+
+
+TASKS = {'arithmetic': Arithmetic, 'countdown': Countdown, 'general': General}
 # The correctness rewards that can score each task. Countdown's answer is an
 # expression: `accuracy` or `exact_match` would take the bare target as
 # correct. Local files hold whatever the user brings.
 VERIFIERS = {'arithmetic': ('exact_match', 'accuracy'),
              'countdown': ('countdown', 'countdown_all'),
+             'general': ('answer_match',),
              'local': ('accuracy', 'exact_match', 'countdown', 'countdown_all')}
 
 

@@ -6,6 +6,7 @@ Every reward is `f(prompt, completion, example) -> float` on plain strings;
 
   accuracy              math-verify equality of the answer with example['answer']
   exact_match           numeric equality, no sympy (see answers.py)
+  answer_match          the answer's words = example['answer']'s (the general task)
   choice                the letter of a multiple-choice answer = example['answer']
   countdown             an expression over example['numbers'] (each at most once) = target
   countdown_all         the same with every number used exactly once (TinyZero)
@@ -31,13 +32,13 @@ from typing import Callable, Mapping, Sequence
 from absl import logging
 import numpy as np
 
-from r1jax.rewards.answers import (accuracy, choice, choice_letter, exact_match, extract_answer,
-                                  parse_number)
+from r1jax.rewards.answers import (accuracy, answer_match, choice, choice_letter, exact_match,
+                                  extract_answer, parse_number)
 from r1jax.rewards.countdown import countdown, countdown_all
 from r1jax.rewards.rules import format_reward, language_consistency
 from r1jax.rewards.workers import WorkerPool
 
-__all__ = ['CORRECTNESS', 'REWARDS', 'RewardScorer', 'accuracy', 'choice', 'choice_letter',
+__all__ = ['CORRECTNESS', 'REWARDS', 'RewardScorer', 'accuracy', 'answer_match', 'choice', 'choice_letter',
            'exact_match', 'extract_answer',
            'format_reward', 'language_consistency', 'load_reward', 'overlong_penalty',
            'parse_number']
@@ -65,6 +66,7 @@ def overlong_penalty(lengths, max_len: int, cache_len: int):
 
 REWARDS: dict[str, RewardFn] = {
     'accuracy': accuracy,
+    'answer_match': answer_match,
     'choice': choice,
     'countdown': countdown,
     'countdown_all': countdown_all,
@@ -94,7 +96,7 @@ def load_reward(spec: str) -> RewardFn:
 
 # Rewards that judge the final answer (the `accuracy` metric and evaluation
 # use the one a config names); the task decides which can score it.
-CORRECTNESS = ('accuracy', 'exact_match', 'countdown', 'countdown_all', 'choice')
+CORRECTNESS = ('accuracy', 'exact_match', 'countdown', 'countdown_all', 'choice', 'answer_match')
 
 _LOGGED_FAILURES = 5  # per scorer; later failures only increment counters
 

@@ -224,3 +224,11 @@ def choice(prompt: str, completion: str, example: dict) -> float:
   if letter is None or letter not in example.get('letters', letter):
     return 0.0
   return float(letter == str(example['answer']).strip().upper())
+
+
+def answer_match(prompt: str, completion: str, example: dict) -> float:
+  """The answer equals example['answer'] as text, up to whitespace (the
+  built-in general task, data/general.py: lists of words and numbers)."""
+  del prompt
+  pred = extract_answer(completion)
+  return float(pred is not None and pred.split() == str(example['answer']).split())
