@@ -74,9 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.target_greedy_accuracy = 0.95
   c.max_new_tokens = 32
   # R1's recipe (configs/r1.py) starts from a base with two habits to fix:
-  # chain_words joins the reduction's steps with a word (' so ') instead of
-  # '=', and language_mixing writes each such word in Chinese ('所以') with
-  # that probability (R1-Zero's language mixing, for the language reward);
+  # chain_words closes each reduction with a word and its result (' so 18'),
+  # and language_mixing writes that word in Chinese ('所以') with that
+  # probability (R1-Zero's language mixing, for the language reward);
   # general_fraction of the rows are the general task (data/general.py),
   # answered without a chain and wrong with general_error_rate (for the
   # reward model). All off: the shipped base's corpus, draw for draw.
@@ -88,11 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def r1_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The base configs/r1.py starts from (SHIPPED_R1): chains joined by words,
-  each in Chinese with probability 0.3, and a fifth of the rows general
-  prompts, 40 % of them answered wrong; chains are longer, so 48 new tokens."""
-  c.update(chain_words=True, language_mixing=0.3, general_fraction=0.2, general_error_rate=0.4,
-           max_new_tokens=48)
+  """The base configs/r1.py starts from (SHIPPED_R1): each chain closed by a
+  word, in Chinese with probability 0.3, and a quarter of the rows general
+  prompts, 40 % of them answered wrong; 1,500 steps (more to learn)."""
+  c.update(chain_words=True, language_mixing=0.3, general_fraction=0.25,
+           general_error_rate=0.4, max_new_tokens=40, max_steps=1500, max_minutes=30.0)
   return c
 
 
@@ -123,14 +123,10 @@ CHAIN_WORDS = {'en': ' so ', 'zh': ' 所以 '}
 
 
 def spoken(chain: str, rng: np.random.Generator | None = None, mixing: float = 0.0) -> str:
-  """'7+5=12=12' joined by words: '7+5 so 12 so 12'; each word in Chinese
-  with probability `mixing` (drawn from rng)."""
-  steps = chain.split('=')
-  out = steps[0]
-  for step in steps[1:]:
-    zh = mixing > 0 and rng.random() < mixing
-    out += CHAIN_WORDS['zh' if zh else 'en'] + step
-  return out
+  """The chain '7+5=12' closed by a word and its result: '7+5=12 so 12', the
+  word in Chinese ('7+5=12 所以 12') with probability `mixing` (drawn from rng)."""
+  zh = mixing > 0 and rng.random() < mixing
+  return chain + CHAIN_WORDS['zh' if zh else 'en'] + chain.rsplit('=', 1)[-1]
 
 
 def completion_text(chain: str, answer: str) -> str:
@@ -271,7 +267,7 @@ def build(c: ml_collections.ConfigDict) -> str:
       graphdef, params, tok, evals, c.max_new_tokens, suffix=NO_THINKING)
   report['greedy_accuracy_thinking'] = greedy_accuracy(
       graphdef, params, tok, evals, c.max_new_tokens,
-      suffix=lambda q: f' <think>{q}' + ('=' if not c.chain_words else CHAIN_WORDS['en']))
+      suffix=lambda q: f' <think>{q}=')
   if general_ex:
     g_test = tasks.load_split('general', 'test', c.data_dir)
     report['general_greedy_accuracy'] = greedy_accuracy(

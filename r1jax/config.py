@@ -15,7 +15,7 @@ from r1jax import grpo, kernels, workdir as wd
 from r1jax.kernels import attention
 from r1jax.data.tasks import TASKS, VERIFIERS
 from r1jax.models.config import PRESETS
-from r1jax.rewards import CORRECTNESS, REWARDS, load_reward
+from r1jax.rewards import CORRECTNESS, MODEL_REWARD, REWARDS, load_reward
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -151,6 +151,13 @@ def base_config() -> ConfigDict:
   # `rewards` under that name. (ConfigDict keys cannot hold dots, hence the
   # two dicts.)
   c.reward_fns = ConfigDict({})
+  # A trained reward model (configs/rm.py's workdir), weighted in `rewards`
+  # as 'reward_model': it scores, on device, the responses to general prompts.
+  c.reward_model = ConfigDict(dict(ckpt=''))
+  # General prompts mixed into the RL batches (R1's stage 4): a share
+  # `fraction` of each step's prompts from the built-in task `task`, from step
+  # from_step + 1 on ('' : none).
+  c.general = ConfigDict(dict(task='', fraction=0.0, from_step=0))
   c.reward_timeout_s = 5.0  # per call; the worker process is killed past it
   c.reward_workers = 0  # scoring processes per host; 0: one per core, at most 8
 
@@ -262,6 +269,10 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('rl.overlong_cache_len', _int(0)),
     ('rl.overlong_weight', _num(-math.inf)),
     ('rl.logprob_impl', _one_of(kernels.IMPLS)),
+    ('reward_model.ckpt', _PATH_OR_EMPTY),
+    ('general.task', _one_of(('', *TASKS))),
+    ('general.fraction', _num(0, 1, hi_open=True)),
+    ('general.from_step', _int(0)),
     ('reward_timeout_s', _num(0, lo_open=True)),
     ('reward_workers', (_int(0)[0], 'an integer >= 0 (0: one per core, at most 8)')),
     ('optim.lr', _num(0, lo_open=True)),
@@ -284,6 +295,17 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('sft.batch_size', _int(1)),
     ('sft.grad_accum', _int(1)),
     ('sft.epochs', _num(0, lo_open=True)),
+    # The reward model (r1jax/reward_model.py; configs/rm.py).
+    ('rm.data', _PATH_OR_EMPTY),
+    ('rm.eval_data', _PATH_OR_EMPTY),
+    ('rm.held_out', _int(0)),
+    ('rm.builtin_pairs', _int(1)),
+    ('rm.max_prompt_len', _int(1)),
+    ('rm.max_response_len', _int(1)),
+    ('rm.summary_only', _BOOL),
+    ('rm.batch_size', _int(1)),
+    ('rm.grad_accum', _int(1)),
+    ('rm.epochs', _num(0, lo_open=True)),
     ('eval.max_new_tokens', _int(1)),
     ('eval.max_prompt_len', _int(1)),
     # The tiny base build (r1jax/base.py).
@@ -431,6 +453,13 @@ def validate(config: ConfigDict) -> ConfigDict:
                         f'{per_update} samples of an update')
     if rl.overlong_max_len and rl.overlong_cache_len > rl.overlong_max_len:
       raise ConfigError('rl.overlong_cache_len', 'must be <= rl.overlong_max_len')
+    g = config.get('general')
+    if g is not None and g.task:
+      n = rl.prompts_per_step * g.fraction
+      if abs(n - round(n)) > 1e-9 or not 0 < round(n) < rl.prompts_per_step:
+        raise ConfigError('general.fraction', f'{g.fraction} of rl.prompts_per_step='
+                          f'{rl.prompts_per_step} must be a whole number of prompts, at least '
+                          'one and not all')
   if 'rewards' in config:
     custom = dict(config.get('reward_fns', {}))
     for name, spec in custom.items():
@@ -441,7 +470,11 @@ def validate(config: ConfigDict) -> ConfigDict:
       except (ImportError, AttributeError, TypeError, ValueError) as e:
         raise ConfigError(f'reward_fns.{name}', str(e)) from None
     for name, weight in config.rewards.items():
-      if name not in REWARDS and name not in custom:
+      if name == MODEL_REWARD:
+        if not config.get('reward_model', {}).get('ckpt'):
+          raise ConfigError('reward_model.ckpt', f'rewards.{MODEL_REWARD} needs a trained reward '
+                            'model: the workdir of python -m r1jax.launch --config=configs/rm.py')
+      elif name not in REWARDS and name not in custom:
         raise ConfigError(f'rewards.{name}', f'unknown reward; known: {sorted(REWARDS)}, or '
                           'yours by name in reward_fns (\'package.module:function\')')
       if not _is_num(weight):

@@ -1,5 +1,6 @@
 """R1-Zero training: `python -m r1jax.launch --config=configs/zero.py` (a config
-with an `sft` section, configs/sft.py, runs r1jax/sft.py's loop instead).
+with an `sft` section, configs/sft.py, runs r1jax/sft.py's loop instead, one
+with an `rm` section, configs/rm.py, r1jax/reward_model.py's).
 
 One loop, top to bottom: config → mesh → base model → tokenizer and policy →
 data → rewards and the compiled GRPO step → restore → evaluate at step 0 →
@@ -27,10 +28,11 @@ from r1jax import config as rc, export, metrics, policy, sharding as shd, train_
 from r1jax import loop, workdir as wd
 from r1jax.loop import eta
 from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
-from r1jax.data import PromptIterator, check_prompt_lengths, load_split, make_prompt
+from r1jax.data import check_prompt_lengths, load_split, make_prompt
+from r1jax.data.iterator import Mixture
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import NO_THINKING
-from r1jax.rewards import CORRECTNESS, RewardScorer, load_reward
+from r1jax.rewards import CORRECTNESS, MODEL_REWARD, RewardScorer, load_reward
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
 
@@ -103,6 +105,9 @@ def run(config) -> dict:
     if 'sft' in config:  # configs/sft.py: supervised fine-tuning
       from r1jax import sft  # pylint: disable=g-import-not-at-top
       return sft.run(config, workdir, lock, closing)
+    if 'rm' in config:  # configs/rm.py: a reward model
+      from r1jax import reward_model  # pylint: disable=g-import-not-at-top
+      return reward_model.run(config, workdir, lock, closing)
     return _run(config, workdir, lock, closing)
 
 
@@ -127,11 +132,20 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   except ValueError as e:
     raise rc.ConfigError('rl.max_prompt_len', str(e)) from None
   attempts = config.rl.dynamic_sampling_attempts
-  data = PromptIterator(train, config.rl.prompts_per_step * attempts, seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count())
+  g = config.general
+  general_train = load_split(g.task, 'train', data_dir) if g.task else None
+  if general_train is not None:
+    try:
+      check_prompt_lengths(general_train, tok, config.rl.max_prompt_len, f'{g.task} train')
+    except ValueError as e:
+      raise rc.ConfigError('rl.max_prompt_len', str(e)) from None
+  B = config.rl.prompts_per_step
+  data = Mixture(train, general_train, B * attempts, round(B * g.fraction) * attempts,
+                 g.from_step, seed=config.seed, process_index=jax.process_index(),
+                 process_count=jax.process_count())
 
   def train_example(i: int) -> dict:
-    ex = dict(train[i])
+    ex = data.example(i)
     return {**ex, 'prompt': make_prompt(ex)}
 
   # ----------------------------------------------------------------- restore
@@ -176,14 +190,24 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   closing.callback(writer.close)
 
   # ------------------------------------------------------ rewards and step
-  scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
+  rules = {n: w for n, w in config.rewards.items() if n != MODEL_REWARD}
+  scorer = RewardScorer(rules, timeout_s=config.reward_timeout_s,
                         workers=config.reward_workers,
                         extra={n: load_reward(f) for n, f in config.get('reward_fns', {}).items()})
   closing.callback(scorer.close)
-  reward_fn = ts.make_reward_fn(ts.host_reward_fn(tok, scorer, train_example), mesh,
-                                len(scorer.names))
+  rm = None
+  if MODEL_REWARD in config.rewards:
+    from r1jax import reward_model  # pylint: disable=g-import-not-at-top
+    rm = reward_model.load(config.reward_model.ckpt, tok, mesh, config.model.param_dtype,
+                           config.model.dtype)
+    print(f'[r1jax] reward model: {config.reward_model.ckpt} (weight '
+          f'{config.rewards[MODEL_REWARD]}, on general prompts'
+          f'{", the summary only" if rm.summary_only else ""})', flush=True)
+  reward_fn = ts.make_reward_fn(ts.host_reward_fn(tok, scorer, train_example, rm is not None),
+                                mesh, len(scorer.names) + (rm is not None))
   train_step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
-                                  ts.shardings_of(state))
+                                  ts.shardings_of(state), reward_model=rm)
+  rm_args = (rm.params,) if rm is not None else ()
 
   write = loop.safe_write(writer, workdir, ckpt)
 
@@ -194,12 +218,36 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   task_eval = policy.TaskEval(config, graphdef, tok, eos_ids, mesh, scorer, evaluated, acc_name,
                               config.rl.max_new_tokens, config.rl.max_prompt_len)
 
+  general_eval = rm_scorer = None
+  if g.task:  # the general prompts' own evaluation: the rule, and the reward model's score
+    g_test = load_split(g.task, 'test', data_dir)
+    general_eval = policy.TaskEval(
+        config, graphdef, tok, eos_ids, mesh, scorer,
+        [dict(g_test[i]) for i in range(min(e.num_questions, len(g_test)))],
+        VERIFIERS[g.task][0], config.rl.max_new_tokens, config.rl.max_prompt_len, task=g.task)
+    if rm is not None:
+      rm_scorer = reward_model.HostScorer(rm, tok, mesh, config.rl.max_prompt_len,
+                                          config.rl.max_new_tokens, e.batch_size)
+
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
     m, questions = task_eval(state.params, forced)
     m = {k + tag: v for k, v in m.items()}
+    if general_eval is not None and not forced:
+      gm, g_questions = general_eval(state.params)
+      m.update({f'{k}_general': v for k, v in gm.items()})
+      if rm_scorer is not None:
+        flat = [x for q in g_questions for x in q]
+        m['eval/rm_score_general'] = float(np.mean(rm_scorer(
+            [make_prompt(general_eval.examples[x['index']]) for x in flat],
+            [x['completion'] for x in flat])))
     write(step, m)
     writer.samples(step, 'eval' + tag, task_eval.samples(questions))
     print('[r1jax] ' + task_eval.line(step, m, tag), flush=True)
+    if general_eval is not None and not forced:
+      print(f'[r1jax] eval @ step {step}, general prompts: {g.task} pass@1 '
+            f'{m["eval/pass@1_general"]:.3f}' + (f'  reward model score '
+                                                  f'{m["eval/rm_score_general"]:.3f}'
+                                                  if rm_scorer is not None else ''), flush=True)
     return m
 
   def save(step: int) -> None:
@@ -226,14 +274,14 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   for step in range(start + 1, config.steps + 1):
     ckpt.check()  # a failed background save stops the run now
     lock.check()  # another run took the workdir: stop
-    examples = data.next()
+    examples = data.next(step)
     ids, mask = tok.encode_batch([make_prompt(x) for x in examples],
                                  max_len=config.rl.max_prompt_len)
     # Global arrays from each host's own prompts (hosts read disjoint slices).
     batch = ts.Batch(*(jax.make_array_from_process_local_data(rows, x) for x in (
         ids, mask, np.asarray([x['index'] for x in examples], np.int32))))
     t0 = time.time()
-    state, m = train_step(state, batch)
+    state, m = train_step(state, batch, *rm_args)
     m = metrics.scalars(m)
     dt = time.time() - t0
     m.update(step_seconds=dt, tokens_per_s=m['tokens'] / dt)

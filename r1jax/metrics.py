@@ -8,6 +8,7 @@ Only process 0 writes.
 """
 import io
 import json
+import math
 import os
 import re
 import time
@@ -22,7 +23,8 @@ from r1jax.workdir import is_local
 # Console columns: (metric key, label, format).
 _CONSOLE = (('reward/total', 'reward', '.3f'), ('accuracy', 'acc', '.3f'),
             ('format_rate', 'format', '.2f'), ('length/mean', 'len', '.1f'),
-            ('kl', 'kl', '.4f'), ('sft/loss', 'loss', '.4f'), ('tokens_per_s', 'tok/s', '.0f'),
+            ('kl', 'kl', '.4f'), ('sft/loss', 'loss', '.4f'), ('rm/loss', 'loss', '.4f'),
+            ('rm/accuracy', 'pair acc', '.3f'), ('tokens_per_s', 'tok/s', '.0f'),
             ('eval/pass@1', 'pass@1', '.3f'))
 
 
@@ -87,7 +89,7 @@ class Writer:
       self.lines.append(line)
       self.path.write_text(''.join(self.lines))
     for k, v in row.items():
-      if k != 'step' and isinstance(v, float):
+      if k != 'step' and isinstance(v, float) and math.isfinite(v):  # NaN: no estimate yet
         self.tb.add_scalar(tb_tag(k), v, step)
 
   def samples(self, step: int, name: str, records: list[dict]) -> None:

@@ -69,22 +69,23 @@ class TaskEval:
   gives the 'eval/…' metrics and this host's per-question samples."""
 
   def __init__(self, config, graphdef: nnx.GraphDef, tok, eos_ids, mesh, scorer, examples,
-               verifier: str, max_new_tokens: int, max_prompt_len: int):
+               verifier: str, max_new_tokens: int, max_prompt_len: int, task: str = ''):
     e = config.eval
     self.config, self.tok, self.scorer, self.examples = config, tok, scorer, examples
+    self.task = task or config.task
     self.verifier, self.max_prompt_len = verifier, max_prompt_len
     self.sampler = evaluate.make_sampler(graphdef, SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=e.temperature, top_p=e.top_p,
         eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
     # The task's held-out split as a benchmark: `python -m r1jax.evaluate` on
     # a checkpoint of the run, with its seed and bench=<task>, gives the same.
-    self.format = 'math' if config.task == 'local' else config.task
-    self.key = evaluate.benchmark_key(config.seed, config.task)
+    self.format = 'math' if self.task == 'local' else self.task
+    self.key = evaluate.benchmark_key(config.seed, self.task)
 
   def __call__(self, params, forced: str = '') -> tuple[dict, list[list[dict]]]:
     t0 = time.time()
     e = self.config.eval
-    bench = evaluate.Benchmark(self.config.task, self.format, self.examples,
+    bench = evaluate.Benchmark(self.task, self.format, self.examples,
                                [make_prompt(x) for x in self.examples], forced=forced,
                                verifier=self.verifier)
     m, questions = evaluate.evaluate(self.sampler, params, bench, self.tok, self.scorer, e.k,

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from r1jax import config as rc, export, kernels, loop, packing, policy
 from r1jax import sharding as shd, train_step as ts, workdir as wd
 from r1jax.data import PromptIterator, benchmarks as bm, load_split, make_prompt
+from r1jax.data.iterator import ArraySource
 from r1jax.data.local import read_records
 from r1jax.data.tasks import VERIFIERS
 from r1jax.data.templates import r1_zero_prompt
@@ -206,23 +207,6 @@ def pack_rows(enc: Encoded, row_len: int) -> PackedRows:
   return out
 
 
-class RowSource:
-  """Packed rows as a PromptIterator source (`source[i]` is row i)."""
-
-  def __init__(self, rows: PackedRows):
-    self.rows = rows
-
-  def __len__(self) -> int:
-    return len(self.rows.tokens)
-
-  def __getitem__(self, i: int) -> dict:
-    return {'row': i}
-
-  def take(self, examples: list[dict]) -> PackedRows:
-    idx = np.asarray([x['index'] for x in examples], np.int64)
-    return PackedRows(*(x[idx] for x in self.rows))
-
-
 # ---------------------------------------------------------------------- step
 
 
@@ -267,14 +251,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
           (jnp.zeros((), jnp.float32), zeros), micros)
       loss = nll / total
       grads = jax.tree.map(lambda g: g / total, grads)
-      grad_norm = optax.tree.norm(grads)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                & ts._all_finite(params))  # pylint: disable=protected-access
-      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-      params, opt_state = jax.tree.map(keep, (params, opt_state),
-                                       (state.params, state.opt_state))
+      params, opt_state, grad_norm, finite = ts.finite_update(
+          optimizer, grads, state.params, state.opt_state, loss)
       new = SFTState(state.step + 1, params, opt_state)
       return new, {'sft/loss': loss, 'grad_norm': grad_norm, 'loss_tokens': rows['weights'].sum(),
                    'tokens': (rows['segments'] > 0).sum(), 'nonfinite': (~finite).astype(jnp.int32)}
@@ -448,7 +426,7 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
         f'{len(data.held_out.tokens) if data.held_out else 0} held-out rows; {steps} steps of '
         f'{s.batch_size} rows ({steps * s.batch_size / R:.2f} epochs; {time.time() - t0:.1f}s)',
         flush=True)
-  source = RowSource(data.train)
+  source = ArraySource(data.train)
   order = PromptIterator(source, s.batch_size, seed=config.seed,
                          process_index=jax.process_index(), process_count=jax.process_count())
 

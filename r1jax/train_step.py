@@ -19,6 +19,7 @@ of a prompt share one prompt prefill in every forward pass (the prompt's KV is
 computed for B prompts and repeated G times; gradients flow through it).
 Log-probs are taken at the sampling temperature: log softmax(logits / τ).
 """
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -31,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import grpo, kernels, packing, sharding as shd
 from r1jax.models import Decoder
-from r1jax.rewards import CORRECTNESS, overlong_penalty
+from r1jax.rewards import CORRECTNESS, MODEL_REWARD, overlong_penalty
 from r1jax.rollout import SamplingConfig, generate_in_chunks
 
 BATCH_AXES = ('data', 'fsdp')
@@ -46,7 +47,7 @@ class StepConfig(NamedTuple):
   sampling: SamplingConfig
   loss: grpo.LossConfig
   reward_names: tuple[str, ...]  # scored by the host function, in order
-  reward_weights: tuple[float, ...]  # one per reward_names (+ overlong)
+  reward_weights: tuple[float, ...]  # one per reward_names (+ overlong, + reward model)
   advantage: str = 'grpo'
   per_reward_norm: bool = False
   num_iterations: int = 1  # μ
@@ -65,17 +66,22 @@ class StepConfig(NamedTuple):
   # rows per forward: as many forwards as the packed tokens need.
   pack: bool = False
   pack_rows: int = 0  # 0: _auto_pack_rows
+  # A reward model scores the responses to prompts of kind 'general' on
+  # device (reward_model.py); its weight is the last of reward_weights.
+  reward_model: bool = False
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
   """StepConfig from a validated config (sections rl and rewards)."""
   rl = config.rl
-  names = tuple(config.rewards.keys())
-  weights = tuple(float(w) for w in config.rewards.values())
+  names = tuple(n for n in config.rewards if n != MODEL_REWARD)
+  weights = tuple(float(config.rewards[n]) for n in names)
   overlong = None
   if rl.overlong_max_len:
     overlong = (rl.overlong_max_len, rl.overlong_cache_len)
     weights += (float(rl.overlong_weight),)
+  if MODEL_REWARD in config.rewards:
+    weights += (float(config.rewards[MODEL_REWARD]),)
   return StepConfig(
       group_size=rl.group_size,
       sampling=SamplingConfig(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
@@ -90,7 +96,8 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       reference_reset_every=rl.reference_reset_every,
       dynamic_sampling_attempts=rl.dynamic_sampling_attempts, overlong=overlong,
       logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks,
-      decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows)
+      decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows,
+      reward_model=MODEL_REWARD in config.rewards)
 
 
 def make_optimizer(optim, total_updates: int = 0) -> optax.GradientTransformation:
@@ -178,13 +185,32 @@ def packed_logprobs(model: Decoder, rows: packing.Rows, temperature: float, impl
 # ---------------------------------------------------------------- rewards
 
 
-def host_reward_fn(tokenizer, scorer, get_example: Callable[[int], dict]) -> HostRewardFn:
+def host_reward_fn(tokenizer, scorer, get_example: Callable[[int], dict],
+                   reward_model: bool = False) -> HostRewardFn:
   """Decodes completions and scores them with a `rewards.RewardScorer`.
-  `get_example(id)` returns the example dict (with 'prompt' and 'answer')."""
+  `get_example(id)` returns the example dict (with 'prompt' and 'answer').
+  With a reward model, the prompts of kind 'general' (the model's: they
+  have no checkable answer) are not scored by the correctness rules, and a
+  last column marks them."""
   def fn(tokens, mask, example_ids):
     completions = tokenizer.decode_batch(tokens, mask)
     examples = [get_example(int(i)) for i in example_ids]
-    return scorer([e.get('prompt', '') for e in examples], completions, examples)
+    prompts = [e.get('prompt', '') for e in examples]
+    if not reward_model:
+      return scorer(prompts, completions, examples)
+    general = np.asarray([e.get('kind') == 'general' for e in examples])
+    out = np.zeros((len(examples), len(scorer.names) + 1), np.float32)
+    pick = lambda xs, rows: [x for x, r in zip(xs, rows) if r]  # noqa: E731
+    if (~general).any():
+      out[~general, :-1] = scorer(pick(prompts, ~general), pick(completions, ~general),
+                                  pick(examples, ~general))
+    rules = [j for j, n in enumerate(scorer.names) if n not in CORRECTNESS]
+    if general.any() and rules:
+      out[np.ix_(general, rules)] = scorer.score(
+          [scorer.names[j] for j in rules], pick(prompts, general), pick(completions, general),
+          pick(examples, general))
+    out[:, -1] = general
+    return out
   return fn
 
 
@@ -291,15 +317,23 @@ def _as_subgroups(data: dict, k: int) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
                     optimizer: optax.GradientTransformation, reward_fn,
-                    mesh: jax.sharding.Mesh, state_shardings=None):
-  """Returns the jitted `step(state, batch) -> (state, metrics)`.
+                    mesh: jax.sharding.Mesh, state_shardings=None, reward_model=None):
+  """Returns the jitted `step(state, batch) -> (state, metrics)`; with a
+  reward model (`reward_model.Loaded`, cfg.reward_model) `step(state, batch,
+  rm_params)`, its parameters an argument (not a constant of the program).
 
   `reward_fn` is `make_reward_fn(...)` (or any traceable function with that
-  signature). The state is donated.
+  signature; with a reward model it returns one more column: which prompts
+  the model scores). The state is donated.
   """
   G, mu, M, A = cfg.group_size, cfg.num_iterations, cfg.minibatches, cfg.grad_accum
   tau = cfg.sampling.temperature
-  names = cfg.reward_names + (('overlong',) if cfg.overlong else ())
+  if cfg.reward_model:
+    if reward_model is None:
+      raise ValueError('cfg.reward_model: pass the reward model (reward_model.load)')
+    from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  names = (cfg.reward_names + (('overlong',) if cfg.overlong else ())
+           + ((MODEL_REWARD,) if cfg.reward_model else ()))
   weights = jnp.asarray(cfg.reward_weights, jnp.float32)
   if len(cfg.reward_weights) != len(names):
     raise ValueError(f'rl.rewards: {len(cfg.reward_weights)} weights for rewards {names}')
@@ -312,24 +346,32 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
         params, shd.state_shardings(params, mesh, rules))
     return nnx.merge(graphdef, params)
 
-  def rollout_and_score(params, prompt, prompt_mask, ids, key):
+  def rollout_and_score(params, prompt, prompt_mask, ids, key, rm_params):
     with shd.activation_rules(mesh, shd.SAMPLE_RULES):
       per_chunk = prompt.shape[0] // cfg.rollout_chunks
       queues = shards if per_chunk % shards == 0 and cfg.decode_slots % shards == 0 else 1
       ro = generate_in_chunks(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
                               cfg.sampling, G, cfg.rollout_chunks, cfg.decode_slots, queues)
     rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
+    if cfg.reward_model:
+      rewards, gate = rewards[:, :-1], rewards[:, -1]
     if cfg.overlong:
       lengths = ro.mask_NxT.sum(axis=1)
       rewards = jnp.concatenate(
           [rewards, overlong_penalty(lengths, *cfg.overlong)[:, None]], axis=1)
+    if cfg.reward_model:
+      with shd.activation_rules(mesh, shd.TRAIN_RULES):
+        loaded = dataclasses.replace(reward_model, params=rm_params)
+        r = jax.lax.stop_gradient(rm_lib.on_device_scores(
+            loaded, prompt, prompt_mask, ro.tokens_NxT, ro.mask_NxT))
+      rewards = jnp.concatenate([rewards, (r * gate)[:, None]], axis=1)
     B = prompt.shape[0]
     groups = dict(prompt=prompt, prompt_mask=prompt_mask, ids=ids,
                   tokens=ro.tokens_NxT.reshape(B, G, -1), mask=ro.mask_NxT.reshape(B, G, -1),
                   truncated=ro.truncated_N.reshape(B, G), rewards=rewards.reshape(B, G, -1))
     return groups, ro.num_steps
 
-  def sample_groups(params, batch: Batch, key):
+  def sample_groups(params, batch: Batch, key, rm_params=None):
     """Rollouts of B prompts; with dynamic sampling, refilled from further
     chunks of B prompts until every group has reward spread (or A attempts).
     Attempt a takes rows a, a + A, … of the batch, and each batch shard
@@ -341,7 +383,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
         x.reshape(B, attempts, *x.shape[1:]), a, axis=1, keepdims=False)
 
     def attempt(a):
-      g, steps = rollout_and_score(params, *(chunk(a, x) for x in batch), jax.random.fold_in(key, a))
+      g, steps = rollout_and_score(params, *(chunk(a, x) for x in batch), jax.random.fold_in(key, a),
+                                   rm_params)
       valid = jnp.ptp(g['rewards'] @ weights, axis=1) > 1e-6
       return g, valid, steps
 
@@ -446,10 +489,10 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       return packed_logprobs(model, forward.rows(), tau, impl=cfg.logprob_impl,
                              with_entropy=with_entropy, mesh=mesh)
 
-  def step(state: TrainState, batch: Batch):
+  def step(state: TrainState, batch: Batch, rm_params=None):
     key = jax.random.wrap_key_data(state.rng)
     key_sample, key_next = jax.random.split(key)
-    groups, sample_metrics = sample_groups(state.params, batch, key_sample)
+    groups, sample_metrics = sample_groups(state.params, batch, key_sample, rm_params)
     mask = groups['mask']
     if cfg.mask_truncated:
       mask = mask & ~groups['truncated'][..., None]
@@ -520,12 +563,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
                              jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
         ((loss, metrics), grads), _ = jax.lax.scan(
             lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
-      grad_norm = optax.tree.norm(grads)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
-      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-      params, opt_state = jax.tree.map(keep, (new_params, new_opt_state), (params, opt_state))
+      params, opt_state, grad_norm, finite = finite_update(optimizer, grads, params, opt_state,
+                                                           loss)
       metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=~finite)
       return (params, opt_state), metrics
 
@@ -542,8 +581,13 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     return TrainState(new_step, params, opt_state, ref, jax.random.key_data(key_next)), metrics
 
   data_sharding = Batch(batch_sharding, batch_sharding, batch_sharding)
-  return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, data_sharding),
-                 out_shardings=(state_shardings, None))
+  if cfg.reward_model:
+    return jax.jit(step, donate_argnums=0,
+                   in_shardings=(state_shardings, data_sharding,
+                                 jax.tree.map(lambda x: x.sharding, reward_model.params)),
+                   out_shardings=(state_shardings, None))
+  return jax.jit(lambda state, batch: step(state, batch), donate_argnums=0,
+                 in_shardings=(state_shardings, data_sharding), out_shardings=(state_shardings, None))
 
 
 def _auto_pack_rows(samples: int, micro_batches: int, shards: int) -> int:
@@ -568,6 +612,19 @@ class _Forwards(NamedTuple):
 
   def rows(self) -> packing.Rows:
     return packing.Rows(*self, slot_NxT=None, rows=None)
+
+
+def finite_update(optimizer: optax.GradientTransformation, grads, params, opt_state, loss):
+  """(params, opt_state, grad norm, finite): the optimizer's update applied
+  only when the loss, the gradient and the result are all finite (else the
+  old params and state, and finite False)."""
+  grad_norm = optax.tree.norm(grads)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  params, opt_state = jax.tree.map(keep, (new_params, new_opt_state), (params, opt_state))
+  return params, opt_state, grad_norm, finite
 
 
 def _all_finite(tree) -> jax.Array:

@@ -10,7 +10,6 @@ of: here it only measures whether the reward model's gains are real.
   count from 3 to 7          -> 3 4 5 6 7        (wrong: stops early or runs on)
   repeat sun 3 times         -> sun sun sun      (wrong: one too few or many)
   reverse 4 9 2              -> 2 9 4            (wrong: as given, or one pair swapped)
-  sort 4 9 2                 -> 2 4 9            (wrong: descending, or as given)
 
 Every response is non-reasoning: `<think> </think> <answer>…</answer>`.
 """
@@ -19,7 +18,7 @@ import random
 from r1jax.data.templates import NO_THINKING
 
 WORDS = ('sun', 'cat', 'dog', 'tree', 'red', 'blue', 'fish', 'star')
-KINDS = ('count', 'repeat', 'reverse', 'sort')
+KINDS = ('count', 'repeat', 'reverse')
 
 
 def _randint(rng: random.Random, lo: int, hi: int) -> int:
@@ -29,7 +28,7 @@ def _randint(rng: random.Random, lo: int, hi: int) -> int:
 def _numbers(rng: random.Random) -> list[int]:
   n = _randint(rng, 3, 4)
   out = []
-  while len(out) < n:  # distinct, so sorted and reversed differ from the input
+  while len(out) < n:
     x = _randint(rng, 1, 9)
     if x not in out:
       out.append(x)
@@ -42,22 +41,19 @@ def general_problem(rng: random.Random) -> dict:
     a = _randint(rng, 1, 15)
     b = a + _randint(rng, 2, 5)
     return {'question': f'count from {a} to {b}', 'answer': ' '.join(map(str, range(a, b + 1))),
-            'kind': kind}
+            'instruction': kind}
   if kind == 'repeat':
     w, n = WORDS[_randint(rng, 0, len(WORDS) - 1)], _randint(rng, 2, 5)
-    return {'question': f'repeat {w} {n} times', 'answer': ' '.join([w] * n), 'kind': kind}
-  xs = _numbers(rng)
-  ys = sorted(xs) if kind == 'sort' else xs[::-1]
-  if ys == xs:  # already in order: the instruction would be a no-op
-    xs = xs[::-1]
-    ys = sorted(xs) if kind == 'sort' else xs[::-1]
+    return {'question': f'repeat {w} {n} times', 'answer': ' '.join([w] * n), 'instruction': kind}
+  xs = _numbers(rng)  # distinct: reversed differs from the input
+  ys = xs[::-1]
   return {'question': f'{kind} {" ".join(map(str, xs))}', 'answer': ' '.join(map(str, ys)),
-          'kind': kind}
+          'instruction': kind}
 
 
 def wrong_answer(example: dict, rng: random.Random) -> str:
   """A plausible wrong response to `example` (never the right one)."""
-  kind, question, answer = example['kind'], example['question'], example['answer']
+  kind, question, answer = example['instruction'], example['question'], example['answer']
   words = answer.split()
   if kind == 'count':
     last = int(words[-1])
@@ -66,9 +62,7 @@ def wrong_answer(example: dict, rng: random.Random) -> str:
     out = words[:-1] if rng.random() < 0.5 else words + words[:1]
   else:
     given = question.split()[1:]
-    if kind == 'sort' and rng.random() < 0.5:
-      out = words[::-1]
-    elif rng.random() < 0.5 and given != words:
+    if rng.random() < 0.5:
       out = given
     else:
       i = _randint(rng, 0, len(words) - 2)

@@ -204,7 +204,7 @@ class General(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   code_path = None  # as in Arithmetic
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, features=_features('question', 'answer', 'kind'),
+    return tfds.core.DatasetInfo(builder=self, features=_features('question', 'answer', 'instruction'),
                                  disable_shuffling=True)
 
   def _split_generators(self, dl_manager):

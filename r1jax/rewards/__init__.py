@@ -38,12 +38,17 @@ from r1jax.rewards.countdown import countdown, countdown_all
 from r1jax.rewards.rules import format_reward, language_consistency
 from r1jax.rewards.workers import WorkerPool
 
-__all__ = ['CORRECTNESS', 'REWARDS', 'RewardScorer', 'accuracy', 'answer_match', 'choice', 'choice_letter',
+__all__ = ['CORRECTNESS', 'MODEL_REWARD', 'REWARDS', 'RewardScorer', 'accuracy', 'answer_match', 'choice', 'choice_letter',
            'exact_match', 'extract_answer',
            'format_reward', 'language_consistency', 'load_reward', 'overlong_penalty',
            'parse_number']
 
 RewardFn = Callable[[str, str, dict], float]
+
+# The reward a trained reward model gives on device (r1jax/reward_model.py,
+# train_step.py), weighted in config.rewards like the rules; only on prompts
+# whose example has kind 'general'.
+MODEL_REWARD = 'reward_model'
 
 
 def overlong_penalty(lengths, max_len: int, cache_len: int):
