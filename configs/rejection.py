@@ -16,27 +16,16 @@ target-language words in the chain; 0: off), language ('en' or 'zh', unless
 a record says), no_code_blocks, max_paragraph_chars (0: off), max_repetition
 (share of repeated word n-grams, n = ngram; 0: off).
 """
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
 
 from r1jax import config as rc
-
-
-def _eval_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      'eval_config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'eval.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
   arg = rc.parse_arg(arg, ckpt='', bench='', r1=False, chat=False, k=4, limit=1024)
   passed = [f'ckpt={arg.ckpt}'] + [f'bench={arg.bench}'] * bool(arg.bench) + (
       ['r1'] if arg.r1 else []) + (['chat'] if arg.chat else [])
-  c = _eval_config(','.join(passed))
+  c = rc.sibling_config(__file__, 'eval', ','.join(passed))
   if not arg.bench:  # the built-in task's training questions, not its held-out ones
     c.benchmarks = {'arithmetic': {'format': 'arithmetic', 'path': '', 'fields': {},
                                    'limit': arg.limit, 'prompt': '', 'split': 'train'}}

@@ -18,7 +18,7 @@ Records (JSONL or parquet): {"prompt" or "question", "completion"} or
 {"messages": [{"role": "user", …}, {"role": "assistant", …}]}; the loss is on
 the completion and its EOS. sft.template: 'none' (the prompt as is),
 'r1_zero' (the question in R1-Zero's template), 'chat' (the model's chat
-template). Held out: sft.eval_data, or the last sft.held_out records.
+template). Held out: sft.eval_data, or sft.held_out records drawn by the seed.
 
 Arg keys: model (preset name), ckpt (HF directory or r1jax workdir), data
 (a records file), paper, smoke (a seconds-long run for tests).
@@ -35,10 +35,11 @@ def get_config(arg: str | None = None):
   c.model.ckpt = arg.ckpt
   c.steps = 0  # 0: sft.epochs over the data
   c.sft = rc.ConfigDict(dict(
-      data=arg.data,  # '': the built-in cold-start data (arithmetic task)
-      eval_data='',  # held-out records; '': the last `held_out` of data
+      data=arg.data,  # '': the built-in cold-start data (arithmetic task); files: a,b
+      eval_data='',  # held-out records; '': `held_out` of data's, drawn by the seed
       held_out=256,
       builtin_examples=4096,  # training records of the built-in data
+      builtin_words=False,  # its chains closed by ' so <result>' (the r1 base's habit)
       template='none',
       max_len=512,  # tokens of prompt + completion + EOS; rows hold max_len - 1
       too_long='error',  # or 'drop' (counted)

@@ -200,6 +200,7 @@ def build(c: ml_collections.ConfigDict) -> str:
     from r1jax.data import general  # pylint: disable=g-import-not-at-top
     g_train = tasks.load_split('general', 'train', c.data_dir)
     general_ex = [g_train[i] for i in range(len(g_train))]
+    by_kind = [[e for e in general_ex if e['instruction'] == k] for k in general.KINDS]
     g_rng = random.Random(f'r1jax/base/general/{c.seed}')
 
   def chain_completion(question: str) -> str:
@@ -209,7 +210,8 @@ def build(c: ml_collections.ConfigDict) -> str:
     return completion_text(chain, answer)
 
   def general_row(full: bool) -> tuple[str, str]:
-    e = general_ex[int(rng.integers(0, len(general_ex)))]
+    kind = by_kind[int(rng.integers(0, len(by_kind)))]  # the kinds equally often
+    e = kind[int(rng.integers(0, len(kind)))]
     answer = (general.wrong_answer(e, g_rng) if rng.random() < c.general_error_rate
               else e['answer'])
     return (r1_zero_prompt(e['question']) if full else short_prompt(e['question']),

@@ -60,6 +60,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   return out
 
 
+def sibling_config(here: str, name: str, arg: str | None = None) -> ConfigDict:
+  """`get_config(arg)` of the config file <name>.py next to the file `here`
+  (a recipe built from others: configs/r1.py from sft.py, zero.py, …)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(here)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'r1jax_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def base_config() -> ConfigDict:
   """Defaults shared by every recipe; recipes override what they need."""
   c = ConfigDict()
@@ -248,7 +259,8 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('rl.top_k', (_int(0)[0], 'an integer >= 0 (0: off)')),
     ('rl.beta', _num(0)),
     ('rl.kl_estimator', _one_of(grpo.KL_ESTIMATORS)),
-    ('rl.epsilon_low', _num(0, 1, hi_open=True)),
+    # R1's stage 2 clips at ε = 10: a lower bound 1 - ε <= 0 never binds.
+    ('rl.epsilon_low', (_num(0)[0], 'a finite number >= 0 (>= 1: no lower clip)')),
     ('rl.epsilon_high', _num(0)),
     ('rl.dual_clip', ((lambda v: _is_num(v) and (v == 0 or v > 1)), '0 (off) or a finite number > 1')),
     ('rl.ratio', _one_of(grpo.RATIOS)),
@@ -289,6 +301,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('sft.eval_data', _PATH_OR_EMPTY),
     ('sft.held_out', _int(0)),
     ('sft.builtin_examples', _int(1)),
+    ('sft.builtin_words', _BOOL),
     ('sft.template', _one_of(('none', 'r1_zero', 'chat'))),
     ('sft.max_len', _int(2)),
     ('sft.too_long', _one_of(('error', 'drop'))),

@@ -116,4 +116,8 @@ def summarize(questions: Sequence[Sequence[dict]], ks: Sequence[int]) -> dict[st
     out[f'length{name}/p90'] = _quantile(part, 0.9)
   out['truncated'] = float(np.mean([bool(s['truncated']) for s in flat]))
   out['format_rate'] = float(np.mean([bool(s['format']) for s in flat]))
+  if flat and all('language' in s for s in flat):
+    # R1's language consistency (rewards.language_consistency): the mean share
+    # of target-language words in the chains.
+    out['language'] = float(np.mean([s['language'] for s in flat]))
   return out

@@ -55,13 +55,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import estimators, sharding as shd
 from r1jax.data import benchmarks as bm
-from r1jax.rewards import choice_letter, extract_answer, parse_number
+from r1jax.rewards import choice_letter, extract_answer, language_consistency, parse_number
 from r1jax.rewards.answers import final_part
 from r1jax.rollout import Rollout, SamplingConfig, generate
 
 BATCH_AXES = ('data', 'fsdp')
 # The fields of a sample record that every metric is computed from.
-NUMERIC = ('correct', 'cluster', 'length', 'truncated', 'format')
+NUMERIC = ('correct', 'cluster', 'length', 'truncated', 'format', 'language')
 
 
 def make_sampler(graphdef: nnx.GraphDef, cfg: SamplingConfig, k: int,
@@ -204,7 +204,9 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
           'completion': texts[j * k + s], 'answer': answers[j * k + s],
           'cluster': cands[j][s], 'correct': bool(scores[j * k + s, 0] >= 0.5),
           'length': int(lengths[j * k + s]), 'truncated': bool(truncated[j * k + s]),
-          'format': bool(formatted[j * k + s])} for s in range(k)])
+          'format': bool(formatted[j * k + s]),
+          'language': language_consistency(bench.prompts[i], texts[j * k + s],
+                                           bench.examples[i])} for s in range(k)])
     if on_batch is not None:
       on_batch(batch)
     out.extend(batch)
@@ -232,8 +234,8 @@ def gather_numeric(questions: list[list[dict]]) -> list[list[dict]]:
   padded = np.full((width, k, len(NUMERIC)), np.nan)
   padded[:local.shape[0], :local.shape[1]] = local
   every = np.asarray(multihost_utils.process_allgather(padded))  # [hosts, width, k, F]
-  return [[dict(zip(NUMERIC, (int(v) if f != 'correct' else bool(v)
-                              for f, v in zip(NUMERIC, s)))) for s in q]
+  kind = {'correct': bool, 'language': float}
+  return [[dict(zip(NUMERIC, (kind.get(f, int)(v) for f, v in zip(NUMERIC, s)))) for s in q]
           for h, c in enumerate(counts) for q in every[h, :int(c)]]
 
 

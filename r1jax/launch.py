@@ -1,6 +1,7 @@
 """R1-Zero training: `python -m r1jax.launch --config=configs/zero.py` (a config
 with an `sft` section, configs/sft.py, runs r1jax/sft.py's loop instead, one
-with an `rm` section, configs/rm.py, r1jax/reward_model.py's).
+with an `rm` section, configs/rm.py, r1jax/reward_model.py's; one with a
+`pipeline`, configs/r1.py or distill.py, its stages: r1jax/pipeline.py).
 
 One loop, top to bottom: config → mesh → base model → tokenizer and policy →
 data → rewards and the compiled GRPO step → restore → evaluate at step 0 →
@@ -88,6 +89,9 @@ def init_distributed(config) -> None:
 
 def run(config) -> dict:
   """Runs the config; returns the final evaluation metrics."""
+  if 'pipeline' in config:  # configs/r1.py, configs/distill.py: stages of these runs
+    from r1jax import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.run(config, run)
   # ------------------------------------------------------------------ config
   rc.validate(config)
   with contextlib.ExitStack() as closing:  # runs on every way out, in reverse

@@ -106,4 +106,5 @@ class TaskEval:
     return (f'eval{tag} @ step {step}: pass@1 {m["eval/pass@1" + tag]:.3f}  '
             f'cons@{k} {m.get(f"eval/cons@{k}" + tag, float("nan")):.3f}  '
             f'format {m.get("eval/format_rate" + tag, 0):.2f}  '
-            f'({len(self.examples)} questions x {k} samples, {m["eval/seconds" + tag]:.0f}s)')
+            + (f'language {m["eval/language" + tag]:.2f}  ' if 'eval/language' + tag in m else '')
+            + f'({len(self.examples)} questions x {k} samples, {m["eval/seconds" + tag]:.0f}s)')

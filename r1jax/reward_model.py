@@ -114,17 +114,25 @@ class Pairs(NamedTuple):
 def builtin_pairs(config) -> tuple[list[dict], list[dict]]:
   """Rule-made pairs of the general task (data/general.py): the right
   response chosen, a plausible wrong one rejected; training pairs from its
-  train split, held-out pairs from its test split."""
+  train split, held-out pairs from its test split. Each pair draws an
+  instruction kind first (the splits hold far more `reverse` questions than
+  the others), then a question of it and a wrong answer (seeded)."""
   from r1jax.data import general  # pylint: disable=g-import-not-at-top
   data_dir = rc.data_dir(config)
   rng = random.Random(f'r1jax/reward_model/{config.seed}')
   out = []
   for split, n in (('train', config.rm.builtin_pairs), ('test', config.rm.held_out)):
     src = load_split('general', split, data_dir)
-    out.append([{'prompt': r1_zero_prompt(ex['question']),
-                 'chosen': general.response_text(ex['answer']),
-                 'rejected': general.response_text(general.wrong_answer(ex, rng))}
-                for ex in (src[i] for i in range(min(n, len(src))))])
+    by_kind = [[src[i] for i in range(len(src)) if src[i]['instruction'] == k]
+               for k in general.KINDS]
+    pairs = []
+    for _ in range(n):
+      kind = by_kind[int(rng.random() * len(by_kind))]
+      ex = kind[int(rng.random() * len(kind))]
+      pairs.append({'prompt': r1_zero_prompt(ex['question']),
+                    'chosen': general.response_text(ex['answer']),
+                    'rejected': general.response_text(general.wrong_answer(ex, rng))})
+    out.append(pairs)
   return out[0], out[1]
 
 

@@ -314,6 +314,8 @@ def builtin_records(config) -> tuple[list[dict], list[dict]]:
 
   def record(ex):
     chain, total = tasks.reduction(ex['question'])
+    if config.sft.builtin_words:  # the r1 base's habit, in English only (readable)
+      chain = base.spoken(chain)
     return {'prompt': make_prompt(ex), 'completion': base.completion_text(chain, str(total))}
 
   first = config.eval.num_questions  # the evaluated questions are not held-out data
@@ -331,16 +333,18 @@ def _records(path: str, key: str) -> list[dict]:
 
 def load_data(config, tok, chat: dict | None) -> Data:
   """Reads, tokenises and packs the training and held-out records. Held out:
-  sft.eval_data, or the last sft.held_out records of sft.data."""
+  sft.eval_data, or sft.held_out records of sft.data drawn by the seed."""
   s = config.sft
   if s.data:
-    train = _records(s.data, 'sft.data')
+    train = [r for path in s.data.split(',') for r in _records(path, 'sft.data')]
     held = _records(s.eval_data, 'sft.eval_data') if s.eval_data else []
     if not s.eval_data and s.held_out:
       if s.held_out >= len(train):
         raise rc.ConfigError('sft.held_out', f'{s.held_out} held-out records of the '
                              f'{len(train)} in {s.data}; leave some to train on')
-      train, held = train[:-s.held_out], train[-s.held_out:]
+      out = set(np.random.default_rng(config.seed).permutation(len(train))[:s.held_out].tolist())
+      held = [r for i, r in enumerate(train) if i in out]
+      train = [r for i, r in enumerate(train) if i not in out]
     template = s.template
   else:
     train, held = builtin_records(config)
@@ -382,8 +386,9 @@ def validate(config) -> None:
   if s.batch_size % s.grad_accum:
     raise rc.ConfigError('sft.batch_size', f'{s.batch_size} rows do not split into '
                          f'grad_accum={s.grad_accum} micro-batches')
-  if s.data and not os.path.exists(s.data):
-    raise rc.ConfigError('sft.data', f'{s.data!r} does not exist')
+  for path in filter(None, s.data.split(',')):
+    if not os.path.exists(path):
+      raise rc.ConfigError('sft.data', f'{path!r} does not exist')
   if s.eval_data and not os.path.exists(s.eval_data):
     raise rc.ConfigError('sft.eval_data', f'{s.eval_data!r} does not exist')
 

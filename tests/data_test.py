@@ -219,3 +219,40 @@ def test_iterator_host_sharding(splits):
   assert hosts[0].state() == hosts[1].state() == one.state()
   with pytest.raises(ValueError, match='multiple of process_count=3'):
     data.PromptIterator(source, batch_size=8, seed=1, process_count=3)
+
+
+def test_the_general_task_has_one_right_answer_and_wrong_ones_that_differ():
+  import random  # pylint: disable=g-import-not-at-top
+  from r1jax.data import general  # pylint: disable=g-import-not-at-top
+  from r1jax.rewards import answer_match  # pylint: disable=g-import-not-at-top
+  rng = random.Random(0)
+  for _ in range(300):
+    ex = general.general_problem(rng)
+    right = general.response_text(ex['answer'])
+    wrong = general.response_text(general.wrong_answer(ex, rng))
+    assert answer_match('', right, ex) == 1.0 and answer_match('', wrong, ex) == 0.0
+  assert general.general_problem(random.Random(1)) == general.general_problem(random.Random(1))
+  ex = {'question': 'count from 3 to 7', 'answer': '3 4 5 6 7', 'instruction': 'count'}
+  assert answer_match('', ' <think> </think> <answer> 3  4 5 6 7 </answer>', ex) == 1.0
+
+
+def test_a_mixture_adds_the_second_source_from_its_step_on_and_resumes():
+  from r1jax.data.iterator import Mixture  # pylint: disable=g-import-not-at-top
+  first = [{'question': f'q{i}'} for i in range(10)]
+  second = [{'question': f'g{i}'} for i in range(5)]
+  m = Mixture(first, second, 4, 1, from_step=2, seed=0)
+  b1, b2, b3 = m.next(1), m.next(2), m.next(3)
+  assert all(x['kind'] == 'task' for x in b1 + b2) and len(b3) == 4
+  assert [x['kind'] for x in b3] == ['task'] * 3 + ['general']
+  assert b3[-1]['index'] >= 10 and m.example(b3[-1]['index'])['question'] == b3[-1]['question']
+  state = m.state()
+  after = [m.next(4), m.next(5)]
+  again = Mixture(first, second, 4, 1, from_step=2, seed=0)
+  again.restore(state)
+  assert [again.next(4), again.next(5)] == after
+  # Two hosts: each reads half of every global batch, the halves disjoint.
+  hosts = [Mixture(first, second, 4, 2, from_step=0, seed=0, process_index=i, process_count=2)
+           for i in range(2)]
+  one, two = (h.next(1) for h in hosts)
+  assert len(one) == len(two) == 2 and {x['index'] for x in one}.isdisjoint(
+      {x['index'] for x in two})

@@ -17,7 +17,8 @@ import random
 
 from r1jax.data.templates import NO_THINKING
 
-WORDS = ('sun', 'cat', 'dog', 'tree', 'red', 'blue', 'fish', 'star')
+WORDS = ('sun', 'cat', 'dog', 'tree', 'red', 'blue', 'fish', 'star', 'moon', 'bird', 'rain',
+         'rock', 'leaf', 'milk', 'ship', 'bell')
 KINDS = ('count', 'repeat', 'reverse')
 
 
@@ -38,12 +39,12 @@ def _numbers(rng: random.Random) -> list[int]:
 def general_problem(rng: random.Random) -> dict:
   kind = KINDS[_randint(rng, 0, len(KINDS) - 1)]
   if kind == 'count':
-    a = _randint(rng, 1, 15)
-    b = a + _randint(rng, 2, 5)
+    a = _randint(rng, 1, 60)
+    b = a + _randint(rng, 2, 6)
     return {'question': f'count from {a} to {b}', 'answer': ' '.join(map(str, range(a, b + 1))),
             'instruction': kind}
   if kind == 'repeat':
-    w, n = WORDS[_randint(rng, 0, len(WORDS) - 1)], _randint(rng, 2, 5)
+    w, n = WORDS[_randint(rng, 0, len(WORDS) - 1)], _randint(rng, 2, 7)
     return {'question': f'repeat {w} {n} times', 'answer': ' '.join([w] * n), 'instruction': kind}
   xs = _numbers(rng)  # distinct: reversed differs from the input
   ys = xs[::-1]

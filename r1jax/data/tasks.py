@@ -198,9 +198,10 @@ class Countdown(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class General(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Short instructions with one right response (data/general.py)."""
+  """Short instructions with one right response (data/general.py). About
+  3,900 distinct questions exist; the splits take 2,650 of them."""
   VERSION = tfds.core.Version('1.0.0')
-  TRAIN_SIZE, TEST_SIZE = 5_000, 500
+  TRAIN_SIZE, TEST_SIZE = 2_500, 150
   code_path = None  # as in Arithmetic
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -1,0 +1,81 @@
+"""Distillation (DeepSeek-R1 §4 / supplement: the distilled Qwen2.5 and Llama
+students): a teacher's rejection-sampled traces fine-tune a student, and
+the same student trained by R1-Zero RL alone is the comparison.
+
+  python -m r1jax.launch --config=configs/distill.py
+
+  stage     kind       from                     does
+  rs        rejection  the teacher              its samples of training prompts, kept by rule
+  student   sft        the student's base       SFT on the traces (re-tokenised: the student
+                                                may have another tokenizer and architecture)
+  rl_only   rl         the student's base       R1-Zero GRPO on the same prompts (the paper's
+                                                comparison: distilling beats RL on small models)
+
+Default — teacher: the final policy of configs/r1.py's default run
+(workdir/r1-tiny/rl; run that first); student: the tiny base shipped with
+r1jax (r1jax/assets/base-tiny: another tokenizer and vocabulary than the
+teacher's); the built-in arithmetic task; 2 CPU cores. Time and results: see
+the README (measured).
+
+Arg keys: teacher (an r1jax workdir or HF directory), traces (an existing
+traces JSONL: no sampling, the rs stage is skipped), student (the student's
+base: HF directory or r1jax workdir; '' : the shipped tiny base), model (the
+student's preset name), paper (the paper's SFT: 2 epochs... see configs/sft.py),
+smoke (seconds-long stages for tests). 2-3 epochs with a cosine decay to
+0.1x, as the paper's distillation.
+"""
+from r1jax import base, config as rc
+
+ORDER = ('rs', 'student', 'rl_only')
+KINDS = {'rs': 'rejection', 'student': 'sft', 'rl_only': 'rl'}
+INPUTS = (
+    ('rs', 'ckpt', 'teacher'),
+    ('student', 'model.ckpt', 'base'),
+    ('student', 'sft.data', 'rs'),
+    ('rl_only', 'model.ckpt', 'base'),
+)
+
+
+def get_config(arg: str | None = None):
+  arg = rc.parse_arg(arg, teacher='workdir/r1-tiny/rl', traces='', student='', model='tiny',
+                     paper=False, smoke=False)
+  tiny = arg.model == 'tiny'
+  c = rc.ConfigDict()
+  c.workdir = f'workdir/distill-{arg.model}'
+  c.stages = 'student,rl_only' if arg.traces else ''
+  c.pipeline = rc.ConfigDict(dict(
+      name='distill', order=ORDER, kinds=KINDS, inputs=INPUTS,
+      base=arg.student or (base.SHIPPED if tiny else ''),
+      sources={'teacher': arg.teacher}))
+
+  c.rs = rc.sibling_config(__file__, 'rejection', 'k=4,limit=4096' if tiny else 'k=4,limit=0,r1,chat')
+  c.rs.max_new_tokens = 40 if tiny else 32768
+
+  c.student = rc.sibling_config(__file__, 'sft', f'model={arg.model}')
+  c.student.model.ckpt = ''
+  c.student.sft.update(data=arg.traces, template='none', held_out=256, epochs=2.0)
+  c.student.optim.update(schedule='cosine', final_lr_ratio=0.1)
+  if tiny:
+    del c.student.base
+    c.student.eval.update(max_new_tokens=40)
+
+  c.rl_only = rc.sibling_config(__file__, 'zero', f'model={arg.model}')
+  c.rl_only.model.ckpt = ''
+  if tiny:
+    del c.rl_only.base
+    c.rl_only.rl.update(max_new_tokens=40)
+
+  if arg.paper:
+    c.student.sft.update(epochs=2.0, batch_size=64, max_len=32768)
+    c.student.optim.update(lr=5e-6, schedule='cosine', final_lr_ratio=0.1, warmup_steps=0)
+  if arg.smoke:
+    c.workdir = 'workdir/distill-smoke'
+    c.student.steps, c.student.eval_every, c.student.checkpoint_every = 2, 2, 2
+    c.student.sft.update(held_out=8, batch_size=8, max_len=128)
+    c.student.eval.update(num_questions=8, k=2, batch_size=8)
+    c.rl_only.steps, c.rl_only.eval_every, c.rl_only.checkpoint_every = 2, 2, 2
+    c.rl_only.rl.update(prompts_per_step=8, group_size=4, max_new_tokens=32)
+    c.rl_only.eval.update(num_questions=8, k=2, batch_size=8)
+    c.rs.benchmarks.arithmetic.limit = 16
+    c.rs.update(k=2, batch_size=8, max_new_tokens=32)
+  return c

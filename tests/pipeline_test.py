@@ -1,0 +1,155 @@
+"""The multi-stage recipes: configs/r1.py:smoke end to end through the
+pipeline notebook (every stage's output, summary.json, the plots), a rerun
+that skips finished stages, a stage resumed from its checkpoint after losing
+its end, a subset of stages, bad stage settings named before anything runs,
+and configs/distill.py:smoke."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1jax import base, config as rc, launch, models, pipeline
+from conftest import ROOT, config_file
+
+
+def _r1(workdir, tfds_dir=None, **kw):
+  c = config_file('r1', 'smoke')
+  c.workdir = str(workdir)
+  for stage in c.pipeline.order:
+    if tfds_dir:
+      c[stage].data_dir = tfds_dir
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope='module')
+def notebook_run(tmp_path_factory):
+  """notebooks/r1_pipeline.ipynb executed at smoke size: it runs
+  configs/r1.py:smoke (its workdir, returned) and plots every stage."""
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('notebook') / 'r1'
+  env = {'R1JAX_NOTEBOOK_SMALL': '1', 'R1JAX_NOTEBOOK_PIPELINE': str(workdir),
+         'JAX_PLATFORMS': 'cpu'}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    path = os.path.join(ROOT, 'notebooks', 'r1_pipeline.ipynb')
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name='python3',
+                   resources={'metadata': {'path': os.path.dirname(path)}}).execute()
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
+  return workdir, outputs
+
+
+def test_the_pipeline_notebook_runs_every_stage_and_plots_them(notebook_run):
+  _, outputs = notebook_run
+  text = ''.join(o.get('text', '') for o in outputs)
+  assert 'stages plotted: cold_start, reasoning_rl, rs, sft, rm, rl' in text
+  assert any('image/png' in o.get('data', {}) for o in outputs), 'no figure was displayed'
+
+
+def _weights(path):
+  return jax.tree.leaves(nnx.state(models.load_hf(str(path))))
+
+
+def test_bad_settings_are_named_with_their_stage_before_anything_runs(tmp_path, tfds_dir):
+  c = _r1(tmp_path / 'r1', tfds_dir)
+  c.rm.rm.batch_size = 0
+  with pytest.raises(rc.ConfigError, match=r'config\.rm\.rm\.batch_size'):
+    launch.run(c)
+  c = _r1(tmp_path / 'r1', tfds_dir)
+  c.reasoning_rl.rl.group_size = 1
+  with pytest.raises(rc.ConfigError, match=r'config\.reasoning_rl\.rl\.group_size'):
+    launch.run(c)
+  c = _r1(tmp_path / 'r1', tfds_dir, stages='rs,nope')
+  with pytest.raises(rc.ConfigError, match="config.stages: unknown stage 'nope'"):
+    launch.run(c)
+  assert not (tmp_path / 'r1' / 'cold_start').exists()  # nothing ran
+  d = config_file('distill', 'smoke,teacher=' + str(tmp_path / 'no-teacher'))
+  with pytest.raises(rc.ConfigError, match='pipeline.sources.teacher'):
+    launch.run(d)
+
+
+def test_r1_smoke_runs_every_stage_skips_them_when_done_and_resumes_inside_one(
+    notebook_run, capsys):
+  root, _ = notebook_run
+  c = _r1(root)
+  summary = json.loads((root / 'summary.json').read_text())
+  stages = summary['stages']
+  assert list(stages) == list(c.pipeline.order)
+  for name, rec in stages.items():
+    assert rec['name'] == name and rec['kind'] == c.pipeline.kinds[name]
+    assert json.loads((root / name / pipeline.DONE).read_text()) == rec
+  assert json.loads((root / 'summary.json').read_text()) == summary
+  for name in ('cold_start', 'reasoning_rl', 'sft', 'rl'):  # model stages: a HF directory each
+    assert (root / name / 'hf' / 'model.safetensors').exists(), name
+    assert 'eval/pass@1' in stages[name]['metrics'] and 'eval/language' in stages[name]['metrics']
+  assert stages['rs']['output'] == str(root / 'rs' / 'traces.jsonl')
+  assert 0 <= stages['rs']['metrics']['keep_rate'] <= 1
+  assert 'eval/rm_accuracy' in stages['rm']['metrics']
+  assert 'eval/rm_score_general' in stages['rl']['metrics']
+  # Stage 3's data: the traces and the non-reasoning records.
+  general = (root / 'sft' / 'non_reasoning.jsonl').read_text().splitlines()
+  assert len(general) == c.pipeline.non_reasoning_examples
+  assert all(json.loads(x)['completion'].startswith(' <think> </think>') for x in general)
+  capsys.readouterr()
+
+  # Done: a rerun skips every stage.
+  capsys.readouterr()
+  again = launch.run(c)
+  out = capsys.readouterr().out
+  assert out.count('done already') == len(c.pipeline.order)
+  assert again == summary
+
+  # The cold start lost its last checkpoint, its export and its marker (as
+  # if killed after its first checkpoint): run alone, it resumes there and
+  # ends with the same weights.
+  before = _weights(root / 'cold_start' / 'hf')
+  last = max(int(p.name) for p in (root / 'cold_start' / 'checkpoints').iterdir()
+             if p.name.isdigit())
+  shutil.rmtree(root / 'cold_start' / 'checkpoints' / str(last))
+  shutil.rmtree(root / 'cold_start' / 'hf')
+  (root / 'cold_start' / pipeline.DONE).unlink()
+  assert last == 2
+  resumed = launch.run(_r1(root, stages='cold_start'))
+  out = capsys.readouterr().out
+  assert 'resumed from' in out and 'stage cold_start done' in out
+  assert list(resumed['stages']) == list(c.pipeline.order)  # the others' records are kept
+  # The notebook's kernel has 1 CPU device, this process 8 (the batch sharded
+  # 8 ways): the same update up to float rounding (sft_test checks the resume
+  # bit for bit in one process).
+  for a, b in zip(before, _weights(root / 'cold_start' / 'hf')):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_distill_smoke_trains_a_student_on_a_teachers_traces(tmp_path, tfds_dir):
+  """The teacher (a short SFT run of the tiny R1 base) samples; the student
+  (the shipped tiny base: another tokenizer) learns from the re-tokenised
+  text; the RL-only comparison runs."""
+  teacher = config_file('sft', 'smoke')
+  teacher.model.ckpt = base.SHIPPED_R1
+  del teacher.base
+  teacher.sft.builtin_words = True
+  teacher.workdir = str(tmp_path / 'teacher')
+  teacher.data_dir = tfds_dir
+  launch.run(teacher)
+  d = config_file('distill', f'smoke,teacher={tmp_path / "teacher"}')
+  d.workdir = str(tmp_path / 'distill')
+  for stage in d.pipeline.order:
+    d[stage].data_dir = tfds_dir
+  summary = launch.run(d)
+  assert list(summary['stages']) == ['rs', 'student', 'rl_only']
+  assert (tmp_path / 'distill' / 'student' / 'hf' / 'model.safetensors').exists()
+  assert 'eval/pass@1' in summary['stages']['student']['metrics']
+  assert 'eval/pass@1' in summary['stages']['rl_only']['metrics']
