@@ -14,8 +14,11 @@ the same student trained by R1-Zero RL alone is the comparison.
 Default — teacher: the final policy of configs/r1.py's default run
 (workdir/r1-tiny/rl; run that first); student: the tiny base shipped with
 r1jax (r1jax/assets/base-tiny: another tokenizer and vocabulary than the
-teacher's); the built-in arithmetic task; 2 CPU cores. Time and results: see
-the README (measured).
+teacher's); the built-in arithmetic task; 2 CPU cores. Time: 19.2 min
+(measured 2026-12-02 with a test suite on the same cores, README). Result:
+the student falls from pass@1 0.585 to 0.134 on the traces (the teacher's
+chains end in a word its tokenizer never learned to produce), while RL alone
+takes it to 0.832: on this tiny recipe distillation does not beat RL.
 
 Arg keys: teacher (an r1jax workdir or HF directory), traces (an existing
 traces JSONL: no sampling, the rs stage is skipped), student (the student's

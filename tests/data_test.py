@@ -25,13 +25,15 @@ def _all(source, n=None):
 
 
 def test_builders_prepare_and_read(splits):
+  sizes = {'arithmetic': (20_000, 500), 'countdown': (20_000, 500), 'general': (2_500, 150)}
+  assert set(sizes) == set(data.TASKS)
   for name in data.TASKS:
     train, test = splits[name, 'train'], splits[name, 'test']
-    assert (len(train), len(test)) == (20_000, 500)
+    assert (len(train), len(test)) == sizes[name]
     ex = test[7]
     assert ex['id'] == 7  # stored in generation order: index i is id i
     assert all(type(v) is str for k, v in ex.items() if k != 'id')
-    assert {'question', 'answer', 'solution'} <= set(ex)
+    assert {'question', 'answer', 'solution' if name != 'general' else 'instruction'} <= set(ex)
 
 
 def test_splits_fixed_unique_and_disjoint(splits):

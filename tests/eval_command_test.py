@@ -67,7 +67,7 @@ def test_evaluates_the_shipped_base_on_a_local_file_and_the_built_in_task(tmp_pa
   samples = _samples(tmp_path / 'eval' / 'model' / 'sums' / 'samples.jsonl')
   assert len(samples) == 24 and samples[0]['id'] == 'q0'
   assert set(samples[0]) == {'id', 'index', 'sample', 'digest', 'completion', 'answer', 'cluster',
-                             'correct', 'length', 'truncated', 'format'}
+                             'correct', 'length', 'truncated', 'format', 'language'}
   # Every metric can be recomputed from samples.jsonl.
   questions = [samples[i:i + 2] for i in range(0, 24, 2)]
   assert ev.estimators.summarize(questions, (1, 2)) == {
