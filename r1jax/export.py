@@ -124,6 +124,25 @@ def export(workdir: epath.PathLike, out: str, step: int | None = None,
   return out
 
 
+def export_hf(workdir: epath.PathLike, step: int | None = None) -> epath.Path:
+  """<workdir>/hf: checkpoint `step` (default: the newest) as a HF
+  directory, written aside and moved in place, so a crash never leaves a
+  partial one (kept when it is there already)."""
+  workdir = epath.Path(workdir)
+  hf_dir = workdir / 'hf'
+  if (hf_dir / 'config.json').exists():
+    return hf_dir
+  tmp = workdir / '.hf.tmp'
+  if tmp.exists():
+    tmp.rmtree()
+  export(workdir, os.fspath(tmp), step=step)
+  if jax.process_index() == 0:
+    if hf_dir.exists():
+      hf_dir.rmtree()
+    tmp.rename(hf_dir)
+  return hf_dir
+
+
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top

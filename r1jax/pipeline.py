@@ -149,12 +149,8 @@ def _run_stage(config, stage: str, launch_run) -> dict:
     from r1jax import rejection  # pylint: disable=g-import-not-at-top
     return rejection.run(c)
   result = launch_run(c)
-  if kind in ('sft', 'rl') and not epath.Path(c.workdir, 'hf', 'config.json').exists():
-    tmp = os.path.join(c.workdir, '.hf.tmp')
-    if os.path.exists(tmp):
-      epath.Path(tmp).rmtree()
-    export.export(c.workdir, tmp)
-    os.replace(tmp, os.path.join(c.workdir, 'hf'))
+  if kind in ('sft', 'rl'):
+    export.export_hf(c.workdir)  # the RL loop writes checkpoints only
   return result
 
 

@@ -480,17 +480,7 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   hf_dir = workdir / 'hf'
 
   def finish(state, step: int) -> dict:
-    """The trained model as a HF directory (written aside, then moved in place)."""
-    if not (hf_dir / 'config.json').exists():
-      tmp = workdir / '.hf.tmp'
-      if tmp.exists():
-        tmp.rmtree()
-      export.export(workdir, str(tmp), step=step)
-      if jax.process_index() == 0:
-        if hf_dir.exists():
-          hf_dir.rmtree()
-        tmp.rename(hf_dir)
-    return {'hf_dir': str(hf_dir)}
+    return {'hf_dir': str(export.export_hf(workdir, step))}
 
   step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state))
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
