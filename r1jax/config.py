@@ -170,6 +170,9 @@ def base_config() -> ConfigDict:
   # from_step + 1 on ('' : none).
   c.general = ConfigDict(dict(task='', fraction=0.0, from_step=0))
   c.reward_timeout_s = 5.0  # per call; the worker process is killed past it
+  # The code rewards' sandbox (rewards/sandbox.py): limits of one run, and
+  # the weakest isolation to train with ('' any; see sandbox.LEVELS).
+  c.sandbox = ConfigDict(dict(time_limit_s=2.0, memory_mb=512, require_isolation=''))
   c.reward_workers = 0  # scoring processes per host; 0: one per core, at most 8
 
   # schedule: 'constant' after the warm-up (R1's RL), or 'cosine' decay to
@@ -286,6 +289,11 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('general.fraction', _num(0, 1, hi_open=True)),
     ('general.from_step', _int(0)),
     ('reward_timeout_s', _num(0, lo_open=True)),
+    ('sandbox.time_limit_s', _num(0, lo_open=True)),
+    ('sandbox.memory_mb', _int(64)),
+    ('sandbox.require_isolation', (lambda v: isinstance(v, str), "'' or a level of "
+                                   'rewards/sandbox.py LEVELS')),
+    ('base.arch', (lambda v: v in ('qwen2', 'llama'), "'qwen2' or 'llama'")),
     ('reward_workers', (_int(0)[0], 'an integer >= 0 (0: one per core, at most 8)')),
     ('optim.lr', _num(0, lo_open=True)),
     ('optim.warmup_steps', _int(0)),
@@ -494,9 +502,25 @@ def validate(config: ConfigDict) -> ConfigDict:
         raise ConfigError(f'rewards.{name}', f'weight must be a finite number, got {weight!r}')
     if not config.rewards:
       raise ConfigError('rewards', 'at least one reward is needed')
+    _check_sandbox(config)
     if 'task' in config:
       _check_verifier(config)
   return config
+
+
+def _check_sandbox(config) -> None:
+  from r1jax.rewards import programs, sandbox  # pylint: disable=g-import-not-at-top
+  s = config.get('sandbox')
+  if s is None:
+    return
+  if s.require_isolation and s.require_isolation not in sandbox.LEVELS:
+    raise ConfigError('sandbox.require_isolation', f"'' or one of {sandbox.LEVELS}, got "
+                      f'{s.require_isolation!r}')
+  one_run = 2 * s.time_limit_s + 1
+  if any(n in programs.NAMES for n in config.rewards) and config.reward_timeout_s < one_run + 1:
+    raise ConfigError('reward_timeout_s', f'{config.reward_timeout_s}s cannot fit one sandbox run '
+                      f'of a code reward (its wall limit is 2 x sandbox.time_limit_s + 1 = '
+                      f'{one_run}s); a reward call runs every test of its example')
 
 
 def _check_verifier(config: ConfigDict) -> None:

@@ -15,7 +15,7 @@ from r1jax import base, config as rc, estimators, evaluate as ev, export, metric
 from r1jax import sharding as shd
 from r1jax import tokenizer as tk, workdir as wd
 from r1jax.data import benchmarks as bm, load_split
-from r1jax.rewards import RewardScorer
+from r1jax.rewards import RewardScorer, programs
 from r1jax.rollout import SamplingConfig
 
 
@@ -226,8 +226,9 @@ def evaluate_step(c, mesh, path: str, step, tokenizer, benches, out: epath.Path,
 
 def make_scorer(c, benches, extra: dict | None = None) -> RewardScorer:
   """The benchmarks' verifiers and the format reward (and `extra` rewards)."""
-  return RewardScorer({**{b.verifier: 1.0 for b in benches}, 'format': 1.0, **(extra or {})},
-                      timeout_s=c.reward_timeout_s, workers=c.reward_workers or None)
+  weights = {**{b.verifier: 1.0 for b in benches}, 'format': 1.0, **(extra or {})}
+  return RewardScorer(weights, timeout_s=c.reward_timeout_s, workers=c.reward_workers or None,
+                      extra=programs.configured(c, weights))
 
 
 def _run(c, mesh, path, steps, tokenizer, benches, out: epath.Path) -> list[dict]:

@@ -45,31 +45,44 @@ KL_ESTIMATORS = ('k1', 'k2', 'k3')
 RATIOS = ('token', 'sequence')
 
 
-def _group_advantages(r_BxG: jax.Array, kind: str, eps: float) -> jax.Array:
-  mean = r_BxG.mean(axis=1, keepdims=True)
-  centred = r_BxG - mean
+def _group_advantages(r_BxG: jax.Array, kind: str, eps: float, valid_BxG: jax.Array
+                      ) -> jax.Array:
+  """Over the valid members of each group only (the others get 0)."""
+  w = valid_BxG.astype(jnp.float32)
+  n_Bx1 = jnp.maximum(w.sum(axis=1, keepdims=True), 1.0)
+  mean = (r_BxG * w).sum(axis=1, keepdims=True) / n_Bx1
+  centred = (r_BxG - mean) * w
   if kind == 'grpo':
-    return centred / (r_BxG.std(axis=1, keepdims=True) + eps)
+    std = jnp.sqrt((centred ** 2).sum(axis=1, keepdims=True) / n_Bx1)
+    return centred / (std + eps)
   if kind == 'drgrpo':
     return centred
   if kind == 'rloo':
-    G = r_BxG.shape[1]
-    return centred * (G / (G - 1))
-  if kind == 'batch_std':
-    return centred / (r_BxG.std() + eps)
+    return centred * (n_Bx1 / jnp.maximum(n_Bx1 - 1, 1.0))
+  if kind == 'batch_std':  # the group's mean, the whole batch's std
+    n = jnp.maximum(w.sum(), 1.0)
+    std = jnp.sqrt((((r_BxG - (r_BxG * w).sum() / n) * w) ** 2).sum() / n)
+    return centred / (std + eps)
   raise ValueError(f'rl.advantage: unknown estimator {kind!r}; known: {ADVANTAGES}')
 
 
 def advantages(rewards_BxGxR: jax.Array, weights_R: jax.Array, kind: str = 'grpo',
-               per_reward: bool = False, eps: float = 1e-6) -> jax.Array:
-  """Group-relative advantages [B, G] from per-reward scores [B, G, R]."""
+               per_reward: bool = False, eps: float = 1e-6,
+               valid_BxG: jax.Array | None = None) -> jax.Array:
+  """Group-relative advantages [B, G] from per-reward scores [B, G, R].
+  `valid_BxG` False marks samples without a verdict (a reward that could
+  not judge them): they are left out of their group's statistics and get
+  advantage 0 (the step also masks them out of the loss)."""
   rewards_BxGxR = rewards_BxGxR.astype(jnp.float32)
+  if valid_BxG is None:
+    valid_BxG = jnp.ones(rewards_BxGxR.shape[:2], bool)
   if not per_reward:
-    return _group_advantages(rewards_BxGxR @ weights_R, kind, eps)
-  per = jax.vmap(lambda r: _group_advantages(r, kind, eps), in_axes=2, out_axes=2)(
+    return _group_advantages(rewards_BxGxR @ weights_R, kind, eps, valid_BxG)
+  per = jax.vmap(lambda r: _group_advantages(r, kind, eps, valid_BxG), in_axes=2, out_axes=2)(
       rewards_BxGxR)
   total = per @ weights_R
-  return (total - total.mean()) / (total.std() + eps)
+  return _group_advantages(total.reshape(1, -1), 'batch_std', eps,
+                           valid_BxG.reshape(1, -1)).reshape(total.shape)
 
 
 def zero_spread_fraction(rewards_BxG: jax.Array, tol: float = 1e-6) -> jax.Array:

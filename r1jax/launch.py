@@ -32,6 +32,7 @@ from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
 from r1jax.data import check_prompt_lengths, load_split, make_prompt
 from r1jax.data.iterator import Mixture
 from r1jax.data.tasks import VERIFIERS
+from r1jax.rewards import programs
 from r1jax.data.templates import NO_THINKING
 from r1jax.rewards import CORRECTNESS, MODEL_REWARD, RewardScorer, load_reward
 
@@ -197,7 +198,8 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   rules = {n: w for n, w in config.rewards.items() if n != MODEL_REWARD}
   scorer = RewardScorer(rules, timeout_s=config.reward_timeout_s,
                         workers=config.reward_workers,
-                        extra={n: load_reward(f) for n, f in config.get('reward_fns', {}).items()})
+                        extra={**{n: load_reward(f) for n, f in config.get('reward_fns', {}).items()},
+                               **programs.configured(config, rules)})
   closing.callback(scorer.close)
   rm = None
   if MODEL_REWARD in config.rewards:

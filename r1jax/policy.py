@@ -79,7 +79,8 @@ class TaskEval:
         eos_ids=eos_ids, pad_id=tok.pad_id), e.k, mesh)
     # The task's held-out split as a benchmark: `python -m r1jax.evaluate` on
     # a checkpoint of the run, with its seed and bench=<task>, gives the same.
-    self.format = 'math' if self.task == 'local' else self.task
+    self.format = ('code' if verifier in ('code', 'code_fraction') else
+                   'math' if self.task == 'local' else self.task)
     self.key = evaluate.benchmark_key(config.seed, self.task)
 
   def __call__(self, params, forced: str = '') -> tuple[dict, list[list[dict]]]:

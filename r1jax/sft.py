@@ -42,6 +42,7 @@ from r1jax.data import PromptIterator, benchmarks as bm, load_split, make_prompt
 from r1jax.data.iterator import ArraySource
 from r1jax.data.local import read_records
 from r1jax.data.tasks import VERIFIERS
+from r1jax.rewards import programs
 from r1jax.data.templates import r1_zero_prompt
 
 # ------------------------------------------------------------- the loss (base)
@@ -453,7 +454,8 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
     test = load_split(config.task, 'test', rc.data_dir(config))
     questions = [dict(test[i]) for i in range(min(e.num_questions, len(test)))]
     scorer = RewardScorer(config.rewards, timeout_s=config.reward_timeout_s,
-                          workers=config.reward_workers)
+                          workers=config.reward_workers,
+                          extra=programs.configured(config, config.rewards))
     closing.callback(scorer.close)
     acc = next((n for n in CORRECTNESS if n in config.rewards), VERIFIERS[config.task][0])
     task_eval = policy.TaskEval(config, graphdef, tok, pol.eos_ids, mesh, scorer, questions,

@@ -289,7 +289,7 @@ def _merge_prompts(tree):
 
 
 # Per-sample values of the step's data ([B, G, ...]); the rest are per prompt.
-_PER_SAMPLE = ('tokens', 'mask', 'truncated', 'rewards', 'loss_mask', 'adv', 'ref_logp',
+_PER_SAMPLE = ('tokens', 'mask', 'truncated', 'rewards', 'judged', 'loss_mask', 'adv', 'ref_logp',
                'old_logp')
 
 
@@ -353,6 +353,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       ro = generate_in_chunks(model_with(params, shd.SAMPLE_RULES), prompt, prompt_mask, key,
                               cfg.sampling, G, cfg.rollout_chunks, cfg.decode_slots, queues)
     rewards = reward_fn(ro.tokens_NxT, ro.mask_NxT, jnp.repeat(ids, G))
+    judged = jnp.isfinite(rewards).all(axis=1)  # NaN: a reward without a verdict
+    rewards = jnp.where(jnp.isfinite(rewards), rewards, 0.0)
     if cfg.reward_model:
       rewards, gate = rewards[:, :-1], rewards[:, -1]
     if cfg.overlong:
@@ -368,7 +370,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     B = prompt.shape[0]
     groups = dict(prompt=prompt, prompt_mask=prompt_mask, ids=ids,
                   tokens=ro.tokens_NxT.reshape(B, G, -1), mask=ro.mask_NxT.reshape(B, G, -1),
-                  truncated=ro.truncated_N.reshape(B, G), rewards=rewards.reshape(B, G, -1))
+                  truncated=ro.truncated_N.reshape(B, G), rewards=rewards.reshape(B, G, -1),
+                  judged=judged.reshape(B, G))
     return groups, ro.num_steps
 
   def sample_groups(params, batch: Batch, key, rm_params=None):
@@ -496,7 +499,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     mask = groups['mask']
     if cfg.mask_truncated:
       mask = mask & ~groups['truncated'][..., None]
-    adv = grpo.advantages(groups['rewards'], weights, cfg.advantage, cfg.per_reward_norm)
+    mask = mask & groups['judged'][..., None]
+    adv = grpo.advantages(groups['rewards'], weights, cfg.advantage, cfg.per_reward_norm,
+                          valid_BxG=groups['judged'])
     # The update's view: groups split into sub-groups where that keeps every
     # minibatch and micro-batch spread evenly over the batch shards.
     data = _as_subgroups(dict(groups, loss_mask=mask, adv=adv),

@@ -25,7 +25,8 @@ def _all(source, n=None):
 
 
 def test_builders_prepare_and_read(splits):
-  sizes = {'arithmetic': (20_000, 500), 'countdown': (20_000, 500), 'general': (2_500, 150)}
+  sizes = {'arithmetic': (20_000, 500), 'countdown': (20_000, 500), 'general': (2_500, 150),
+           'code': (2_000, 100)}
   assert set(sizes) == set(data.TASKS)
   for name in data.TASKS:
     train, test = splits[name, 'train'], splits[name, 'test']
@@ -33,7 +34,8 @@ def test_builders_prepare_and_read(splits):
     ex = test[7]
     assert ex['id'] == 7  # stored in generation order: index i is id i
     assert all(type(v) is str for k, v in ex.items() if k != 'id')
-    assert {'question', 'answer', 'solution' if name != 'general' else 'instruction'} <= set(ex)
+    extra = {'general': 'instruction', 'code': 'tests'}.get(name, 'solution')
+    assert {'question', 'answer', extra} <= set(ex)
 
 
 def test_splits_fixed_unique_and_disjoint(splits):
@@ -43,6 +45,9 @@ def test_splits_fixed_unique_and_disjoint(splits):
   assert splits['countdown', 'test'][0]['numbers'] == '9,14,18,16'
   assert splits['countdown', 'test'][0]['answer'] == '126'
   assert splits['countdown', 'train'][0]['solution'] == '15*15-15-16'
+  assert splits['code', 'test'][0]['question'] == ('write a python program: read a line of '
+                                                   'numbers and print the largest')
+  assert splits['code', 'test'][0]['tests'].startswith('[{"input": "24\\n", "output": "24\\n"}')
   keys = {
       'arithmetic': lambda ex: ex['question'],
       'countdown': lambda ex: (tuple(sorted(ex['numbers'].split(','))), ex['answer'])}

@@ -135,3 +135,16 @@ def test_dynamic_sampling_slots():
   assert int(count) == 3
   buf = jnp.zeros(3).at[slots].set(jnp.array([10., 11., 12., 13.]), mode='drop')
   np.testing.assert_array_equal(buf, [0, 10, 12])
+
+
+def test_samples_without_a_verdict_are_left_out_of_their_group():
+  r = jnp.array([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])[..., None]
+  valid = jnp.array([[True, True, False, True], [True] * 4])
+  adv = grpo.advantages(r, jnp.ones(1), 'grpo', valid_BxG=valid)
+  three = grpo.advantages(jnp.array([[1.0, 0.0, 1.0]])[..., None], jnp.ones(1), 'grpo')
+  np.testing.assert_allclose(adv[0], [three[0, 0], three[0, 1], 0.0, three[0, 2]], atol=1e-6)
+  np.testing.assert_allclose(three[0], [2 ** -0.5, -2 ** 0.5, 2 ** -0.5], rtol=1e-5)
+  np.testing.assert_allclose(adv[1], grpo.advantages(r[1:], jnp.ones(1), 'grpo')[0], atol=1e-6)
+  # RLOO's G/(G-1) counts the valid members: 3/2 here.
+  rloo = grpo.advantages(r, jnp.ones(1), 'rloo', valid_BxG=valid)
+  np.testing.assert_allclose(rloo[0], [0.5, -1.0, 0.0, 0.5], atol=1e-6)

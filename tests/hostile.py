@@ -29,3 +29,9 @@ def jax_imported(prompt, completion, example):
   there iff the worker imported the parent's __main__)."""
   import sys
   return float('jax' in sys.modules)
+
+
+def no_verdict(prompt, completion, example):
+  """None (what the code reward returns when its sandbox failed) for
+  'none', else 1."""
+  return None if completion == 'none' else 1.0

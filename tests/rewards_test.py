@@ -145,7 +145,8 @@ def test_scorer_shapes_and_values():
   scores = scorer(['p'] * 3, completions, [GOLD17] * 3)
   assert scores.dtype == np.float32 and scores.shape == (3, 3)
   np.testing.assert_allclose(scores, [[1, 1, 1], [1, 0, 1], [0, 1, 0.5]])
-  assert scorer.counters() == {'reward/errors': 0, 'reward/timeouts': 0, 'reward/rejected': 0}
+  assert scorer.counters() == {'reward/errors': 0, 'reward/timeouts': 0, 'reward/rejected': 0,
+                              'reward/unavailable': 0}
   assert scorer([], [], []).shape == (0, 3)
   with pytest.raises(ValueError, match='completions'):
     scorer(['p'], [], [])
@@ -178,7 +179,8 @@ def test_scorer_errors_and_timeouts():
   assert time.monotonic() - t0 < 4.0
   # Both 'slow' calls were killed with their workers; the rest ran.
   np.testing.assert_allclose(scores, [[0, 0, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1]])
-  assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2, 'reward/rejected': 0}
+  assert scorer.counters() == {'reward/errors': 4, 'reward/timeouts': 2, 'reward/rejected': 0,
+                              'reward/unavailable': 0}
   assert scorer.pool.restarts == 2
   t0 = time.monotonic()
   scorer([''], [R1.format(1)], [{}])  # the replacements serve at once

@@ -74,6 +74,9 @@ FORMATS = {
                         'answer', 'string'),
     'general': Format({'question': 'question', 'answer': 'answer', 'id': ''}, 'answer_match',
                       'answer', 'string'),
+    # Programs run on the tests (rewards.code); votes count identical answers.
+    'code': Format({'question': 'question', 'tests': 'tests', 'id': ''}, 'code', 'answer',
+                   'string'),
 }
 
 
@@ -147,6 +150,13 @@ def read_benchmark(path: str, fmt: str, fields: dict | None = None, limit: int =
     seen.add(qid)
     if fmt == 'multiple_choice':
       examples.append(_choice_example(record, names, where, qid, seed))
+      continue
+    if fmt == 'code':  # the shapes of data/code.py (r1jax, APPS, CodeContests, LiveCodeBench)
+      from r1jax.data import code  # pylint: disable=g-import-not-at-top
+      mapped = dict(record, question=record.get(names['question'], record.get('question')))
+      if names['tests'] != 'tests' and names['tests'] in record:
+        mapped['tests'] = record[names['tests']]
+      examples.append({'id': qid, **code.normalise(mapped, where)})
       continue
     ex = {k: v for k, v in record.items() if isinstance(v, (str, int, float, list))}
     question = str(_field(record, names['question'], where))

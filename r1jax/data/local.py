@@ -1,7 +1,9 @@
 """Question/answer sets from local JSONL or parquet files (GSM8K, MATH-500, ...).
 
 Each record needs `question` and `answer`; `solution` is kept when present and
-every other field is dropped. Examples are plain dicts
+every other field is dropped. A record with tests (`tests`, or the APPS /
+CodeContests / LiveCodeBench fields) is a code problem instead
+(data/code.py: question, tests, answer = a reference program or ''). Examples are plain dicts
 {'id': row, 'question': str, 'answer': str[, 'solution': str]}, with `id` the
 0-based row in the file (blank JSONL lines do not count).
 
@@ -24,9 +26,15 @@ __all__ = ['read_examples', 'read_records', 'read_split']
 _FORMATS = ('.jsonl', '.parquet')
 
 
+_CODE_FIELDS = ('tests', 'input_output', 'public_tests', 'public_test_cases')
+
+
 def _example(record, row: int, where: str) -> dict:
   if not isinstance(record, dict):
     raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}')
+  if any(f in record for f in _CODE_FIELDS):  # a code problem (data/code.py's shapes)
+    from r1jax.data import code  # pylint: disable=g-import-not-at-top
+    return {'id': row, **code.normalise(record, where), 'source': where}
   for field in ('question', 'answer'):
     if record.get(field) is None:
       raise ValueError(f'{where}: record has no {field!r} field '

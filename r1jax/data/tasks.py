@@ -8,7 +8,11 @@
               expression that does it (checked by rewards.countdown)
   general     short instructions ("count from 3 to 7" -> "3 4 5 6 7"), non-reasoning
               (data/general.py): R1's general data on the tiny model
-  local       question/answer files on disk (local.py), e.g. GSM8K, MATH-500
+  code        small stdin/stdout programs ("read a line of numbers and print their
+              sum") with 5 generated tests each and a reference solution
+              (data/code.py), scored by running the program (rewards.code)
+  local       question/answer files on disk (local.py), e.g. GSM8K, MATH-500, or
+              code problems (tests; APPS / CodeContests / LiveCodeBench fields)
 
 Nothing downloads. The splits are fixed: problems come from Python's
 `random.Random(...).random()` seeded by a string, the one stream Python
@@ -220,14 +224,40 @@ class General(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {'id': i, **ex}
 
 
-TASKS = {'arithmetic': Arithmetic, 'countdown': Countdown, 'general': General}
+class Code(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Small stdin/stdout programs with generated tests (data/code.py);
+  `tests` is JSON text, `answer` a reference solution."""
+  VERSION = tfds.core.Version('1.0.0')
+  TRAIN_SIZE, TEST_SIZE = 2_000, 100
+  code_path = None  # as in Arithmetic
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=_features('question', 'tests', 'answer',
+                                                                  'kind'),
+                                 disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    from r1jax.data import code  # pylint: disable=g-import-not-at-top
+    splits = _fixed_splits(self.name, code.code_problem, lambda ex: ex['tests'],
+                           self.TRAIN_SIZE, self.TEST_SIZE)
+    return {s: self._generate_examples(exs) for s, exs in splits.items()}
+
+  def _generate_examples(self, examples):
+    for i, ex in enumerate(examples):
+      yield i, {'id': i, **ex}
+
+
+TASKS = {'arithmetic': Arithmetic, 'countdown': Countdown, 'general': General, 'code': Code}
 # The correctness rewards that can score each task. Countdown's answer is an
 # expression: `accuracy` or `exact_match` would take the bare target as
 # correct. Local files hold whatever the user brings.
 VERIFIERS = {'arithmetic': ('exact_match', 'accuracy'),
              'countdown': ('countdown', 'countdown_all'),
              'general': ('answer_match',),
-             'local': ('accuracy', 'exact_match', 'countdown', 'countdown_all')}
+             'code': ('code', 'code_fraction'),
+             'local': ('accuracy', 'exact_match', 'countdown', 'countdown_all', 'code',
+                       'code_fraction')}
 
 
 class Source:

@@ -8,6 +8,8 @@ Every reward is `f(prompt, completion, example) -> float` on plain strings;
   exact_match           numeric equality, no sympy (see answers.py)
   answer_match          the answer's words = example['answer']'s (the general task)
   choice                the letter of a multiple-choice answer = example['answer']
+  code, code_fraction   the answer's program passes example['tests'] in the sandbox
+                        (all of them / the share; programs.py, sandbox.py)
   countdown             an expression over example['numbers'] (each at most once) = target
   countdown_all         the same with every number used exactly once (TinyZero)
   format                one <think> block then one <answer> block, nothing else
@@ -34,6 +36,7 @@ import numpy as np
 
 from r1jax.rewards.answers import (accuracy, answer_match, choice, choice_letter, exact_match,
                                   extract_answer, parse_number)
+from r1jax.rewards.programs import code, code_fraction
 from r1jax.rewards.countdown import countdown, countdown_all
 from r1jax.rewards.rules import format_reward, language_consistency
 from r1jax.rewards.workers import WorkerPool
@@ -73,6 +76,8 @@ REWARDS: dict[str, RewardFn] = {
     'accuracy': accuracy,
     'answer_match': answer_match,
     'choice': choice,
+    'code': code,
+    'code_fraction': code_fraction,
     'countdown': countdown,
     'countdown_all': countdown_all,
     'exact_match': exact_match,
@@ -101,7 +106,8 @@ def load_reward(spec: str) -> RewardFn:
 
 # Rewards that judge the final answer (the `accuracy` metric and evaluation
 # use the one a config names); the task decides which can score it.
-CORRECTNESS = ('accuracy', 'exact_match', 'countdown', 'countdown_all', 'choice', 'answer_match')
+CORRECTNESS = ('accuracy', 'exact_match', 'countdown', 'countdown_all', 'choice', 'answer_match',
+               'code', 'code_fraction')
 
 _LOGGED_FAILURES = 5  # per scorer; later failures only increment counters
 
@@ -117,7 +123,9 @@ class RewardScorer:
   `timeout_s` from the moment it starts (queueing time does not count); a call
   over it has its worker killed and replaced. An exception or a timeout scores
   0.0 and increments `errors` / `timeouts`; an input a reward refuses to
-  parse (`rules.Rejected`) scores 0 and increments `rejected`. `extra` adds rewards by name
+  parse (`rules.Rejected`) scores 0 and increments `rejected`; a reward that
+  returns None (no verdict: the code sandbox failed) scores NaN, which the
+  training step masks out of the loss, and increments `unavailable`. `extra` adds rewards by name
   (module-level functions: the workers import them).
   """
 
@@ -135,13 +143,14 @@ class RewardScorer:
     self.errors = 0
     self.timeouts = 0
     self.rejected = 0
+    self.unavailable = 0
     self._lock = threading.Lock()  # device callbacks score from several threads
     self.pool = WorkerPool(workers or default_workers(), timeout_s, memory_mb)
 
   def counters(self) -> dict:
     with self._lock:
       return {'reward/errors': self.errors, 'reward/timeouts': self.timeouts,
-              'reward/rejected': self.rejected}
+              'reward/rejected': self.rejected, 'reward/unavailable': self.unavailable}
 
   def _failed(self, kind: str, name: str, message: str):
     setattr(self, kind, getattr(self, kind) + 1)
@@ -171,7 +180,10 @@ class RewardScorer:
     scores_NxR = np.zeros((n, R), np.float32)
     for j, (status, value) in enumerate(self.pool.run(jobs) if jobs else []):
       i, r = divmod(j, R)
-      if status == 'ok':
+      if status == 'ok' and value is None:  # the reward could not judge (sandbox_error)
+        scores_NxR[i, r] = np.nan
+        self.unavailable += 1
+      elif status == 'ok':
         scores_NxR[i, r] = value
       elif status == 'rejected':
         self.rejected += 1

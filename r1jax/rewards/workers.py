@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from r1jax.rewards.rules import Rejected
 
 Job = tuple[Callable[[str, str, dict], float], str, str, dict]  # (fn, prompt, completion, example)
-# Outcome of one job: ('ok', score) | ('error' | 'rejected', message) | ('timeout', None).
+# Outcome of one job: ('ok', score or None) | ('error' | 'rejected', message) | ('timeout', None).
 Outcome = tuple[str, Any]
 
 _PRELOAD = ['r1jax.rewards.answers', 'r1jax.rewards.countdown', 'r1jax.rewards.rules',
@@ -94,7 +94,8 @@ def _worker_main(conn, memory_mb: int) -> None:
       return
     for job_id, (fn, prompt, completion, example) in chunk:
       try:
-        out = ('ok', float(fn(prompt, completion, example)))
+        value = fn(prompt, completion, example)
+        out = ('ok', None if value is None else float(value))  # None: no verdict
       except Rejected as e:
         out = ('rejected', str(e)[:200])
       except MemoryError:
