@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from conftest import FIXTURES
 from r1jax import models, sharding as shd
 
-HF_CASES = ['hf_qwen2_tiny', 'hf_llama3_tiny']
+HF_CASES = ['hf_qwen2_tiny', 'hf_llama3_tiny', 'hf_qwen3_tiny']
 
 
 def _greedy(model, prompt, new_tokens):
@@ -135,9 +135,11 @@ def test_save_load_round_trip_is_exact(tmp_path, tie, dtype):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_saved_checkpoint_matches_the_original_hf_files(tmp_path):
+@pytest.mark.parametrize('name,arch,tied', [('hf_qwen2_tiny', 'Qwen2ForCausalLM', True),
+                                             ('hf_qwen3_tiny', 'Qwen3ForCausalLM', False)])
+def test_saved_checkpoint_matches_the_original_hf_files(tmp_path, name, arch, tied):
   """load_hf then save_hf reproduces the HF tensors bit for bit."""
-  src = os.path.join(FIXTURES, 'hf_qwen2_tiny')
+  src = os.path.join(FIXTURES, name)
   models.save_hf(models.load_hf(src), str(tmp_path))
   a, b = load_file(os.path.join(src, 'model.safetensors')), load_file(
       os.path.join(tmp_path, 'model.safetensors'))
@@ -145,7 +147,23 @@ def test_saved_checkpoint_matches_the_original_hf_files(tmp_path):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   cfg = json.load(open(os.path.join(tmp_path, 'config.json')))
-  assert cfg['architectures'] == ['Qwen2ForCausalLM'] and cfg['tie_word_embeddings']
+  assert cfg['architectures'] == [arch] and cfg['tie_word_embeddings'] == tied
+  assert models.config_from_hf(cfg) == models.load_hf(src).cfg
+
+
+# Published sizes (the Qwen3 model cards): total and non-embedding, billions.
+QWEN3_SIZES = {'qwen3-0.6b': (0.6, 0.44), 'qwen3-1.7b': (1.7, 1.4), 'qwen3-4b': (4.0, 3.6),
+               'qwen3-8b': (8.2, 6.95)}
+
+
+@pytest.mark.parametrize('preset', sorted(QWEN3_SIZES))
+def test_qwen3_presets_have_the_published_sizes(preset):
+  cfg = models.get_preset(preset)
+  total, non_embedding = QWEN3_SIZES[preset]
+  embedding = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
+  assert cfg.num_params() / 1e9 == pytest.approx(total, rel=0.02)
+  assert (cfg.num_params() - embedding) / 1e9 == pytest.approx(non_embedding, rel=0.02)
+  assert cfg.qk_norm and not cfg.qkv_bias and cfg.head_dim == 128
 
 
 def _copy_fixture(tmp_path, name='hf_qwen2_tiny'):

@@ -4,7 +4,7 @@ The fixtures are committed under tests/fixtures/, so the tests need neither
 torch nor transformers. To regenerate them (CPU only, a minute):
 
   python -m venv /tmp/hf && /tmp/hf/bin/pip install torch==2.13.0 transformers safetensors numpy
-  /tmp/hf/bin/python tools/make_hf_fixtures.py
+  /tmp/hf/bin/python tools/make_hf_fixtures.py [case ...]
 
 For each architecture it writes <dir>/config.json, *.safetensors (the Llama one
 split into several files with an index), and <dir>/reference.npz with
@@ -13,6 +13,7 @@ split into several files with an index), and <dir>/reference.npz with
   greedy_margin: the smallest top-1 - top-2 logit gap along the greedy path.
 """
 import os
+import sys
 
 import numpy as np
 import torch
@@ -33,12 +34,18 @@ CASES = {
         rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0,
                           high_freq_factor=4.0, original_max_position_embeddings=32)),
                        '40KB'),
+    # head_dim 32 != hidden / heads = 16: Qwen3 sets it on its own.
+    'hf_qwen3_tiny': (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
+        tie_word_embeddings=False, head_dim=32, rope_theta=10_000.0, attention_bias=False),
+                      None),
 }
 NEW_TOKENS = 16
 
 
 def main():
-  for name, (config_cls, model_cls, extra, shard) in CASES.items():
+  names = sys.argv[1:] or list(CASES)  # e.g. hf_qwen3_tiny: only that one
+  for name in names:
+    config_cls, model_cls, extra, shard = CASES[name]
     torch.manual_seed(0)
     config = config_cls(**COMMON, **extra)
     config._attn_implementation = 'eager'  # pylint: disable=protected-access

@@ -1,7 +1,8 @@
 """Decoder hyper-parameters and named presets.
 
-One dataclass covers the Qwen2 / Qwen2.5 and Llama 3.x families; the presets
-carry the values of the public `config.json` of each checkpoint.
+One dataclass covers the Qwen2 / Qwen2.5, Qwen3 (dense) and Llama 3.x
+families; the presets carry the values of the public `config.json` of each
+checkpoint.
 """
 import dataclasses
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 class ModelConfig:
   """Shape and numerics of one decoder. Field names follow HF where they exist."""
 
-  arch: str  # 'qwen2' | 'llama'
+  arch: str  # 'qwen2' | 'qwen3' | 'llama'
   vocab_size: int
   hidden_size: int  # D
   intermediate_size: int  # F
@@ -25,6 +26,7 @@ class ModelConfig:
   rope_scaling: tuple[tuple[str, float], ...] | None = None
   rms_norm_eps: float = 1e-6
   qkv_bias: bool = False
+  qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k, before RoPE
   tie_embeddings: bool = False
   max_position_embeddings: int = 4096
   bos_token_id: int | None = None
@@ -41,7 +43,7 @@ class ModelConfig:
   attention_block: int = 512
 
   def __post_init__(self):
-    if self.arch not in ('qwen2', 'llama'):
+    if self.arch not in ('qwen2', 'qwen3', 'llama'):
       raise ValueError(f"model.arch: unsupported architecture {self.arch!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
@@ -73,7 +75,7 @@ class ModelConfig:
     d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
     n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
     attn = d * (n + 2 * k) * h + n * h * d + (((n + 2 * k) * h) if self.qkv_bias else 0)
-    layer = attn + 3 * d * f + 2 * d
+    layer = attn + 3 * d * f + 2 * d + (2 * h if self.qk_norm else 0)
     head = 0 if self.tie_embeddings else v * d
     return self.num_layers * layer + v * d + head + d
 
@@ -120,6 +122,28 @@ PRESETS: dict[str, ModelConfig] = {
         head_dim=128, rope_theta=10_000.0, rms_norm_eps=1e-6, qkv_bias=True,
         tie_embeddings=False, max_position_embeddings=131072,
         bos_token_id=151646, eos_token_id=151643),
+    # Qwen3 dense (the public config.json of Qwen/Qwen3-*): q/k norms, no
+    # q/k/v bias, head_dim 128 whatever the width.
+    'qwen3-0.6b': ModelConfig(
+        arch='qwen3', vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+        num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=True,
+        max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645),
+    'qwen3-1.7b': ModelConfig(
+        arch='qwen3', vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+        num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=True,
+        max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645),
+    'qwen3-4b': ModelConfig(
+        arch='qwen3', vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+        num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=True,
+        max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645),
+    'qwen3-8b': ModelConfig(
+        arch='qwen3', vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+        num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=False,
+        max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645),
     'llama3.2-1b': ModelConfig(
         arch='llama', vocab_size=128256, hidden_size=2048,
         intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,

@@ -1,4 +1,4 @@
-"""One Flax NNX decoder for the Qwen2 / Qwen2.5 and Llama 3.x families.
+"""One Flax NNX decoder for the Qwen2 / Qwen2.5, Qwen3 (dense) and Llama 3.x families.
 
 Shape legend: B batch, T query length, S key/cache length, D model dim,
 N query heads, K kv heads, G = N/K queries per kv head, H head dim,
@@ -6,6 +6,7 @@ F MLP dim, V vocab, L layers.
 
 Per layer (pre-norm):
   x += Wo · softmax(RoPE(q) RoPE(k)ᵀ / √H + mask) v,  q,k,v = RMSNorm(x)·W{q,k,v} (+b)
+       (Qwen3: q, k = RMSNorm_H(q), RMSNorm_H(k) over each head, before RoPE)
   x += W_down (silu(RMSNorm(x)·W_gate) ⊙ RMSNorm(x)·W_up)
 then a final RMSNorm and the LM head (tied to the embedding or not).
 
@@ -91,6 +92,9 @@ class Layers(nnx.Module):
       self.q_bias = p('zeros', (L, N, H), ('layers', 'heads', 'head_dim'))
       self.k_bias = p('zeros', (L, K, H), ('layers', 'kv_heads', 'head_dim'))
       self.v_bias = p('zeros', (L, K, H), ('layers', 'kv_heads', 'head_dim'))
+    if cfg.qk_norm:
+      self.q_norm = p('ones', (L, H), ('layers', 'norm'))
+      self.k_norm = p('ones', (L, H), ('layers', 'norm'))
     self.o_proj = p('normal', (L, N, H, D), ('layers', 'heads', 'head_dim', 'embed'))
     self.post_attention_norm = p('ones', (L, D), ('layers', 'norm'))
     self.gate_proj = p('normal', (L, D, F), ('layers', 'embed', 'mlp'))
@@ -128,6 +132,9 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   v = jnp.einsum('btd,dkh->btkh', h, w['v_proj'], **mm)
   if cfg.qkv_bias:
     q, k, v = q + w['q_bias'], k + w['k_bias'], v + w['v_bias']
+  if cfg.qk_norm:
+    q = rms_norm(q.astype(dt), w['q_norm'], cfg.rms_norm_eps)
+    k = rms_norm(k.astype(dt), w['k_norm'], cfg.rms_norm_eps)
   q = apply_rope(q.astype(dt), positions_BxT, inv_freq)
   k = apply_rope(k.astype(dt), positions_BxT, inv_freq)
   q = constrain(q, ('batch', 'length', 'act_heads', None))

@@ -27,7 +27,7 @@ from r1jax import sharding as shd
 from r1jax.models.config import ModelConfig
 from r1jax.models.decoder import Decoder
 
-_ARCHS = {'qwen2': 'Qwen2ForCausalLM', 'llama': 'LlamaForCausalLM'}
+_ARCHS = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM', 'llama': 'LlamaForCausalLM'}
 # Tensors some checkpoints carry that hold no parameters.
 _IGNORED = re.compile(r'.*rotary_emb\.inv_freq$')
 
@@ -95,6 +95,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
       rope_theta=float(theta), rope_scaling=scaling,
       rms_norm_eps=hf.get('rms_norm_eps', 1e-6),
       qkv_bias=model_type == 'qwen2' or bool(hf.get('attention_bias')),
+      qk_norm=model_type == 'qwen3',
       tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
       max_position_embeddings=hf.get('max_position_embeddings', 4096),
       bos_token_id=hf.get('bos_token_id'),
@@ -126,6 +127,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     hf.update(attention_bias=cfg.qkv_bias, mlp_bias=False)
   else:
     hf.update(use_sliding_window=False, sliding_window=None)
+  if cfg.arch == 'qwen3':
+    hf.update(attention_bias=cfg.qkv_bias, max_window_layers=cfg.num_layers)
   return hf
 
 
@@ -165,6 +168,9 @@ def _mapping(cfg: ModelConfig) -> dict[str, tuple[str, Callable, Callable]]:
     m['layers/q_bias'] = (pre + 'self_attn.q_proj.bias', *bias(N))
     m['layers/k_bias'] = (pre + 'self_attn.k_proj.bias', *bias(K))
     m['layers/v_bias'] = (pre + 'self_attn.v_proj.bias', *bias(K))
+  if cfg.qk_norm:
+    m['layers/q_norm'] = (pre + 'self_attn.q_norm.weight', *same)
+    m['layers/k_norm'] = (pre + 'self_attn.k_norm.weight', *same)
   if not cfg.tie_embeddings:
     m['lm_head'] = ('lm_head.weight', *same)
   return m
