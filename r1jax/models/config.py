@@ -8,6 +8,9 @@ import dataclasses
 from typing import Any
 
 
+LORA_TARGETS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shape and numerics of one decoder. Field names follow HF where they exist."""
@@ -41,6 +44,12 @@ class ModelConfig:
   # up to one block).
   attention: str = 'auto'
   attention_block: int = 512
+  # LoRA (Hu et al. 2021): W x + (alpha / rank) B A x on the `lora_targets`
+  # projections (q, k, v, o, gate, up, down); rank 0 is off. A is drawn
+  # uniformly in ±1/sqrt(fan-in), B starts at zero (the base model exactly).
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.arch not in ('qwen2', 'qwen3', 'llama'):
@@ -51,10 +60,18 @@ class ModelConfig:
           f'model.num_kv_heads={self.num_kv_heads}')
     if self.head_dim % 2:
       raise ValueError(f'model.head_dim={self.head_dim} must be even (RoPE)')
+    unknown = set(self.lora_targets) - set(LORA_TARGETS)
+    if unknown or (self.lora_rank > 0) != bool(self.lora_targets) or self.lora_rank < 0:
+      raise ValueError(f'lora: rank {self.lora_rank} with targets {self.lora_targets} (rank >= 1 '
+                       f'needs targets of {LORA_TARGETS}, rank 0 none)')
     for key in ('param_dtype', 'dtype'):
       if getattr(self, key) not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f'model.{key}: expected float32|bfloat16|float16, '
                          f'got {getattr(self, key)!r}')
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def rope_scaling_dict(self) -> dict[str, float] | None:

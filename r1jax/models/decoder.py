@@ -100,9 +100,48 @@ class Layers(nnx.Module):
     self.gate_proj = p('normal', (L, D, F), ('layers', 'embed', 'mlp'))
     self.up_proj = p('normal', (L, D, F), ('layers', 'embed', 'mlp'))
     self.down_proj = p('normal', (L, F, D), ('layers', 'mlp', 'embed'))
+    r = cfg.lora_rank
+    for t in cfg.lora_targets:  # adapters: A [L, in..., r], B [L, r, out...]
+      (a_shape, a_axes), (b_shape, b_axes) = _lora_shapes(cfg, t)
+      fan_in = math.prod(a_shape[1:-1])
+      bound = 1.0 / math.sqrt(fan_in)
+      a = jax.random.uniform(rngs.params() if rngs is not None else jax.random.key(0),
+                             (L, *a_shape[1:-1], r), pd, -bound, bound)
+      setattr(self, f'{t}_lora_a', nnx.LoRAParam(a, logical_axes=a_axes))
+      setattr(self, f'{t}_lora_b', nnx.LoRAParam(jnp.zeros((L, r, *b_shape[2:]), pd),
+                                                 logical_axes=b_axes))
 
   def weights(self) -> dict[str, jax.Array]:
     return {k: v.get_value() for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def _lora_shapes(cfg: ModelConfig, target: str):
+  """((A shape, A axes), (B shape, B axes)) of one target, layers first; A's
+  input axes and B's output axes are the base weight's (so they shard alike)."""
+  L, D, F, r = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.lora_rank
+  N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  ins = {'q': ((D,), ('embed',)), 'k': ((D,), ('embed',)), 'v': ((D,), ('embed',)),
+         'o': ((N, H), ('heads', 'head_dim')), 'gate': ((D,), ('embed',)),
+         'up': ((D,), ('embed',)), 'down': ((F,), ('mlp',))}[target]
+  outs = {'q': ((N, H), ('heads', 'head_dim')), 'k': ((K, H), ('kv_heads', 'head_dim')),
+          'v': ((K, H), ('kv_heads', 'head_dim')), 'o': ((D,), ('embed',)),
+          'gate': ((F,), ('mlp',)), 'up': ((F,), ('mlp',)), 'down': ((D,), ('embed',))}[target]
+  return (((L, *ins[0], r), ('layers', *ins[1], None)),
+          ((L, r, *outs[0]), ('layers', None, *outs[1])))
+
+
+def _lora(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Array, ins: str,
+          outs: str) -> jax.Array | float:
+  """(alpha / r) · B(A x) for `target`, or 0 without its adapter. `ins` and
+  `outs` are the einsum letters of x's features and of the output's."""
+  a = w.get(f'{target}_lora_a')
+  if a is None:
+    return 0.0
+  mm = dict(preferred_element_type=jnp.float32)
+  lead = 'bt'
+  xa = jnp.einsum(f'{lead}{ins},{ins}r->{lead}r', x, a, **mm).astype(x.dtype)
+  return cfg.lora_scale * jnp.einsum(f'{lead}r,r{outs}->{lead}{outs}', xa,
+                                     w[f'{target}_lora_b'], **mm)
 
 
 def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
@@ -127,9 +166,9 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   mm = dict(preferred_element_type=jnp.float32)
 
   h = rms_norm(x_BxTxD, w['input_norm'], cfg.rms_norm_eps)
-  q = jnp.einsum('btd,dnh->btnh', h, w['q_proj'], **mm)
-  k = jnp.einsum('btd,dkh->btkh', h, w['k_proj'], **mm)
-  v = jnp.einsum('btd,dkh->btkh', h, w['v_proj'], **mm)
+  q = jnp.einsum('btd,dnh->btnh', h, w['q_proj'], **mm) + _lora(cfg, w, 'q', h, 'd', 'nh')
+  k = jnp.einsum('btd,dkh->btkh', h, w['k_proj'], **mm) + _lora(cfg, w, 'k', h, 'd', 'kh')
+  v = jnp.einsum('btd,dkh->btkh', h, w['v_proj'], **mm) + _lora(cfg, w, 'v', h, 'd', 'kh')
   if cfg.qkv_bias:
     q, k, v = q + w['q_bias'], k + w['k_bias'], v + w['v_bias']
   if cfg.qk_norm:
@@ -185,14 +224,19 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
     v_BxKxSxH = constrain(v_BxKxSxH, ('batch', 'act_kv_heads', 'cache_length', None))
     attn = attn_lib.attention(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask,
                               'dense' if T == 1 else cfg.attention, cfg.attention_block)
-  out = jnp.einsum('bkgth,kghd->btd', attn, w['o_proj'].reshape(K, G, H, -1), **mm).astype(dt)
+  out = jnp.einsum('bkgth,kghd->btd', attn, w['o_proj'].reshape(K, G, H, -1), **mm)
+  if 'o_lora_a' in w:  # the adapter reads the heads as [B, T, N, H]
+    heads = jnp.transpose(attn, (0, 3, 1, 2, 4)).reshape(B, T, K * G, H)
+    out = out + _lora(cfg, w, 'o', heads, 'nh', 'd')
+  out = out.astype(dt)
   x = constrain(x_BxTxD + out, ('batch', 'length', 'act_embed'))
 
   h = rms_norm(x, w['post_attention_norm'], cfg.rms_norm_eps)
-  gate = jnp.einsum('btd,df->btf', h, w['gate_proj'], **mm)
-  up = jnp.einsum('btd,df->btf', h, w['up_proj'], **mm)
+  gate = jnp.einsum('btd,df->btf', h, w['gate_proj'], **mm) + _lora(cfg, w, 'gate', h, 'd', 'f')
+  up = jnp.einsum('btd,df->btf', h, w['up_proj'], **mm) + _lora(cfg, w, 'up', h, 'd', 'f')
   act = constrain((jax.nn.silu(gate) * up).astype(dt), ('batch', 'length', 'act_mlp'))
-  out = jnp.einsum('btf,fd->btd', act, w['down_proj'], **mm).astype(dt)
+  out = (jnp.einsum('btf,fd->btd', act, w['down_proj'], **mm)
+         + _lora(cfg, w, 'down', act, 'f', 'd')).astype(dt)
   x = constrain(x + out, ('batch', 'length', 'act_embed'))
   return x, cache, (k_BxKxTxH, v_BxKxTxH)
 
