@@ -7,7 +7,7 @@ setuptools.setup(
     description="JAX/TPU-native trainer for the DeepSeek-R1 recipe (GRPO, rule-based rewards).",
     packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
     # The tiny base model configs/zero.py starts from (r1jax.base.SHIPPED).
-    package_data={"r1jax": ["assets/base-tiny/*", "assets/base-tiny-r1/*"]},
+    package_data={"r1jax": ["assets/base-tiny/*", "assets/base-tiny-r1/*", "assets/base-tiny-student/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10,<0.11",

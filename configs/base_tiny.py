@@ -19,13 +19,18 @@ from r1jax import base
 
 def get_config(arg: str | None = None):
   """arg 'r1': the base configs/r1.py starts from (r1jax/assets/base-tiny-r1):
-  chains joined by words, a third of them in Chinese, and general prompts."""
+  chains joined by words, a third of them in Chinese, and general prompts;
+  'student': configs/distill.py's smaller Llama-shaped student
+  (r1jax/assets/base-tiny-student)."""
   c = base.default_config()
   c.dir = 'workdir/base-tiny'
   c.data_dir = 'workdir/tfds'
   if arg == 'r1':
     base.r1_variant(c)
     c.dir = 'workdir/base-tiny-r1'
+  elif arg == 'student':
+    base.student_variant(c)
+    c.dir = 'workdir/base-tiny-student'
   elif arg:
-    raise ValueError(f"config arg: '' or 'r1', got {arg!r}")
+    raise ValueError(f"config arg: '', 'r1' or 'student', got {arg!r}")
   return c

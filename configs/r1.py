@@ -21,13 +21,14 @@ rejection.py, rm.py).
 Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1:
 its chains end in a word that is Chinese a third of the time, and it answers
 general prompts, badly), the built-in arithmetic and general tasks, 2 CPU
-cores. Time: 12.6 min of stages (measured 2026-12-02, README). Results
+cores. Time: 17.8 min of stages (measured 2026-12-02, README). Results
 (256 held-out questions x 4, T 0.6): cold start pass@1 0.778 -> 0.886;
 reasoning RL 0.886 -> 0.936 with the language share 0.834 -> 1.000; rejection
 sampling keeps 24 % of samples (97 % of prompts); SFT of the base 0.778 ->
-0.957; the reward model's held-out pairwise accuracy 0.535 (near chance: not
-yet useful); stage 4 keeps reasoning (0.948) without a real gain on general
-prompts.
+0.957; the reward model's held-out pairwise accuracy 0.602 (it memorises the
+general task's few questions: not yet useful); stage 4 keeps reasoning
+(0.945) without a real gain on general prompts (rule accuracy 0.515 ->
+0.503).
 
 Arg keys: model (preset), ckpt (the base: HF directory or r1jax workdir),
 paper (the paper's settings, below), smoke (seconds-long stages for tests).

@@ -5,9 +5,11 @@ Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1) on
 rule-made pairs of the built-in general task (the right response chosen, a
 plausible wrong one rejected), scoring the summary (after </think>), on a CPU:
   python -m r1jax.launch --config=configs/rm.py
-  Hardware: 2 CPU cores. Time and result: not measured as a run of its own;
-  as configs/r1.py's rm stage (from its stage-3 SFT model): 1.1 min, held-out
-  pairwise accuracy 0.535 (near chance: the tiny model memorises the pairs).
+  Hardware: 2 CPU cores. Time and result: from configs/r1.py's stage-3 SFT
+  model (--config.model.ckpt=workdir/r1-tiny/sft), 4.3 min (256 steps),
+  held-out pairwise accuracy 0.602 (train 0.78: with ~100 distinct questions
+  per instruction kind the tiny model memorises them; `repeat` pairs are 0.99
+  on training questions, 0.63-0.70 on held-out ones).
 
 Your pairs (JSONL or parquet with prompt, chosen, rejected) on a local HF model:
   python -m r1jax.launch --config=configs/rm.py:model=qwen2.5-1.5b,ckpt=/data/Qwen2.5-1.5B-Instruct \\
@@ -32,7 +34,7 @@ def get_config(arg: str | None = None):
       data=arg.data,  # '': the built-in pairs of the general task
       eval_data='',
       held_out=256,  # '' eval_data: the last held_out pairs of data (built-in: its test split)
-      builtin_pairs=2048,
+      builtin_pairs=8192,  # 2,048 at lr 3e-4 gave held-out accuracy 0.535
       max_prompt_len=96,
       max_response_len=48,
       summary_only=True,  # R1's helpful RM: the response after its last </think>
@@ -40,9 +42,9 @@ def get_config(arg: str | None = None):
       grad_accum=1,
       epochs=1.0,
   ))
-  c.optim.update(lr=3e-4, warmup_steps=5, schedule='cosine', final_lr_ratio=0.1, grad_clip=1.0)
-  c.eval_every = 20
-  c.checkpoint_every = 20
+  c.optim.update(lr=1e-3, warmup_steps=5, schedule='cosine', final_lr_ratio=0.1, grad_clip=1.0)
+  c.eval_every = 64
+  c.checkpoint_every = 64
   if arg.model == 'tiny' and not arg.ckpt:
     c.model.ckpt = base.SHIPPED_R1
   else:

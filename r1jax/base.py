@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.template_fraction = 0.25
   c.vocab_size = 320
   c.number_symbols = 100  # 0..99 are single tokens (10: every digit its own)
+  c.arch = 'qwen2'  # or 'llama' (no q/k/v bias; HF LlamaForCausalLM)
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
       head_dim=32))
@@ -104,6 +105,19 @@ def r1_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'base-tiny')
 # The one configs/r1.py starts from: configs/base_tiny.py:r1.
 SHIPPED_R1 = SHIPPED + '-r1'
+# configs/distill.py's student: configs/base_tiny.py:student.
+SHIPPED_STUDENT = SHIPPED + '-student'
+
+
+def student_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The smaller student configs/distill.py distils into (SHIPPED_STUDENT):
+  Llama-shaped, 3 layers of width 96 (0.4M parameters, half the teacher's),
+  its own 256-piece tokenizer, pretrained on the R1-Zero base's corpus (so
+  the teacher's chain words are new to it)."""
+  c.update(arch='llama', vocab_size=256, seed=1)
+  c.model.update(hidden_size=96, intermediate_size=256, num_layers=3, num_heads=3,
+                 num_kv_heads=1, head_dim=32)
+  return c
 
 
 def imperfect_arithmetic(question: str, rng: np.random.Generator, error_rate: float
@@ -228,7 +242,9 @@ def build(c: ml_collections.ConfigDict) -> str:
   from r1jax.tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
   tok = SentencePieceTokenizer(os.path.join(c.dir, 'tokenizer.model'))
 
-  cfg = models.ModelConfig(arch='qwen2', vocab_size=tok.vocab_size, qkv_bias=True,
+  if c.arch not in ('qwen2', 'llama'):
+    raise ValueError(f"base.arch: 'qwen2' or 'llama', got {c.arch!r}")
+  cfg = models.ModelConfig(arch=c.arch, vocab_size=tok.vocab_size, qkv_bias=c.arch == 'qwen2',
                            tie_embeddings=True, max_position_embeddings=512,
                            eos_token_id=tok.eos_id, **c.model)
   model = models.create(cfg, seed=c.seed)

@@ -170,6 +170,12 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
   with repeats, which are dropped: one compiled shape). Returns one list of
   k sample records per question; `on_batch` sees each batch's as it ends."""
   indices = list(range(len(bench.examples))) if indices is None else list(indices)
+  longest = max((len(tokenizer.encode(bench.prompts[i] + bench.forced)) for i in indices),
+                default=0)
+  if longest > max_prompt_len:
+    from r1jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError('eval.max_prompt_len', f'{bench.name}: a prompt has {longest} tokens > '
+                      f'{max_prompt_len} with this tokenizer; raise it')
   mine, local_batch = host_share(len(indices), batch_size)
   mine = [indices[i] for i in mine]
   per_host = -(-len(indices) // jax.process_count())
