@@ -177,6 +177,10 @@ def base_config() -> ConfigDict:
 
   # schedule: 'constant' after the warm-up (R1's RL), or 'cosine' decay to
   # final_lr_ratio x lr at the last update (R1's SFT: 0.1).
+  # LoRA adapters (models/lora.py) instead of full fine-tuning in RL: rank 0
+  # is off. The reference policy is the base itself (adapters disabled) and
+  # checkpoints hold the adapters and their optimizer state only.
+  c.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets='q,k,v,o,gate,up,down'))
   c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
                             eps=1e-8, grad_clip=1.0, schedule='constant', final_lr_ratio=0.1))
   return c
@@ -296,6 +300,12 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('base.arch', (lambda v: v in ('qwen2', 'llama'), "'qwen2' or 'llama'")),
     ('reward_workers', (_int(0)[0], 'an integer >= 0 (0: one per core, at most 8)')),
     ('optim.lr', _num(0, lo_open=True)),
+    ('lora.rank', _int(0)),
+    ('lora.alpha', _num(0, lo_open=True)),
+    ('lora.dropout', (lambda v: v == 0, '0 (adapters run without dropout so far)')),
+    ('lora.targets', (lambda v: isinstance(v, str) and bool(v) and all(
+        t.strip() in ('q', 'k', 'v', 'o', 'gate', 'up', 'down') for t in v.split(',')),
+                      "a comma-separated subset of q,k,v,o,gate,up,down")),
     ('optim.warmup_steps', _int(0)),
     ('optim.weight_decay', _num(0)),
     ('optim.b1', _num(0, 1, hi_open=True)),
@@ -505,6 +515,10 @@ def validate(config: ConfigDict) -> ConfigDict:
     _check_sandbox(config)
     if 'task' in config:
       _check_verifier(config)
+  lora = config.get('lora')
+  if lora is not None and lora.rank and ('sft' in config or 'rm' in config):
+    raise ConfigError('lora.rank', 'LoRA trains in RL (configs/zero.py, r1.py stages rl) so far, '
+                      'not in SFT or the reward model; set lora.rank=0')
   return config
 
 

@@ -25,6 +25,7 @@ from flax import nnx
 
 from r1jax import models, sharding as shd, workdir as wd
 
+LORA_FILE = 'lora.json'
 # What a tokenizer directory may hold (HF and SentencePiece layouts).
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json',
                    'special_tokens_map.json', 'added_tokens.json', 'vocab.json', 'merges.txt',
@@ -32,16 +33,22 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json',
 
 
 def write_model_dir(workdir: epath.PathLike, cfg: models.ModelConfig, tokenizer_path: str,
-                    tok, generation: dict) -> epath.Path:
+                    tok, generation: dict, lora_base: str | None = None) -> epath.Path:
   """`<workdir>/model/`: config.json, the tokenizer files and
   generation_config.json of this run's policy (process 0 writes; each file
-  replaced atomically, so a crash leaves the previous one)."""
+  replaced atomically, so a crash leaves the previous one); with LoRA also
+  lora.json (rank, alpha, targets and the base the adapters are for: the
+  checkpoints hold the adapters only)."""
   out = epath.Path(workdir) / wd.MODEL
   if jax.process_index() != 0:
     return out
   out.mkdir(parents=True, exist_ok=True)
   files = {'config.json': json.dumps(models.config_to_hf(cfg), indent=2),
            'generation_config.json': json.dumps(generation, indent=2)}
+  if lora_base is not None:
+    files[LORA_FILE] = json.dumps({'rank': cfg.lora_rank, 'alpha': cfg.lora_alpha,
+                                   'targets': list(cfg.lora_targets),
+                                   'base': os.fspath(lora_base)}, indent=2)
   src = epath.Path(tokenizer_path)
   names = [src.name] if src.is_file() else [n for n in TOKENIZER_FILES if (src / n).exists()]
   for name in names:
@@ -75,10 +82,23 @@ def load(path: epath.PathLike, dtype: str = 'float32', *, compute_dtype: str | N
                                  'and <workdir>/checkpoints/) or <workdir>/checkpoints/<step>')
   workdir, step = ref[0], ref[1] if step is None else step
   config_file = workdir / wd.MODEL / 'config.json'
-  cfg = models.config_from_hf(json.loads(config_file.read_text()), param_dtype=dtype,
-                              dtype=compute_dtype or dtype, **config_overrides)
-  abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, abs_state = nnx.split(abstract)
+  lora_file = workdir / wd.MODEL / LORA_FILE
+  if lora_file.exists():  # the adapters' base, then the checkpoint's adapters
+    from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+    spec = json.loads(lora_file.read_text())
+    base_path = spec['base']
+    kw = dict(compute_dtype=compute_dtype, mesh=mesh, **config_overrides)
+    base = (load(base_path, dtype, rules=rules, **kw) if wd.checkpoint_ref(base_path) is not None
+            else models.load_hf(base_path, dtype, **kw))
+    model = lora.add(base, spec['rank'], spec['alpha'], tuple(spec['targets']), mesh=mesh)
+    graphdef, adapters, frozen = lora.split(model)
+    abs_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), adapters)
+  else:
+    cfg = models.config_from_hf(json.loads(config_file.read_text()), param_dtype=dtype,
+                                dtype=compute_dtype or dtype, **config_overrides)
+    abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abs_state = nnx.split(abstract)
+    frozen = None
   if mesh is None:
     mesh = jax.sharding.Mesh(jax.devices()[:1], ('data',))
     shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(
@@ -100,13 +120,15 @@ def load(path: epath.PathLike, dtype: str = 'float32', *, compute_dtype: str | N
     params = ckpt.restore_params(step, target)
   finally:
     ckpt.close()
-  return nnx.merge(graphdef, params)
+  return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
 
 
 def export(workdir: epath.PathLike, out: str, step: int | None = None,
            dtype: str = '') -> str:
   """Writes checkpoint `step` (default: the newest) of `workdir` to `out` as
-  a HF directory; returns `out`. `dtype`: the weights' dtype ('' : as trained)."""
+  a HF directory; returns `out`. `dtype`: the weights' dtype ('' : as trained).
+  A LoRA run's: the merged weights, and the adapters alone in PEFT's layout
+  in `out/adapter` (adapter_config.json + adapter_model.safetensors)."""
   workdir = epath.Path(workdir)
   if os.path.isdir(out) and os.listdir(out):
     raise FileExistsError(f'{out} is not empty; export into a new directory')
@@ -115,10 +137,15 @@ def export(workdir: epath.PathLike, out: str, step: int | None = None,
                                  f'or {wd.CHECKPOINTS}/)')
   saved = json.loads((workdir / wd.MODEL / 'config.json').read_text())
   model = load(workdir, dtype or saved.get('torch_dtype', 'float32'), step=step)
+  if model.cfg.lora_rank:  # the merged weights; the adapters alone in PEFT's layout too
+    from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+    lora.save_peft(model, os.path.join(out, 'adapter'),
+                   json.loads((workdir / wd.MODEL / LORA_FILE).read_text())['base'])
+    model = lora.merged(model)
   models.save_hf(model, out)
   if jax.process_index() == 0:
     for f in (workdir / wd.MODEL).iterdir():
-      if f.name != 'config.json' and not f.name.startswith('.'):
+      if f.name not in ('config.json', LORA_FILE) and not f.name.startswith('.'):
         with open(os.path.join(out, f.name), 'wb') as dst:
           dst.write(f.read_bytes())
   return out

@@ -125,6 +125,11 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   pol = policy.load(config, mesh)
   model, tok, tok_path, eos_ids = pol.model, pol.tok, pol.tok_path, pol.eos_ids
   graphdef = nnx.graphdef(model)
+  # LoRA: the state trains the adapters; the frozen base is a step argument
+  # and joins them for sampling and evaluation.
+  frozen = nnx.state(model, nnx.Not(nnx.LoRAParam)) if model.cfg.lora_rank else None
+  policy_params = (lambda p: nnx.merge_state(frozen, p)) if frozen is not None else (  # noqa: E731
+      lambda p: p)
 
   # -------------------------------------------------------------------- data
   data_dir = rc.data_dir(config)
@@ -169,7 +174,8 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
           flush=True)
   restored = ckpt.restore_latest(state, config.to_dict())
   export.write_model_dir(workdir, model_cfg, tok_path, tok, export.generation_config(
-      tok, eos_ids, config.eval.temperature, config.eval.top_p))
+      tok, eos_ids, config.eval.temperature, config.eval.top_p),
+      lora_base=rc.model_ckpt(config) if frozen is not None else None)
   counters = metrics.Counters()
   if restored is not None:
     start, state, meta = restored
@@ -213,7 +219,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
                                 mesh, len(scorer.names) + (rm is not None))
   train_step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
                                   ts.shardings_of(state), reward_model=rm)
-  rm_args = (rm.params,) if rm is not None else ()
+  rm_args = ((rm.params,) if rm is not None else ()) + ((frozen,) if frozen is not None else ())
 
   write = loop.safe_write(writer, workdir, ckpt)
 
@@ -236,10 +242,10 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
                                           config.rl.max_new_tokens, e.batch_size)
 
   def run_eval(step: int, forced: str = '', tag: str = '') -> dict:
-    m, questions = task_eval(state.params, forced)
+    m, questions = task_eval(policy_params(state.params), forced)
     m = {k + tag: v for k, v in m.items()}
     if general_eval is not None and not forced:
-      gm, g_questions = general_eval(state.params)
+      gm, g_questions = general_eval(policy_params(state.params))
       m.update({f'{k}_general': v for k, v in gm.items()})
       if rm_scorer is not None:
         flat = [x for q in g_questions for x in q]

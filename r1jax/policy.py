@@ -57,6 +57,14 @@ def load(config, mesh: jax.sharding.Mesh) -> Policy:
     if cfg.vocab_size < tok.vocab_size:
       cfg = cfg.replace(vocab_size=tok.vocab_size)
     model = models.create(cfg, seed=config.seed, mesh=mesh)
+  lo = config.get('lora')
+  if lo is not None and lo.rank:
+    if not ckpt_path:  # export and later stages rebuild the policy from the base
+      raise rc.ConfigError('lora.rank', 'adapters need a base: set model.ckpt (a HF directory '
+                           'or an r1jax workdir)')
+    from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+    targets = tuple(t.strip() for t in lo.targets.split(','))
+    model = lora.add(model, lo.rank, lo.alpha, targets, seed=config.seed, mesh=mesh)
   # One set of stop ids for the sampler and the decoder (Llama 3 ends turns
   # with <|eot_id|>, which the tokenizer's own eos is not).
   eos_ids = tok.set_stop_ids(model.cfg.eos_ids)

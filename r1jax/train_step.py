@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import grpo, kernels, packing, sharding as shd
-from r1jax.models import Decoder
+from r1jax.models import Decoder, lora as lora_lib
 from r1jax.rewards import CORRECTNESS, MODEL_REWARD, overlong_penalty
 from r1jax.rollout import SamplingConfig, generate_in_chunks
 
@@ -69,6 +69,9 @@ class StepConfig(NamedTuple):
   # A reward model scores the responses to prompts of kind 'general' on
   # device (reward_model.py); its weight is the last of reward_weights.
   reward_model: bool = False
+  # LoRA (models/lora.py): the state's params are the adapters; the frozen
+  # base is a step argument (after the reward model's), never copied.
+  lora: bool = False
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -97,7 +100,8 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       dynamic_sampling_attempts=rl.dynamic_sampling_attempts, overlong=overlong,
       logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks,
       decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows,
-      reward_model=MODEL_REWARD in config.rewards)
+      reward_model=MODEL_REWARD in config.rewards,
+      lora=bool(config.get('lora', {}).get('rank', 0)))
 
 
 def make_optimizer(optim, total_updates: int = 0) -> optax.GradientTransformation:
@@ -253,8 +257,15 @@ def make_reward_fn(host_fn: HostRewardFn, mesh: jax.sharding.Mesh, num_rewards: 
 
 def init_state(model: Decoder, optimizer: optax.GradientTransformation, cfg: StepConfig,
                seed: int = 0) -> TrainState:
-  params = nnx.state(model, nnx.Param)
-  ref = jax.tree.map(jnp.copy, params) if cfg.loss.beta > 0 else None
+  """With LoRA the params (and the optimizer's state) are the adapters only,
+  and the reference is the adapters disabled (B = 0: the base policy)
+  rather than a copy of the model."""
+  if cfg.lora:
+    params = nnx.state(model, nnx.LoRAParam)
+    ref = jax.tree.map(jnp.copy, lora_lib.disabled(params)) if cfg.loss.beta > 0 else None
+  else:
+    params = nnx.state(model, nnx.Param)
+    ref = jax.tree.map(jnp.copy, params) if cfg.loss.beta > 0 else None
   step = jnp.zeros((), jnp.int32)
   rng = jax.random.key_data(jax.random.key(seed))
   opt_state = jax.jit(optimizer.init)(params)
@@ -341,9 +352,15 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   shards = mesh.shape['data'] * mesh.shape['fsdp']
 
+  frozen_base = [None]  # with LoRA: the step's frozen-base argument, while tracing
+
   def model_with(params, rules):
     params = jax.lax.with_sharding_constraint(
         params, shd.state_shardings(params, mesh, rules))
+    if cfg.lora:
+      base = jax.lax.with_sharding_constraint(
+          frozen_base[0], shd.state_shardings(frozen_base[0], mesh, rules))
+      params = nnx.merge_state(jax.lax.stop_gradient(base), params)
     return nnx.merge(graphdef, params)
 
   def rollout_and_score(params, prompt, prompt_mask, ids, key, rm_params):
@@ -492,7 +509,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       return packed_logprobs(model, forward.rows(), tau, impl=cfg.logprob_impl,
                              with_entropy=with_entropy, mesh=mesh)
 
-  def step(state: TrainState, batch: Batch, rm_params=None):
+  def step(state: TrainState, batch: Batch, rm_params=None, frozen=None):
+    frozen_base[0] = frozen
     key = jax.random.wrap_key_data(state.rng)
     key_sample, key_next = jax.random.split(key)
     groups, sample_metrics = sample_groups(state.params, batch, key_sample, rm_params)
@@ -586,13 +604,16 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     return TrainState(new_step, params, opt_state, ref, jax.random.key_data(key_next)), metrics
 
   data_sharding = Batch(batch_sharding, batch_sharding, batch_sharding)
-  if cfg.reward_model:
-    return jax.jit(step, donate_argnums=0,
-                   in_shardings=(state_shardings, data_sharding,
-                                 jax.tree.map(lambda x: x.sharding, reward_model.params)),
-                   out_shardings=(state_shardings, None))
-  return jax.jit(lambda state, batch: step(state, batch), donate_argnums=0,
-                 in_shardings=(state_shardings, data_sharding), out_shardings=(state_shardings, None))
+  # Arguments: (state, batch[, reward model params][, frozen base (LoRA)]).
+  extra = ((jax.tree.map(lambda x: x.sharding, reward_model.params),) if cfg.reward_model
+           else ()) + ((None,) if cfg.lora else ())
+
+  def call(state, batch, *args):
+    rm_params = args[0] if cfg.reward_model else None
+    return step(state, batch, rm_params, args[-1] if cfg.lora else None)
+
+  return jax.jit(call, donate_argnums=0, in_shardings=(state_shardings, data_sharding, *extra),
+                 out_shardings=(state_shardings, None))
 
 
 def _auto_pack_rows(samples: int, micro_batches: int, shards: int) -> int:

@@ -12,7 +12,7 @@ def test_topology_names():
   assert (t.chips, t.shape, t.libtpu_name, t.hbm_gib) == (32, (2, 4, 4), 'v5p:2x4x4', 95)
   assert aot.parse_topology('v5e-16').shape == (4, 4)
   assert aot.parse_topology('v6e-8').libtpu_name == 'v6e:2x4'
-  assert aot.parse_topology('v4-8').shape == (1, 2, 2)
+  assert aot.parse_topology('v4-8').shape == (2, 2, 1)  # libtpu's v4:2x2x1
   for bad in ('v5p-48', 'tpu-8', 'v5e'):
     with pytest.raises(ValueError, match='--topology'):
       aot.parse_topology(bad)

@@ -105,3 +105,36 @@ def test_bad_lora_settings_are_refused():
     models.get_preset('tiny', lora_rank=4, lora_targets=('qq',))
   with pytest.raises(ValueError, match='lora'):
     models.get_preset('tiny', lora_rank=4)
+
+
+def test_a_lora_run_trains_resumes_and_exports_merged_and_peft(tmp_path, tfds_dir):
+  """configs/zero.py:smoke with lora.rank=4 on a (data 2, fsdp 2, tensor 2)
+  mesh: the checkpoints hold the adapters only, a rerun resumes, and the
+  export is the merged model plus the adapters in PEFT's layout."""
+  from conftest import zero_config  # pylint: disable=g-import-not-at-top
+  from r1jax import config as rc, export, launch, metrics  # pylint: disable=g-import-not-at-top
+  c = zero_config('smoke')
+  c.data_dir, c.workdir, c.steps = tfds_dir, str(tmp_path / 'run'), 2
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  c.lora.update(rank=4, alpha=8.0)
+  launch.run(c)
+  rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'reward/total' in r] == [1, 2]
+  spec = json.load(open(tmp_path / 'run' / 'model' / 'lora.json'))
+  assert spec['rank'] == 4 and spec['base'] == rc.model_ckpt(c)
+  c.steps = 3
+  launch.run(c)  # resumes from the adapters' checkpoint
+  rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'reward/total' in r] == [1, 2, 3]
+  out = str(tmp_path / 'hf')
+  export.export(str(tmp_path / 'run'), out)
+  model = export.load(str(tmp_path / 'run'))
+  tokens = _tokens(model.cfg)
+  want = np.asarray(model(tokens))
+  np.testing.assert_allclose(np.asarray(models.load_hf(out)(tokens)), want, atol=1e-4)
+  peft_model = lora.load_peft(models.load_hf(spec['base']), os.path.join(out, 'adapter'))
+  np.testing.assert_allclose(np.asarray(peft_model(tokens)), want, atol=1e-5)
+  assert np.abs(want - np.asarray(models.load_hf(spec['base'])(tokens))).max() > 0  # it trained
+  with pytest.raises(rc.ConfigError, match='lora.dropout'):
+    c.lora.dropout = 0.1
+    rc.validate(c)

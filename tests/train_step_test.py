@@ -1,6 +1,7 @@
 """The compiled GRPO step: inner iterations, reference handling, rewards that
 fail, dynamic sampling, and sharded == unsharded."""
 import collections
+import functools
 import re
 
 import jax
@@ -11,6 +12,7 @@ import pytest
 from flax import nnx
 
 from r1jax import grpo, models, sharding as shd, train_step as ts
+from r1jax.models import lora
 from r1jax.rollout import SamplingConfig
 
 V, B, G, P, T = 64, 4, 4, 6, 8
@@ -28,13 +30,19 @@ def _setup(mesh=None, host_fn=even_share, lr=1e-3, prompts=B, optimizer=None, **
       group_size=G, sampling=SamplingConfig(max_new_tokens=kw.pop('max_new_tokens', T),
                                             temperature=1.0, eos_ids=kw.pop('eos_ids', ())),
       loss=kw.pop('loss', None) or grpo.LossConfig(beta=kw.pop('beta', 0.04)), reward_names=kw.pop('names', ('even',)),
-      reward_weights=(1.0,), **kw)
+      reward_weights=(1.0,), lora=kw.pop('lora', False), **kw)
   model = models.create(models.get_preset('tiny', vocab_size=V), seed=0, mesh=mesh)
+  if cfg.lora:
+    model = lora.add(model, 4, 8.0, ('q', 'k', 'v', 'o', 'gate', 'up', 'down'), seed=1, mesh=mesh)
   optimizer = optimizer or optax.adam(lr)
   state = ts.init_state(model, optimizer, cfg, seed=0)
   reward_fn = ts.make_reward_fn(host_fn, mesh, 1)
   step = ts.make_train_step(nnx.graphdef(model), cfg, optimizer, reward_fn, mesh,
                             ts.shardings_of(state))
+  if cfg.lora:  # the frozen base is the step's last argument
+    base = nnx.state(model, nnx.Not(nnx.LoRAParam))
+    step = functools.partial(lambda f, state, batch: f(state, batch, base), step)
+    step.base = base
   rng = np.random.default_rng(0)
   batch = ts.Batch(jnp.asarray(rng.integers(3, V, (prompts, P)), jnp.int32),
                    jnp.ones((prompts, P), bool), jnp.arange(prompts, dtype=jnp.int32))
@@ -367,3 +375,33 @@ def test_samples_without_a_verdict_are_masked_out_of_the_update():
   state, m = step(state, batch)
   assert np.isfinite(float(m['loss'])) and np.isfinite(float(m['grad_norm']))
   assert float(m['grad_norm']) > 0
+
+
+def _lora_run(mesh):
+  step, state, batch, _ = _setup(mesh=mesh, prompts=8, num_iterations=2, lora=True,
+                                 optimizer=optax.sgd(1.0), beta=0.04)
+  base = jax.device_get(step.base)
+  state, m = step(state, batch)
+  return jax.device_get(m), jax.device_get(state), base, jax.device_get(step.base)
+
+
+def test_a_lora_step_trains_only_the_adapters_and_equals_one_device_on_a_mesh():
+  m1, s1, base_before, base_after = _lora_run(None)
+  # The state holds the adapters (and their optimizer state) only; the base
+  # is an argument the step leaves as it was.
+  names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(s1.params)[0]}
+  assert names and all('_lora_' in n for n in names)
+  jax.tree.map(np.testing.assert_array_equal, base_before, base_after)
+  assert any(np.abs(np.asarray(b)).max() > 0 for p, b in
+             jax.tree_util.tree_flatten_with_path(s1.params)[0] if '_lora_b' in
+             jax.tree_util.keystr(p))
+  # The reference: the adapters with B = 0 (the base policy), not a copy of
+  # the model; in the first of two iterations the policy is the reference.
+  ref_b = [x for p, x in jax.tree_util.tree_flatten_with_path(s1.ref_params)[0]
+           if '_lora_b' in jax.tree_util.keystr(p)]
+  assert ref_b and all(np.all(np.asarray(x) == 0) for x in ref_b)
+  assert float(m1['kl_per_iter'][0]) == 0.0 and float(m1['kl_per_iter'][1]) > 0
+  m8, s8, _, _ = _lora_run(shd.make_mesh(2, 2, 2))
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -65,7 +65,7 @@ def parse_topology(name: str) -> Topology:
   shape = [1] * dims
   for i in range(int(math.log2(chips))):  # grow the smallest dimension first
     shape[sorted(range(dims), key=lambda d: (shape[d], -d))[0]] *= 2
-  shape = tuple(sorted(shape))
+  shape = tuple(sorted(shape, key=lambda d: (d == 1, d)))  # libtpu: 2x2x1, 2x4x4
   return Topology(name, chips, shape, hbm, f'{prefix}:{"x".join(map(str, shape))}')
 
 
@@ -87,13 +87,22 @@ def abstract_state(config, mesh):
       cfg = models.config_from_hf(json.load(f), **kw)
   else:
     cfg = models.get_preset(config.model.name, **kw)
+  lo = config.get('lora')
+  if lo is not None and lo.rank:
+    cfg = cfg.replace(lora_rank=lo.rank, lora_alpha=float(lo.alpha),
+                      lora_targets=tuple(t.strip() for t in lo.targets.split(',')))
   step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
   optimizer = ts.make_optimizer(config.optim, config.steps * ts.updates_per_step(config))
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, params = nnx.split(abstract)
-  shardings = shd.state_shardings(params, mesh, shd.TRAIN_RULES)
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        params, shardings)
+  graphdef = nnx.graphdef(abstract)
+  sharded = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+      shd.state_shardings(tree, mesh, shd.TRAIN_RULES))
+  frozen = None
+  if cfg.lora_rank:  # the state trains the adapters; the base is an argument
+    params, frozen = (sharded(x) for x in nnx.state(abstract, nnx.LoRAParam, ...))
+  else:
+    params = sharded(nnx.state(abstract))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   # Moments follow their parameters: optax nests a params-shaped tree in its
   # state, so a leaf whose key path ends with a parameter's path (and has its
@@ -111,7 +120,7 @@ def abstract_state(config, mesh):
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params,
       opt_state=opt_state, ref_params=params if step_cfg.loss.beta > 0 else None,
       rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
-  return state, graphdef, step_cfg, optimizer
+  return state, graphdef, step_cfg, optimizer, frozen
 
 
 def check(config, devices) -> dict:
@@ -119,7 +128,7 @@ def check(config, devices) -> dict:
   rc.validate(config)
   mesh = shd.make_mesh(**config.mesh, devices=devices)
   rc.validate_for_mesh(config, mesh)
-  state, graphdef, step_cfg, optimizer = abstract_state(config, mesh)
+  state, graphdef, step_cfg, optimizer, frozen = abstract_state(config, mesh)
   R = len(step_cfg.reward_names)
   reward_fn = ts.make_reward_fn(lambda tokens, mask, ids: np.zeros((len(tokens), R), np.float32),
                                 mesh, R)
@@ -132,10 +141,13 @@ def check(config, devices) -> dict:
                    jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
                    jax.ShapeDtypeStruct((B,), jnp.int32, sharding=rows))
   t0 = time.time()
-  lowered = step.trace(state, batch).lower()
+  lowered = step.trace(state, batch, *(() if frozen is None else (frozen,))).lower()
   report = {'devices': len(devices), 'mesh': dict(mesh.shape),
             'lower_seconds': round(time.time() - t0, 1),
             'state_gib_per_device': _bytes_per_device(state) / 2**30}
+  if frozen is not None:
+    report['frozen_base_gib_per_device'] = _bytes_per_device(frozen) / 2**30
+  policy = state.params if frozen is None else nnx.merge_state(frozen, state.params)
   # The evaluation sampler (R1's protocol: k samples of eval.batch_size
   # questions), sharded over the batch axes like the rollout.
   e = config.eval
@@ -145,7 +157,7 @@ def check(config, devices) -> dict:
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   t0 = time.time()
   eval_lowered = sampler.jitted.trace(
-      state.params, jax.ShapeDtypeStruct((e.batch_size, P), jnp.int32, sharding=rows),
+      policy, jax.ShapeDtypeStruct((e.batch_size, P), jnp.int32, sharding=rows),
       jax.ShapeDtypeStruct((e.batch_size, P), jnp.bool_, sharding=rows),
       jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
       jax.ShapeDtypeStruct((e.batch_size * e.k,), jnp.int32, sharding=rows)).lower()
