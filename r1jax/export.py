@@ -45,10 +45,21 @@ def write_model_dir(workdir: epath.PathLike, cfg: models.ModelConfig, tokenizer_
   out.mkdir(parents=True, exist_ok=True)
   files = {'config.json': json.dumps(models.config_to_hf(cfg), indent=2),
            'generation_config.json': json.dumps(generation, indent=2)}
-  if lora_base is not None:
+  if lora_base is not None and not (out / LORA_FILE).exists():
+    # Pinned once (a resumed run keeps it): an absolute path, and a workdir
+    # as the checkpoint it holds now, so the adapters never meet another base.
+    base = wd.absolute(lora_base)
+    ref = wd.checkpoint_ref(base)
+    if ref is not None and ref[1] is None:
+      from r1jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+      ckpt = Checkpointer(ref[0], async_save=False)
+      try:
+        base = ref[0] / wd.CHECKPOINTS / str(ckpt.latest_step())
+      finally:
+        ckpt.close()
     files[LORA_FILE] = json.dumps({'rank': cfg.lora_rank, 'alpha': cfg.lora_alpha,
                                    'targets': list(cfg.lora_targets),
-                                   'base': os.fspath(lora_base)}, indent=2)
+                                   'base': os.fspath(base)}, indent=2)
   src = epath.Path(tokenizer_path)
   names = [src.name] if src.is_file() else [n for n in TOKENIZER_FILES if (src / n).exists()]
   for name in names:
@@ -89,7 +100,9 @@ def load(path: epath.PathLike, dtype: str = 'float32', *, compute_dtype: str | N
     base_path = spec['base']
     kw = dict(compute_dtype=compute_dtype, mesh=mesh, **config_overrides)
     base = (load(base_path, dtype, rules=rules, **kw) if wd.checkpoint_ref(base_path) is not None
-            else models.load_hf(base_path, dtype, **kw))
+            else models.load_hf(base_path, dtype, rules=rules, **kw))
+    if base.cfg.lora_rank:  # a LoRA run's policy as the base: its adapters folded in
+      base = lora.merged(base)
     model = lora.add(base, spec['rank'], spec['alpha'], tuple(spec['targets']), mesh=mesh)
     graphdef, adapters, frozen = lora.split(model)
     abs_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), adapters)

@@ -13,6 +13,7 @@ on every exit path (the end, a signal, an exception) the save in flight is
 finished, with a bounded wait, and everything is closed.
 """
 import contextlib
+import json
 import os
 import sys
 import time
@@ -122,6 +123,14 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
   rc.validate_for_mesh(config, mesh)
 
   # ---------------------------------------------------------------- policy
+  pinned = epath.Path(workdir) / wd.MODEL / export.LORA_FILE
+  if config.lora.rank and pinned.exists():  # resuming LoRA: the base its adapters are for
+    base = json.loads(pinned.read_text())['base']
+    if os.fspath(base) != os.fspath(wd.absolute(rc.model_ckpt(config))):
+      print(f'[r1jax] LoRA: the adapters in {workdir} are for the base {base} '
+            f'(model.ckpt {config.model.ckpt!r} is read as that)', flush=True)
+      with config.unlocked() if hasattr(config, 'unlocked') else contextlib.nullcontext():
+        config.model.ckpt = base
   pol = policy.load(config, mesh)
   model, tok, tok_path, eos_ids = pol.model, pol.tok, pol.tok_path, pol.eos_ids
   graphdef = nnx.graphdef(model)

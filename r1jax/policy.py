@@ -57,6 +57,9 @@ def load(config, mesh: jax.sharding.Mesh) -> Policy:
     if cfg.vocab_size < tok.vocab_size:
       cfg = cfg.replace(vocab_size=tok.vocab_size)
     model = models.create(cfg, seed=config.seed, mesh=mesh)
+  if model.cfg.lora_rank:  # the policy of a LoRA run: its adapters folded into the weights
+    from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+    model = lora.merged(model)
   lo = config.get('lora')
   if lo is not None and lo.rank:
     if not ckpt_path:  # export and later stages rebuild the policy from the base

@@ -258,11 +258,13 @@ def make_reward_fn(host_fn: HostRewardFn, mesh: jax.sharding.Mesh, num_rewards: 
 def init_state(model: Decoder, optimizer: optax.GradientTransformation, cfg: StepConfig,
                seed: int = 0) -> TrainState:
   """With LoRA the params (and the optimizer's state) are the adapters only,
-  and the reference is the adapters disabled (B = 0: the base policy)
-  rather than a copy of the model."""
+  and the reference is the adapters disabled (B = 0: the base policy),
+  computed in the step rather than stored; with reference resets, a
+  snapshot of the adapters (never a copy of the model)."""
   if cfg.lora:
     params = nnx.state(model, nnx.LoRAParam)
-    ref = jax.tree.map(jnp.copy, lora_lib.disabled(params)) if cfg.loss.beta > 0 else None
+    ref = (jax.tree.map(jnp.copy, lora_lib.disabled(params))
+           if cfg.loss.beta > 0 and cfg.reference_reset_every > 0 else None)
   else:
     params = nnx.state(model, nnx.Param)
     ref = jax.tree.map(jnp.copy, params) if cfg.loss.beta > 0 else None
@@ -352,7 +354,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   shards = mesh.shape['data'] * mesh.shape['fsdp']
 
-  frozen_base = [None]  # with LoRA: the step's frozen-base argument, while tracing
+  # With LoRA: the step's frozen-base argument, set by `step` while it traces
+  # (model_with is only called inside it).
+  frozen_base = [None]
 
   def model_with(params, rules):
     params = jax.lax.with_sharding_constraint(
@@ -405,7 +409,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     def attempt(a):
       g, steps = rollout_and_score(params, *(chunk(a, x) for x in batch), jax.random.fold_in(key, a),
                                    rm_params)
-      valid = jnp.ptp(g['rewards'] @ weights, axis=1) > 1e-6
+      total, judged = g['rewards'] @ weights, g['judged']  # spread among judged samples
+      valid = (jnp.where(judged, total, -jnp.inf).max(axis=1)
+               - jnp.where(judged, total, jnp.inf).min(axis=1)) > 1e-6
       return g, valid, steps
 
     groups, valid, steps = attempt(0)
@@ -527,6 +533,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     rows_M = pack_minibatches(data) if cfg.pack else None
     if state.ref_params is not None:
       data['ref_logp'] = no_grad_logprobs(state.ref_params, data, rows_M)
+    elif cfg.lora and cfg.loss.beta > 0:  # the base itself: the adapters disabled
+      data['ref_logp'] = no_grad_logprobs(lora_lib.disabled(state.params), data, rows_M)
     stale = mu * M > 1  # some update sees a policy other than the sampler
     if stale:
       data['old_logp'] = no_grad_logprobs(state.params, data, rows_M)

@@ -195,6 +195,8 @@ def test_no_network_not_even_loopback(box, clean):
            'a, b = socket.socketpair()\na.sendall(b"unix ok")\nprint(b.recv(7).decode())')
     r = box.run(src, time_limit_s=3)
     assert 'connected' not in r.stdout and r.stdout.endswith('unix ok\n'), r
+    if 'seccomp' in box.level:  # socket() itself is refused, whatever the family
+      assert r.stdout.count('PermissionError 1') == 2, r.stdout
     listener.settimeout(0.3)
     with pytest.raises(socket.timeout):
       listener.accept()
@@ -240,18 +242,46 @@ def test_exit_zero_without_output_is_just_empty(box, clean):
 def test_forbidden_syscalls_fail(box, clean):
   if 'seccomp' not in box.level:
     pytest.skip(f'no seccomp on this host ({box.level})')
-  src = ('import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n'
+  src = ('import ctypes, os, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n'
          'print(libc.unshare(0x10000000), ctypes.get_errno())\n'  # CLONE_NEWUSER
-         'print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())')
+         'print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())\n'
+         'print(libc.syscall(435, 0, 0), ctypes.get_errno())\n'  # clone3: ENOSYS
+         'print(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0), ctypes.get_errno())\n'
+         'try:\n  socket.socket(socket.AF_UNIX)\nexcept OSError as e:\n  print(-1, e.errno)')
   r = box.run(src)
-  assert r.stdout.split() == ['-1', '1', '-1', '1'], r
+  assert r.stdout.split() == ['-1', '1', '-1', '1', '-1', '38', '-1', '1', '-1', '1'], r
 
 
 def test_a_dead_server_is_replaced():
+  import threading  # pylint: disable=g-import-not-at-top
   s = sb.Sandbox(1)
   try:
-    s._servers[0].proc.kill()  # pylint: disable=protected-access
-    assert s.run('print(1)').status == 'sandbox_error'
+    first = s._servers[0]  # pylint: disable=protected-access
+    first.proc.kill()  # dead between runs: replaced before the next one
     assert s.run('print(1)').stdout == '1\n'
+    second = s._servers[0]  # pylint: disable=protected-access
+    assert second is not first
+    # Dead during a run: that run has no verdict, the next one a new server.
+    threading.Timer(0.5, second.proc.kill).start()
+    assert s.run('import time\ntime.sleep(3)', time_limit_s=2).status == 'sandbox_error'
+    assert s.run('print(2)').stdout == '2\n'
   finally:
     s.close()
+
+
+def test_each_run_starts_with_an_empty_tmp_and_sees_no_host_files(box, clean):
+  # A run's leftovers (a directory named like the next run's, a full disk)
+  # cannot reach the next run: /tmp is a new tmpfs each time.
+  src = ('import os\nos.mkdir("/tmp/left")\nopen("/tmp/left/x", "w").write("x" * 1000)\n'
+         'print(sorted(os.listdir("/tmp")))')
+  assert "'left'" in box.run(src).stdout
+  r = box.run('import os\nprint(sorted(os.listdir("/tmp")), os.getcwd())')
+  names = eval(r.stdout.split(']')[0] + ']')  # noqa: S307 (a list of names)
+  assert len(names) == 1 and names[0].startswith('run-'), r
+  # The host's tree beyond the system's libraries and Python does not exist.
+  here = os.path.dirname(os.path.abspath(__file__))
+  r = box.run(f'import os\nprint(os.path.exists({here!r}), os.path.exists("/etc"), '
+              'os.path.exists("/run"), sorted(os.listdir("/dev")))')
+  if 'namespaces' in box.level:
+    assert r.stdout.startswith('False False False'), r
+    assert box.run('import os\nopen(os.devnull, "w").write("x")\nprint("ok")').stdout == 'ok\n'

@@ -60,6 +60,9 @@ class ModelConfig:
           f'model.num_kv_heads={self.num_kv_heads}')
     if self.head_dim % 2:
       raise ValueError(f'model.head_dim={self.head_dim} must be even (RoPE)')
+    if self.qk_norm != (self.arch == 'qwen3'):
+      raise ValueError(f'model.qk_norm={self.qk_norm} with arch {self.arch!r}: Qwen3 has q/k '
+                       'norms, the others do not')
     unknown = set(self.lora_targets) - set(LORA_TARGETS)
     if unknown or (self.lora_rank > 0) != bool(self.lora_targets) or self.lora_rank < 0:
       raise ValueError(f'lora: rank {self.lora_rank} with targets {self.lora_targets} (rank >= 1 '

@@ -47,9 +47,11 @@ def add(model: Decoder, rank: int, alpha: float, targets: tuple[str, ...], seed:
   cfg = model.cfg.replace(lora_rank=rank, lora_alpha=float(alpha), lora_targets=tuple(targets))
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
   graphdef, abs_adapters, _ = nnx.split(abstract, nnx.LoRAParam, ...)
+  # Jitted, so XLA drops the base weights this draws along (only the
+  # adapters are returned).
   make = lambda: nnx.state(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.LoRAParam)  # noqa: E731
-  if mesh is not None:
-    make = jax.jit(make, out_shardings=shd.state_shardings(abs_adapters, mesh, shd.TRAIN_RULES))
+  make = jax.jit(make, out_shardings=None if mesh is None else shd.state_shardings(
+      abs_adapters, mesh, shd.TRAIN_RULES))
   return nnx.merge(graphdef, make(), _fresh(nnx.state(model)))
 
 
@@ -137,9 +139,15 @@ def load_peft(model: Decoder, path: str, mesh: jax.sharding.Mesh | None = None) 
   modules = c['target_modules']
   modules = [modules] if isinstance(modules, str) else modules
   unknown = [m for m in modules if m not in by_module]
-  if c.get('peft_type') != 'LORA' or unknown or c.get('use_rslora') or c.get('bias', 'none') != 'none':
-    raise ValueError(f'{path}: only plain LoRA on {sorted(by_module)} is supported '
-                     f'(peft_type {c.get("peft_type")}, modules {unknown or modules})')
+  extras = [k for k in ('use_rslora', 'use_dora', 'alpha_pattern', 'rank_pattern', 'lora_bias',
+                         'fan_in_fan_out', 'layers_to_transform', 'modules_to_save',
+                         'layer_replication') if c.get(k)]
+  if c.get('bias', 'none') != 'none':
+    extras.append('bias')
+  if c.get('peft_type') != 'LORA' or unknown or extras or isinstance(c['target_modules'], str):
+    raise ValueError(f'{path}: only plain LoRA on a list of {sorted(by_module)} is supported '
+                     f'(peft_type {c.get("peft_type")}, modules {unknown or modules}, '
+                     f'options {extras})')
   targets = tuple(t for t in PEFT_MODULES if PEFT_MODULES[t].split('.')[-1] in modules)
   out = add(model, int(c['r']), float(c['lora_alpha']), targets, mesh=mesh)
   tensors = load_file(os.path.join(path, 'adapter_model.safetensors'))

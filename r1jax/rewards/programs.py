@@ -75,6 +75,10 @@ def load_tests(example: dict) -> list[dict]:
   return tests
 
 
+def _canonical(value) -> str:
+  return json.dumps(value, sort_keys=True)
+
+
 def _harness(program: str, calls: list[str]) -> str:
   """The program, then each call's value printed as JSON on one marked line
   (the last such line counts: a program cannot know the expected values)."""
@@ -84,7 +88,13 @@ def _harness(program: str, calls: list[str]) -> str:
           '  out = []\n'
           f'  for c in {calls!r}:\n'
           '    try:\n'
-          '      out.append(["ok", eval(c, globals())])\n'
+          '      try:\n'
+          '        value = eval(c, globals())\n'
+          '      except NameError:\n'  # LeetCode style: the function is a method
+          '        if "Solution" not in globals():\n'
+          '          raise\n'
+          '        value = eval("Solution()." + c, globals())\n'
+          '      out.append(["ok", value])\n'
           '    except BaseException as e:\n'
           '      out.append(["error", type(e).__name__])\n'
           '  return j.dumps(out, default=repr)\n'
@@ -118,8 +128,9 @@ def run_tests(program: str, tests: list[dict], time_limit_s: float, memory_mb: i
       values = json.loads(line[len(_RESULTS):]) if line and r.status == 'ok' else []
     except ValueError:
       values = []
-    if len(values) == len(calls):
-      passed += sum(v == ['ok', t['expected']] for v, t in zip(values, calls))
+    if len(values) == len(calls):  # compared as canonical JSON: 1, 1.0 and true differ
+      same = lambda v, t: v[0] == 'ok' and _canonical(v[1]) == _canonical(t['expected'])  # noqa: E731
+      passed += sum(same(v, t) for v, t in zip(values, calls))
   return passed, len(tests)
 
 

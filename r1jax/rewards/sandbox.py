@@ -96,7 +96,7 @@ class _Server:
     try:
       self.proc.stdin.write(struct.pack('>Q', len(data)) + data)
       self.proc.stdin.flush()
-    except (BrokenPipeError, OSError):
+    except (BrokenPipeError, OSError, ValueError):  # ValueError: a closed pipe
       return None
     return self._recv(deadline)
 
@@ -114,15 +114,17 @@ class _Server:
 
 
 class Sandbox:
-  """`slots` fork servers; run() is thread-safe and takes a free one.
-  A server that dies or stops answering is replaced (that run:
-  sandbox_error)."""
+  """`slots` fork servers; run() is thread-safe and takes a free one. A
+  server that dies, stops answering or fails on its own side is replaced
+  (that run: sandbox_error), and a replacement must reach the same
+  `require_isolation`."""
 
   def __init__(self, slots: int = 1, require_isolation: str = ''):
     if slots < 1:
       raise ValueError(f'slots must be >= 1, got {slots}')
     if require_isolation and require_isolation not in LEVELS:
       raise ValueError(f'require_isolation: one of {LEVELS}, got {require_isolation!r}')
+    self.require_isolation = require_isolation
     self._free: queue.Queue = queue.Queue()
     self._lock = threading.Lock()
     self._servers: list[_Server] = []
@@ -134,8 +136,24 @@ class Sandbox:
     if require_isolation and rank(self.level) < rank(require_isolation):
       self.close()
       raise RuntimeError(f'sandbox isolation on this host is {self.level!r}, below the '
-                         f'required {require_isolation!r} (rewards.require_isolation)')
+                         f'required {require_isolation!r} (sandbox.require_isolation)')
     atexit.register(self.close)
+
+  def _replace(self, old: _Server | None) -> _Server | None:
+    with self._lock:
+      if old is not None:
+        old.kill()
+        if old in self._servers:
+          self._servers.remove(old)
+      try:
+        new = _Server()
+      except (OSError, RuntimeError):
+        return None
+      if self.require_isolation and rank(new.level) < rank(self.require_isolation):
+        new.kill()
+        return None
+      self._servers.append(new)
+      return new
 
   def run(self, source: str, stdin: str = '', *, time_limit_s: float = 2.0,
           memory_mb: int = 512, output_limit_bytes: int = 1 << 20) -> RunResult:
@@ -145,13 +163,16 @@ class Sandbox:
                output_limit_bytes=int(output_limit_bytes))
     server = self._free.get()
     try:
+      if server is None or server.proc.poll() is not None:
+        server = self._replace(server)
+        if server is None:
+          return RunResult('sandbox_error', '', 'no sandbox server could start', None, 0.0, 0.0)
       reply = server.request(req, time.monotonic() + wall + 5.0)
-      if reply is None:  # dead or stuck: replace it
+      if reply is None or server.proc.poll() is not None:  # dead, stuck or failed itself
         server.kill()
-        with self._lock:
-          i = self._servers.index(server)
-          server = self._servers[i] = _Server()
-        return RunResult('sandbox_error', '', 'the sandbox server died', None, 0.0, 0.0)
+        server = None  # replaced by the next run on this slot
+        if reply is None:
+          return RunResult('sandbox_error', '', 'the sandbox server died', None, 0.0, 0.0)
       return RunResult(**reply)
     finally:
       self._free.put(server)

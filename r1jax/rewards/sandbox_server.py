@@ -8,12 +8,15 @@ is the first line the server writes):
 
   namespaces  as root: new mount, pid, net, ipc and uts namespaces; without
               root, the same inside a new user namespace. No network at all
-              (a new net namespace has a loopback that is down), a private
-              tmpfs on /tmp, /var/tmp and /dev/shm, every other mount
-              read-only, a fresh /proc that shows only the namespace. The
-              server is pid 1 there: after each run `kill(-1, SIGKILL)`
-              ends every process the run left (setsid and double forks
-              included) and the server reaps them.
+              (a new net namespace has a loopback that is down). A minimal
+              root (pivot_root into a tmpfs): read-only binds of /usr, /lib*,
+              /bin, /sbin and the server's Python, /dev/{null,zero,full,
+              random,urandom}, a fresh /proc that shows only the namespace,
+              and a new empty tmpfs on /tmp for every run; the host's home,
+              data and workdirs, /etc and /run do not exist there. The
+              server is pid 1: after each run `kill(-1, SIGKILL)` ends
+              every process the run left (setsid and double forks included)
+              and the server reaps them.
   uid         as root, runs get an unprivileged uid of their own (1,000,000
               + the server's host pid), so RLIMIT_NPROC applies, 0600 files
               and other users' processes are out of reach.
@@ -21,7 +24,7 @@ is the first line the server writes):
               import nothing outside the stdlib): ptrace, mount, unshare,
               setns, bpf, perf_event_open, keyctl, process_vm_*, io_uring,
               module and kexec calls, namespace flags of clone, clone3 and
-              every socket family but AF_UNIX fail.
+              socket() of any family fail (socketpair works).
   rlimits     CPU soft = the limit, hard = soft + 1 s (SIGKILL, not an
               ignorable SIGXCPU), AS = memory, FSIZE = the output cap, NOFILE
               64, NPROC 64, CORE 0.
@@ -59,9 +62,6 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
 STDERR_CAP = 64 << 10
-_MS_OPTIONS = {'ro': MS_RDONLY, 'nosuid': MS_NOSUID, 'nodev': MS_NODEV, 'noexec': MS_NOEXEC,
-               'noatime': 1024, 'nodiratime': 2048, 'relatime': 1 << 21,
-               'strictatime': 1 << 24}
 
 # Syscalls a program never needs (numbers per architecture).
 _DENY = {
@@ -98,7 +98,8 @@ def _seccomp_program(arch: int) -> bytes:
   """A classic-BPF seccomp filter: the wrong architecture kills; denied
   calls fail with EPERM; clone3 with ENOSYS (its flags are in memory a
   filter cannot read, and libc falls back to clone); clone with namespace
-  flags with EPERM; socket of any family but AF_UNIX with EAFNOSUPPORT."""
+  flags with EPERM; socket() of every family with EPERM (a UNIX socket
+  could reach the host's daemons; socketpair stays)."""
   nr = dict(_DENY[arch])
   socket, clone, clone3 = nr.pop('socket'), nr.pop('clone'), nr.pop('clone3')
   ALLOW, KILL = 0x7FFF0000, 0x80000000
@@ -110,8 +111,7 @@ def _seccomp_program(arch: int) -> bytes:
   for n in sorted(set(nr.values())):
     prog += [(JEQ, 0, 1, n), (RET, 0, 0, errno(1))]
   prog += [(JEQ, 0, 1, clone3), (RET, 0, 0, errno(38)),
-           (JEQ, 0, 4, socket), (LD, 0, 0, 16), (JEQ, 1, 0, 1), (RET, 0, 0, errno(97)),
-           (RET, 0, 0, ALLOW),
+           (JEQ, 0, 1, socket), (RET, 0, 0, errno(1)),
            (JEQ, 0, 3, clone), (LD, 0, 0, 16), (JSET, 0, 1, _NS_FLAGS), (RET, 0, 0, errno(1)),
            (RET, 0, 0, ALLOW)]
   return b''.join(struct.pack('HBBI', *ins) for ins in prog)
@@ -139,33 +139,69 @@ def _write(path: str, text: str) -> None:
     f.write(text)
 
 
-def _expose(paths: list[str]) -> None:
-  """Makes `paths` (the stdlib's: imports after the fork read them)
-  reachable by an unprivileged uid when an ancestor is not (a Python under
-  /root, as pyenv installs it): that ancestor is covered by an empty tmpfs
-  (which also hides the rest of it) and each path is bound back in place."""
-  paths = sorted({os.path.realpath(p) for p in paths})
-  paths = [p for i, p in enumerate(paths)
-           if not any(p.startswith(q.rstrip('/') + '/') for q in paths[:i])]
-  hidden: dict[str, list[str]] = {}
-  for p in paths:
-    a = '/'
-    for part in p.strip('/').split('/'):
-      a = os.path.join(a, part)
-      if not os.stat(a).st_mode & 0o001:  # not searchable by others
-        hidden.setdefault(a, []).append(p)
-        break
-  for top, inside in hidden.items():
-    fds = [(os.open(p, os.O_PATH), os.path.isdir(p)) for p in inside]
-    _mount('tmpfs', top, 'tmpfs', MS_NOSUID | MS_NODEV, 'size=1m,mode=755')
-    for p, (fd, is_dir) in zip(inside, fds):
-      os.makedirs(p if is_dir else os.path.dirname(p), 0o755, exist_ok=True)
-      if not is_dir:  # e.g. python311.zip
-        open(p, 'w').close()
-      _mount(f'/proc/self/fd/{fd}', p, None, MS_BIND | MS_REC)
-      _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-      os.close(fd)
-    _mount(None, top, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, 'size=1m,mode=755')
+_SYSTEM = ('/usr', '/lib', '/lib64', '/lib32', '/bin', '/sbin')  # programs' libraries
+_DEVICES = ('null', 'zero', 'full', 'random', 'urandom')
+NEW_ROOT = '/tmp/.r1jax-root'  # inside the namespace's own /tmp (a tmpfs)
+_PIVOT_ROOT = {'x86_64': 155, 'aarch64': 41}
+
+
+def _bind_ro(src: str, dst: str) -> None:
+  if os.path.isdir(src):
+    os.makedirs(dst, 0o755, exist_ok=True)
+  else:
+    os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
+    open(dst, 'a').close()
+  _mount(src, dst, None, MS_BIND | MS_REC)
+  device = dst.startswith(NEW_ROOT + '/dev/')
+  try:
+    _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
+           | (0 if device else MS_NODEV))
+  except OSError:  # a user namespace may not change a locked flag: keep the mount's own
+    _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def _minimal_root(keep: list[str]) -> None:
+  """pivot_root into a tmpfs holding only read-only binds of the system's
+  libraries, the paths in `keep` (the Python the server runs on), a few
+  device nodes, a fresh /proc and /tmp: the host's home, data, workdirs,
+  /etc and /run (its sockets) do not exist for a run."""
+  _mount('tmpfs', '/tmp', 'tmpfs', MS_NOSUID | MS_NODEV, 'size=1m,mode=755')
+  os.mkdir(NEW_ROOT, 0o755)
+  _mount('tmpfs', NEW_ROOT, 'tmpfs', MS_NOSUID | MS_NODEV, 'size=1m,mode=755')
+  system = [p for p in _SYSTEM if os.path.isdir(p) and not os.path.islink(p)]
+  for path in _SYSTEM:
+    if os.path.islink(path):  # merged /usr: /bin -> usr/bin
+      os.symlink(os.readlink(path), NEW_ROOT + path)
+    elif path in system:
+      _bind_ro(path, NEW_ROOT + path)
+  paths = sorted({os.path.realpath(p) for p in keep if os.path.exists(p)})
+  for i, p in enumerate(paths):
+    inside = any(p.startswith(q.rstrip('/') + '/') for q in paths[:i])
+    covered = any(p == q or p.startswith(q + '/') for q in system)
+    if not inside and not covered:
+      _bind_ro(p, NEW_ROOT + p)
+  os.makedirs(NEW_ROOT + '/dev', 0o755)
+  for d in _DEVICES:
+    if os.path.exists('/dev/' + d):
+      _bind_ro('/dev/' + d, f'{NEW_ROOT}/dev/{d}')
+  for d in ('proc', 'tmp', '.old'):
+    os.makedirs(f'{NEW_ROOT}/{d}', 0o755)
+  _mount('proc', NEW_ROOT + '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  nr = _PIVOT_ROOT.get(os.uname().machine)
+  if nr is None:
+    raise OSError(f'pivot_root: no syscall number for {os.uname().machine}')
+  _check(_libc.syscall(nr, NEW_ROOT.encode(), (NEW_ROOT + '/.old').encode()), 'pivot_root')
+  os.chdir('/')
+  _check(_libc.umount2(b'/.old', 2), 'umount /.old')  # MNT_DETACH
+  os.rmdir('/.old')
+  _mount(None, '/', None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def fresh_tmp() -> None:
+  """A new empty tmpfs on /tmp (the old one detached: whatever a run left
+  there, however many files, is gone for the next run at no cost)."""
+  _libc.umount2(b'/tmp', 2)
+  _mount('tmpfs', '/tmp', 'tmpfs', MS_NOSUID | MS_NODEV, 'size=256m,nr_inodes=16384,mode=1777')
 
 
 def _enter_namespaces() -> bool:
@@ -193,26 +229,8 @@ def _enter_namespaces() -> bool:
         continue
   _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
   _mount(None, '/', None, MS_REC | MS_PRIVATE)
-  # Every mount read-only: one bind remount each (MS_RDONLY does not recurse),
-  # keeping its own flags (a user namespace may not clear locked ones).
-  with open('/proc/self/mountinfo') as f:
-    mounts = [(line.split()[4], line.split()[5]) for line in f]
-  for target, options in mounts:
-    target = target.encode().decode('unicode_escape')
-    if target == '/proc' or target.startswith('/proc/'):
-      continue
-    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
-    for o in options.split(','):
-      flags |= _MS_OPTIONS.get(o, 0)
-    try:
-      _mount(None, target, None, flags)
-    except OSError:
-      pass  # e.g. an overmounted or vanished mount point: the uid and seccomp still hold
-  _expose([p for p in sys.path if p and os.path.exists(p)])
-  for t in ('/tmp', '/var/tmp', '/dev/shm'):
-    if os.path.isdir(t):
-      _mount('tmpfs', t, 'tmpfs', MS_NOSUID | MS_NODEV, 'size=256m,mode=1777')
-  _mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  _minimal_root([p for p in sys.path if p])
+  fresh_tmp()
   return True
 
 
@@ -231,20 +249,32 @@ class Server:
     self.run_uid = 1_000_000 + host_pid if self.root else None
     arch = _MACHINE_ARCH.get(os.uname().machine)
     self.seccomp = _seccomp_program(arch) if arch else None
-    if self.seccomp:  # probe: a filter this kernel refuses is known now, not per run
-      pid = os.fork()
-      if pid == 0:
-        try:
+    # Probes in a child, so that a layer this host refuses is known now, not
+    # per run: the uid switch (a container's root may not own other uids),
+    # then the filter.
+    pid = os.fork()
+    if pid == 0:
+      try:
+        if self.run_uid is not None:
+          os.setgroups([])
+          os.setresgid(self.run_uid, self.run_uid, self.run_uid)
+          os.setresuid(self.run_uid, self.run_uid, self.run_uid)
+      except OSError:
+        os._exit(2)
+      try:
+        if self.seccomp:
           _install_seccomp(self.seccomp)
-          os._exit(0)
-        except OSError:
-          os._exit(1)
-      if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
-        self.seccomp = None
+      except OSError:
+        os._exit(1)
+      os._exit(0)
+    probe = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if probe == 2:
+      self.run_uid = None
+    elif probe != 0:
+      self.seccomp = None
     parts = (['namespaces'] if self.namespaces else []) + (
         ['uid'] if self.run_uid else []) + (['seccomp'] if self.seccomp else []) + ['rlimits']
     self.level = '+'.join(parts)
-    self.tmp = '/tmp' if self.namespaces else None
     self.count = 0
 
   # ------------------------------------------------------------ protocol
@@ -274,17 +304,22 @@ class Server:
         return
       try:
         reply = self.run(req)
-      except Exception:  # pylint: disable=broad-except  # the server's own failure
-        reply = {'status': 'sandbox_error', 'stdout': '', 'stderr': traceback.format_exc()[-2000:],
-                 'exit_code': None, 'cpu_s': 0.0, 'wall_s': 0.0}
+      except Exception:  # pylint: disable=broad-except  # the server's own failure: it
+        # answers, then exits, and the sandbox starts a fresh one
+        self.send({'status': 'sandbox_error', 'stdout': '',
+                   'stderr': traceback.format_exc()[-2000:], 'exit_code': None, 'cpu_s': 0.0,
+                   'wall_s': 0.0})
+        return
       self.send(reply)
 
   # ----------------------------------------------------------------- run
 
   def run(self, req: dict) -> dict:
     self.count += 1
-    base = self.tmp or os.environ.get('TMPDIR', '/tmp')
-    workdir = os.path.join(base, f'run-{os.getpid()}-{self.count}')
+    if self.namespaces:
+      fresh_tmp()  # nothing of an earlier run is left, nor can it fill the space
+    workdir = os.path.join('/tmp' if self.namespaces else os.environ.get('TMPDIR', '/tmp'),
+                           'run-' + os.urandom(8).hex())
     os.mkdir(workdir, 0o700)
     try:
       if self.run_uid is not None:
@@ -294,7 +329,8 @@ class Server:
         f.write(req.get('stdin', ''))
       return self._run(req, workdir, stdin_path)
     finally:
-      shutil.rmtree(workdir, ignore_errors=True)
+      if not self.namespaces:  # else the next run's fresh /tmp drops it at no cost
+        shutil.rmtree(workdir, ignore_errors=True)
 
   def _child(self, req: dict, workdir: str, stdin_path: str, out_w: int, err_w: int,
              status_w: int) -> None:
@@ -384,6 +420,7 @@ class Server:
     err_r, err_w = os.pipe()
     status_r, status_w = os.pipe()
     t0 = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     pid = os.fork()
     if pid == 0:
       for fd in (out_r, err_r, status_r):
@@ -430,7 +467,11 @@ class Server:
       setup += chunk
     for fd in (out_r, err_r, pidfd, status_r):
       os.close(fd)
-    cpu = usage.ru_utime + usage.ru_stime
+    # Every process of the run, reaped by now (the pid namespace's orphans
+    # come to the server): wait4 alone counts only the ones the child reaped.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = max(usage.ru_utime + usage.ru_stime,
+              after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -sig
     stderr = bufs[err_r].decode('utf-8', 'replace')
