@@ -170,12 +170,6 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
   with repeats, which are dropped: one compiled shape). Returns one list of
   k sample records per question; `on_batch` sees each batch's as it ends."""
   indices = list(range(len(bench.examples))) if indices is None else list(indices)
-  longest = max((len(tokenizer.encode(bench.prompts[i] + bench.forced)) for i in indices),
-                default=0)
-  if longest > max_prompt_len:
-    from r1jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-    raise ConfigError('eval.max_prompt_len', f'{bench.name}: a prompt has {longest} tokens > '
-                      f'{max_prompt_len} with this tokenizer; raise it')
   mine, local_batch = host_share(len(indices), batch_size)
   mine = [indices[i] for i in mine]
   per_host = -(-len(indices) // jax.process_count())
@@ -187,8 +181,12 @@ def sample_questions(sample: Callable, params, bench: Benchmark, tokenizer, scor
   for r in range(rounds):
     idx = mine[r * local_batch:(r + 1) * local_batch]
     padded = (idx or [0]) + [(idx or [0])[-1]] * (local_batch - max(len(idx), 1))
-    ids, mask = tokenizer.encode_batch([bench.prompts[i] + bench.forced for i in padded],
-                                       max_len=max_prompt_len)
+    try:
+      ids, mask = tokenizer.encode_batch([bench.prompts[i] + bench.forced for i in padded],
+                                         max_len=max_prompt_len)
+    except ValueError as e:  # a prompt over the length (before anything is sampled)
+      from r1jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+      raise ConfigError('eval.max_prompt_len', f'{bench.name}: {e}; raise it') from None
     sample_ids = np.array([i * k + j for i in padded for j in range(k)], np.int32)
     ro = sample(params, ids, mask, key, sample_ids)
     n = len(idx) * k
