@@ -258,6 +258,7 @@ def test_a_dead_server_is_replaced():
   try:
     first = s._servers[0]  # pylint: disable=protected-access
     first.proc.kill()  # dead between runs: replaced before the next one
+    first.proc.wait(timeout=10)
     assert s.run('print(1)').stdout == '1\n'
     second = s._servers[0]  # pylint: disable=protected-access
     assert second is not first
