@@ -177,9 +177,10 @@ def base_config() -> ConfigDict:
 
   # schedule: 'constant' after the warm-up (R1's RL), or 'cosine' decay to
   # final_lr_ratio x lr at the last update (R1's SFT: 0.1).
-  # LoRA adapters (models/lora.py) instead of full fine-tuning in RL: rank 0
-  # is off. The reference policy is the base itself (adapters disabled) and
-  # checkpoints hold the adapters and their optimizer state only.
+  # LoRA adapters (models/lora.py) instead of full fine-tuning, in RL and
+  # SFT: rank 0 is off. The reference policy is the base itself (adapters
+  # disabled) and checkpoints hold the adapters and their optimizer state
+  # only. dropout (PEFT's lora_dropout, on the adapters' inputs) in SFT only.
   c.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets='q,k,v,o,gate,up,down'))
   c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
                             eps=1e-8, grad_clip=1.0, schedule='constant', final_lr_ratio=0.1))
@@ -302,7 +303,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('optim.lr', _num(0, lo_open=True)),
     ('lora.rank', _int(0)),
     ('lora.alpha', _num(0, lo_open=True)),
-    ('lora.dropout', (lambda v: v == 0, '0 (adapters run without dropout so far)')),
+    ('lora.dropout', _num(0, 1, hi_open=True)),
     ('lora.targets', (lambda v: isinstance(v, str) and bool(v) and all(
         t.strip() in ('q', 'k', 'v', 'o', 'gate', 'up', 'down') for t in v.split(',')),
                       "a comma-separated subset of q,k,v,o,gate,up,down")),
@@ -516,9 +517,15 @@ def validate(config: ConfigDict) -> ConfigDict:
     if 'task' in config:
       _check_verifier(config)
   lora = config.get('lora')
-  if lora is not None and lora.rank and ('sft' in config or 'rm' in config):
-    raise ConfigError('lora.rank', 'LoRA trains in RL (configs/zero.py, r1.py stages rl) so far, '
-                      'not in SFT or the reward model; set lora.rank=0')
+  if lora is not None and lora.rank and 'rm' in config:
+    raise ConfigError('lora.rank', 'LoRA trains the policy (RL and SFT), not the reward model; '
+                      'set lora.rank=0')
+  if lora is not None and lora.rank and lora.dropout and 'sft' not in config:
+    # The old-policy and reference passes run the adapters whole: dropout in
+    # the update alone would make the importance ratio of unchanged weights
+    # differ from 1 (and clip on noise).
+    raise ConfigError('lora.dropout', 'dropout applies in SFT; an RL update with it would '
+                      'compare dropped-out log-probs to whole ones in its ratio; set 0')
   return config
 
 

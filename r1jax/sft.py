@@ -23,6 +23,7 @@ over token sequences x with a loss mask m (1 on the responses and their EOS).
 import bisect
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -98,29 +99,34 @@ def pack_examples(tokenizer, prompts: list[str], completions: list[str], length:
 def record_text(record: dict, template: str, chat: dict | None = None) -> tuple[str, str]:
   """(prompt, completion) of one record: `prompt` (or `question`) and
   `completion`, or a single-turn `messages` list (a user turn, then the
-  assistant's). The prompt is used as is ('none'), put in the R1-Zero
-  template ('r1_zero'), or rendered as a user turn with the model's chat
-  template ('chat')."""
+  assistant's, whose `reasoning_content` is kept). The prompt is used as is
+  ('none'), put in the R1-Zero template ('r1_zero'), or rendered with the
+  model's chat template ('chat'): then the completion is laid out as the
+  template lays out the assistant's turn (data/benchmarks.py:chat_completion;
+  Qwen3's think block included)."""
   if 'messages' in record:
     turns = record['messages']
     roles = [t.get('role') for t in turns] if isinstance(turns, list) else None
     if roles != ['user', 'assistant']:
       raise ValueError(f'messages: one user turn, then one assistant turn, got roles {roles}')
     user, completion = turns[0]['content'], turns[1]['content']
+    assistant = {k: v for k, v in turns[1].items() if k in ('role', 'content', 'reasoning_content')}
   else:
     user = record.get('prompt', record.get('question'))
     completion = record.get('completion')
     if user is None or completion is None:
       raise ValueError(f'needs prompt (or question) and completion, or messages; has '
                        f'{sorted(record)}')
-  if not isinstance(user, str) or not isinstance(completion, str):
-    raise ValueError('prompt and completion must be strings')
+    assistant = {'role': 'assistant', 'content': completion}
+  if not isinstance(user, str) or not isinstance(completion, str) or not isinstance(
+      assistant.get('reasoning_content', ''), (str, type(None))):
+    raise ValueError('prompt, completion and reasoning_content must be strings')
   if template == 'r1_zero':
     return r1_zero_prompt(user), completion
   if template == 'chat':
     if chat is None:
       raise ValueError("template 'chat': the model's tokenizer has no chat template")
-    return bm.render_chat(chat, user), completion
+    return bm.chat_completion(chat, user, assistant)
   return user, completion
 
 
@@ -217,39 +223,49 @@ class SFTState(NamedTuple):
   opt_state: object
 
 
-def loss_sum(model, rows: dict, impl: str = 'auto', mesh=None) -> tuple[jax.Array, jax.Array]:
+def loss_sum(model, rows: dict, impl: str = 'auto', mesh=None,
+             lora_dropout: tuple[float, jax.Array] | None = None
+             ) -> tuple[jax.Array, jax.Array]:
   """(Σ weight × NLL, Σ weight) over packed rows ([m, L] arrays)."""
   rows = {k: jnp.asarray(v) for k, v in rows.items()}
   logp = ts.packed_logprobs(model, packing.Rows(rows['tokens'], rows['targets'],
                                                 rows['positions'], rows['segments'], None, None),
-                            1.0, impl, mesh=mesh)
+                            1.0, impl, mesh=mesh, lora_dropout=lora_dropout)
   return -(logp * rows['weights']).sum(), rows['weights'].sum()
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     grad_accum: int, mesh: jax.sharding.Mesh, state_shardings,
-                    impl: str = 'auto') -> Callable:
-  """Jitted (state, rows) -> (state, metrics): one optimizer update on the
-  batch's rows ([R, L] each, sharded over the batch axes), in grad_accum
-  micro-batches of R / grad_accum rows (strided, so each stays on its
-  shards). The loss is Σ NLL / Σ loss tokens over the whole batch, so the
+                    impl: str = 'auto', lora: bool = False, lora_dropout: float = 0.0,
+                    seed: int = 0) -> Callable:
+  """Jitted (state, rows[, frozen]) -> (state, metrics): one optimizer
+  update on the batch's rows ([R, L] each, sharded over the batch axes), in
+  grad_accum micro-batches of R / grad_accum rows (strided, so each stays on
+  its shards). The loss is Σ NLL / Σ loss tokens over the whole batch, so the
   update does not depend on grad_accum. A non-finite loss, gradient or
-  result is not applied (the state is kept, `nonfinite` is 1)."""
+  result is not applied (the state is kept, `nonfinite` is 1). With `lora`
+  the state's params are the adapters and `frozen` the base (an argument,
+  never copied or updated); `lora_dropout` drops the adapters' inputs with
+  a key of (seed, step, micro-batch) only, so a resumed run draws the same."""
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
 
-  def step(state: SFTState, rows: dict):
+  def step(state: SFTState, rows: dict, frozen=None):
     with shd.activation_rules(mesh, shd.TRAIN_RULES):
       total = jnp.maximum(rows['weights'].sum(), 1.0)
       micros = ts._split_prompts(rows, grad_accum)  # pylint: disable=protected-access
+      key = jax.random.fold_in(jax.random.key(seed), state.step)
+      model = (lambda p: nnx.merge(graphdef, p, frozen)) if lora else (  # noqa: E731
+          lambda p: nnx.merge(graphdef, p))
 
-      def grad_fn(micro):
-        return jax.value_and_grad(lambda p: loss_sum(nnx.merge(graphdef, p), micro, impl, mesh)[0]
+      def grad_fn(micro, i):
+        drop = (lora_dropout, jax.random.fold_in(key, i)) if lora_dropout else None
+        return jax.value_and_grad(lambda p: loss_sum(model(p), micro, impl, mesh, drop)[0]
                                   )(state.params)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (nll, grads), _ = jax.lax.scan(
-          lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None),
-          (jnp.zeros((), jnp.float32), zeros), micros)
+          lambda acc, xs: (jax.tree.map(jnp.add, acc, grad_fn(*xs)), None),
+          (jnp.zeros((), jnp.float32), zeros), (micros, jnp.arange(grad_accum)))
       loss = nll / total
       grads = jax.tree.map(lambda g: g / total, grads)
       params, opt_state, grad_norm, finite = ts.finite_update(
@@ -258,13 +274,17 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       return new, {'sft/loss': loss, 'grad_norm': grad_norm, 'loss_tokens': rows['weights'].sum(),
                    'tokens': (rows['segments'] > 0).sum(), 'nonfinite': (~finite).astype(jnp.int32)}
 
-  return jax.jit(step, in_shardings=(state_shardings, rows_sharding),
-                 out_shardings=(state_shardings, None), donate_argnums=(0,))
+  if lora:
+    return jax.jit(step, in_shardings=(state_shardings, rows_sharding, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  return jax.jit(lambda state, rows: step(state, rows), in_shardings=(
+      state_shardings, rows_sharding), out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 def make_eval_loss(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, impl: str = 'auto'
                    ) -> Callable:
-  """Jitted (params, rows) -> (Σ weight × NLL, Σ weight)."""
+  """Jitted (params, rows) -> (Σ weight × NLL, Σ weight); params: the whole
+  model's state (a LoRA run's adapters joined with the base)."""
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
 
   def fn(params, rows):
@@ -437,7 +457,13 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
                          process_index=jax.process_index(), process_count=jax.process_count())
 
   optimizer = ts.make_optimizer(config.optim, steps)
-  params = nnx.state(pol.model, nnx.Param)
+  lora = bool(config.lora.rank)
+  if lora:  # the adapters train; the base is a step argument (models/lora.py)
+    frozen = nnx.state(pol.model, nnx.Not(nnx.LoRAParam))
+    params = nnx.state(pol.model, nnx.LoRAParam)
+    whole = lambda p: nnx.merge_state(frozen, p)  # noqa: E731
+  else:
+    frozen, params, whole = None, nnx.state(pol.model, nnx.Param), lambda p: p
   del pol.model
   state = SFTState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
   rep = NamedSharding(mesh, P())
@@ -445,7 +471,8 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
       lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep),
       state.opt_state))
   export.write_model_dir(workdir, model_cfg, pol.tok_path, tok, export.generation_config(
-      tok, pol.eos_ids, e.temperature, e.top_p))
+      tok, pol.eos_ids, e.temperature, e.top_p),
+      lora_base=rc.model_ckpt(config) if lora else None)
 
   # Held-out: the loss on held-out rows, and pass@1 on the task's questions.
   eval_loss = make_eval_loss(graphdef, mesh)
@@ -464,10 +491,10 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   def evaluate(state, step: int) -> tuple[dict, list[dict]]:
     m, samples = {}, []
     if data.held_out is not None:
-      m['eval/loss'] = held_out_loss(eval_loss, state.params, data.held_out,
+      m['eval/loss'] = held_out_loss(eval_loss, whole(state.params), data.held_out,
                                      s.batch_size // s.grad_accum, mesh)
     if task_eval is not None:
-      tm, questions = task_eval(state.params)
+      tm, questions = task_eval(whole(state.params))
       m.update(tm)
       samples = task_eval.samples(questions)
     if m:
@@ -484,7 +511,11 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   def finish(state, step: int) -> dict:
     return {'hf_dir': str(export.export_hf(workdir, step))}
 
-  step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state))
+  step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state),
+                            lora=lora, lora_dropout=float(config.lora.dropout) if lora else 0.0,
+                            seed=config.seed)
+  if lora:
+    step_fn = functools.partial(lambda f, state, rows: f(state, rows, frozen), step_fn)
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
 
   def batch(examples: list[dict]) -> dict:

@@ -178,11 +178,12 @@ def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: 
 
 
 def packed_logprobs(model: Decoder, rows: packing.Rows, temperature: float, impl: str = 'auto',
-                    with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None):
+                    with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None,
+                    lora_dropout: tuple[float, jax.Array] | None = None):
   """log π of every slot's target [R, L] over packed rows (r1jax/packing.py;
   0-padded slots give values that are never read), and the entropy."""
   h, _ = model.hidden(rows.tokens_RxL, positions_BxT=rows.positions_RxL,
-                      segment_ids_BxT=rows.segments_RxL)
+                      segment_ids_BxT=rows.segments_RxL, lora_dropout=lora_dropout)
   return _head_logprobs(model, h, rows.targets_RxL, temperature, impl, with_entropy, mesh)
 
 

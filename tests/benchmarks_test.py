@@ -1,11 +1,13 @@
 """Benchmark files: formats, field mapping, option shuffling, prompts, and
 the multiple-choice verifier."""
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import FIXTURES
 from r1jax import rewards
 from r1jax.data import benchmarks as bm, templates
 
@@ -83,6 +85,24 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 R1_DISTILL = ("{{ bos_token }}{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}"
               "{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}")
+
+
+def test_qwen3s_template_renders_as_transformers_renders_it():
+  """The published Qwen3 template (tests/fixtures/qwen3_chat, references
+  written by transformers' apply_chat_template: tools/make_chat_fixture.py):
+  generation prompts with thinking on and off, whole conversations."""
+  d = os.path.join(FIXTURES, 'qwen3_chat')
+  chat = bm.chat_template(d)
+  assert chat['eos_token'] == '<|im_end|>'
+  for case in json.load(open(os.path.join(d, 'expected.json')))['cases']:
+    user = case['messages'][0]['content']
+    assert bm.render_chat(chat, user) == case['prompt']
+    assert bm.render_chat(chat, user, enable_thinking=False) == case['prompt_no_thinking']
+    assert bm.render_messages(chat, case['messages'], False) == case['conversation']
+  # Evaluation: Qwen3's generation prompt leaves the think block to the
+  # model; the response is made to open it (as Qwen3 does in thinking mode).
+  prompt, forced = bm.prompt_for({'question': 'What is 2+2?'}, 'math', 'chat', chat)
+  assert prompt.endswith('<|im_end|>\n<|im_start|>assistant\n') and forced == '<think>\n'
 
 
 def test_prompts_r1_zero_and_chat_with_r1s_recommendation(tmp_path):

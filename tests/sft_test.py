@@ -4,6 +4,7 @@ one, grad accumulation and sharding that do not change the update, and the
 launcher's SFT run end to end with exact resume."""
 import dataclasses
 import json
+import os
 import shutil
 
 import jax
@@ -15,7 +16,8 @@ from flax import nnx
 
 from r1jax import base, config as rc, models, packing, sft, sharding as shd
 from r1jax import tokenizer as tk, train_step as ts
-from conftest import config_file
+from conftest import FIXTURES, config_file
+from r1jax.data import benchmarks as bm
 
 
 def _tok():
@@ -37,6 +39,32 @@ def test_records_become_prompt_and_completion_in_each_template():
     sft.record_text({'prompt': 'P'}, 'none')
   with pytest.raises(ValueError, match='chat template'):
     sft.record_text({'prompt': 'P', 'completion': 'C'}, 'chat', None)
+
+
+def test_qwen3_records_are_laid_out_as_its_template_lays_them_out():
+  """With Qwen3's template (tests/fixtures/qwen3_chat, rendered by
+  transformers) prompt + completion + the end-of-turn token is the whole
+  conversation: reasoning_content, an inline think block, or none (Qwen3
+  then writes an empty think block)."""
+  d = os.path.join(FIXTURES, 'qwen3_chat')
+  chat = bm.chat_template(d)
+  for case in json.load(open(os.path.join(d, 'expected.json')))['cases']:
+    prompt, completion = sft.record_text({'messages': case['messages']}, 'chat', chat)
+    assert prompt == case['prompt']
+    assert prompt + completion + '<|im_end|>\n' == case['conversation']
+    assert completion.startswith('<think>\n') and '\n</think>\n\n' in completion
+  # A template that drops reasoning from the assistant's turn: R1's layout,
+  # without repeating the think opening its generation prompt ends with.
+  r1 = {'template': "{% for m in messages %}{% if m.role == 'user' %}<U>{{ m.content }}"
+                    "{% else %}<A>{{ m.content.split('</think>')[-1] }}{% endif %}{% endfor %}"
+                    "{% if add_generation_prompt %}<A><think>\n{% endif %}",
+        'bos_token': '', 'eos_token': ''}
+  msgs = [{'role': 'user', 'content': 'Q'},
+          {'role': 'assistant', 'content': 'A', 'reasoning_content': 'R'}]
+  assert sft.record_text({'messages': msgs}, 'chat', r1) == ('<U>Q<A><think>\n',
+                                                             'R\n</think>\n\nA')
+  with pytest.raises(ValueError, match='reasoning_content'):
+    sft.record_text({'messages': [msgs[0], {**msgs[1], 'reasoning_content': 3}]}, 'chat', r1)
 
 
 def test_encode_puts_the_loss_on_the_completion_and_its_eos_and_names_a_long_one():
@@ -142,6 +170,46 @@ def test_grad_accumulation_and_a_mesh_do_not_change_the_update():
       np.testing.assert_allclose(b, a, atol=2e-6)
 
 
+def test_a_lora_step_trains_only_the_adapters_and_dropout_draws_from_the_step():
+  """LoRA in SFT: the first loss is the base's (B = 0), the base (a step
+  argument) is untouched, the adapters move; lora_dropout changes the update
+  and is the same for the same (seed, step)."""
+  from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+  one = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  cfg = dataclasses.replace(models.get_preset('tiny', vocab_size=64), attention='blockwise',
+                            attention_block=8)
+  model = lora.add(models.create(cfg, seed=0), 4, 8.0, ('q', 'v', 'down'))
+  graphdef, adapters, frozen = lora.split(model)
+  rows = sft.pack_rows(_encoded(n=40), 16)
+  rows = sft.PackedRows(*(x[:8] for x in rows))._asdict()
+  optimizer = optax.adam(1e-2)
+  _, base_losses = _run_steps(one, 1, steps=1)
+
+  def run(dropout, seed=0):
+    fresh = jax.tree.map(jnp.copy, adapters)  # the step donates its state
+    state = sft.SFTState(jnp.zeros((), jnp.int32), fresh, optimizer.init(fresh))
+    step = sft.make_train_step(graphdef, optimizer, 1, one, None, lora=True,
+                               lora_dropout=dropout, seed=seed)
+    state, m = step(state, rows, frozen)
+    return jax.device_get(state.params), float(m['sft/loss'])
+
+  plain, loss = run(0.0)
+  np.testing.assert_allclose(loss, base_losses[0], rtol=1e-6)  # the base's function
+  moved = {jax.tree_util.keystr(k): np.abs(a - b).max() for (k, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(plain), jax.tree.leaves(adapters))}
+  assert all((v > 0) == ('_lora_b' in k) for k, v in moved.items()), moved  # B first (A·0)
+  dropped, loss_d = run(0.5)
+  again, _ = run(0.5)
+  other, _ = run(0.5, seed=1)
+  assert loss_d == loss  # B = 0: dropout changes the gradient, not the first loss
+  diff = lambda x, y: max(np.abs(a - b).max() for a, b in zip(  # noqa: E731
+      jax.tree.leaves(x), jax.tree.leaves(y)))
+  assert diff(dropped, plain) > 0 and diff(dropped, again) == 0 and diff(dropped, other) > 0
+  # The frozen base is an argument: the step never changed it.
+  np.testing.assert_array_equal(jax.tree.leaves(frozen)[0],
+                                jax.tree.leaves(lora.split(model)[2])[0])
+
+
 def test_cosine_schedule_decays_to_the_final_ratio():
   optim = rc.base_config().optim
   optim.update(lr=1.0, schedule='cosine', warmup_steps=2, final_lr_ratio=0.1, grad_clip=0.0,
@@ -180,6 +248,34 @@ def test_config_errors_name_the_key(tmp_path, tfds_dir):
   c.sft.template = 'alpaca'
   with pytest.raises(rc.ConfigError, match='sft.template'):
     launch.run(c)
+
+
+def test_a_lora_sft_run_exports_the_merged_model_and_the_adapters(tmp_path, tfds_dir):
+  """sft with lora.rank (and dropout) on the shipped base: checkpoints hold
+  the adapters, the export is the merged model plus adapter/ in PEFT's
+  layout, and the trained policy differs from the base."""
+  from r1jax import export, launch  # pylint: disable=g-import-not-at-top
+  from r1jax.models import lora  # pylint: disable=g-import-not-at-top
+  c = _sft_config(tmp_path / 'run', tfds_dir, steps=2)
+  c.optim.update(lr=1e-2, warmup_steps=0)
+  c.lora.update(rank=4, alpha=8.0, dropout=0.1)
+  summary = launch.run(c)
+  assert summary['steps'] == 2
+  spec = json.load(open(tmp_path / 'run' / 'model' / 'lora.json'))
+  assert spec['rank'] == 4 and spec['base'] == rc.model_ckpt(c)
+  hf = tmp_path / 'run' / 'hf'
+  assert (hf / 'adapter' / 'adapter_config.json').exists()
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 200, (2, 12)), jnp.int32)
+  trained = export.load(str(tmp_path / 'run'))
+  want = np.asarray(trained(tokens))
+  np.testing.assert_allclose(np.asarray(models.load_hf(str(hf))(tokens)), want, atol=1e-4)
+  peft = lora.load_peft(models.load_hf(spec['base']), str(hf / 'adapter'))
+  np.testing.assert_allclose(np.asarray(peft(tokens)), want, atol=1e-5)
+  assert np.abs(want - np.asarray(models.load_hf(spec['base'])(tokens))).max() > 1e-4
+  c2 = config_file('zero', 'smoke')
+  c2.lora.update(rank=4, dropout=0.1)
+  with pytest.raises(rc.ConfigError, match='lora.dropout'):  # RL: no dropout
+    rc.validate(c2)
 
 
 def test_an_sft_run_on_a_records_file_resumes_exactly_and_exports(tmp_path, tfds_dir):

@@ -195,11 +195,12 @@ class TemplateError(ValueError):
   """A chat template that does not render (syntax, an unsafe access)."""
 
 
-def render_chat(chat: dict, user: str) -> str:
-  """One user turn rendered with the model's template, ready for the
-  assistant (add_generation_prompt), in jinja2's immutable sandbox with the
-  globals transformers gives templates (raise_exception, strftime_now, the
-  loop controls)."""
+def render_messages(chat: dict, messages: list[dict], add_generation_prompt: bool,
+                    **variables) -> str:
+  """`messages` rendered with the model's template (as transformers'
+  apply_chat_template does), in jinja2's immutable sandbox with the globals
+  transformers gives templates (raise_exception, strftime_now, the loop
+  controls); `variables` are the template's own (Qwen3: enable_thinking)."""
   import datetime  # pylint: disable=g-import-not-at-top
   import jinja2  # pylint: disable=g-import-not-at-top
   from jinja2 import sandbox  # pylint: disable=g-import-not-at-top
@@ -213,10 +214,44 @@ def render_chat(chat: dict, user: str) -> str:
                      strftime_now=lambda f: datetime.datetime.now().strftime(f))
   try:
     return env.from_string(chat['template']).render(
-        messages=[{'role': 'user', 'content': user}], add_generation_prompt=True,
-        bos_token=chat['bos_token'], eos_token=chat['eos_token'])
+        messages=messages, add_generation_prompt=add_generation_prompt,
+        bos_token=chat['bos_token'], eos_token=chat['eos_token'], **variables)
   except jinja2.TemplateError as e:  # includes the sandbox's SecurityError
     raise TemplateError(f'chat template: {type(e).__name__}: {e}') from None
+
+
+def render_chat(chat: dict, user: str, **variables) -> str:
+  """One user turn rendered with the model's template, ready for the
+  assistant (add_generation_prompt)."""
+  return render_messages(chat, [{'role': 'user', 'content': user}], True, **variables)
+
+
+def chat_completion(chat: dict, user: str, assistant: dict) -> tuple[str, str]:
+  """(prompt, completion) of a user turn and the assistant's answer as the
+  model's template lays them out, for SFT: the prompt is the generation
+  prompt; the completion is what the whole conversation adds to it, up to
+  its end-of-turn token (the trainer appends EOS), so reasoning in
+  `reasoning_content` or inline <think>…</think> sits where the template puts
+  it (Qwen3: '<think>\\n…\\n</think>\\n\\n' before the answer). A template
+  that renders the last assistant turn otherwise than after its generation
+  prompt (R1-distill templates drop the reasoning of past turns) gets the
+  answer as R1 writes it: '<think>\\n' reasoning '\\n</think>\\n\\n' answer,
+  without the think opening the prompt already has."""
+  prompt = render_chat(chat, user)
+  content, reasoning = assistant.get('content') or '', assistant.get('reasoning_content')
+  full = render_messages(chat, [{'role': 'user', 'content': user}, assistant], False)
+  eos = chat.get('eos_token') or ''
+  if full.startswith(prompt):
+    completion = full[len(prompt):]
+    cut = completion.rfind(eos) if eos else -1
+    if cut >= 0 and not completion[cut + len(eos):].strip():
+      completion = completion[:cut]
+    return prompt, completion
+  if reasoning:
+    content = f'{THINK}{reasoning.strip()}\n</think>\n\n{content.lstrip()}'
+  if prompt.endswith(THINK) and content.startswith(THINK):
+    content = content[len(THINK):]
+  return prompt, content
 
 
 def prompt_for(example: dict, fmt: str, style: str, chat: dict | None = None

@@ -15,6 +15,7 @@ compile time does not grow with depth and `remat` wraps one layer body. The KV
 cache is `{'k','v'}: [L, B, K, S, H]` (the [B, K, S, H] layout is much faster
 than [B, S, K, H] on CPU), updated in place at `cache_index`.
 """
+import functools
 import math
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.kernels import attention as attn_lib
-from r1jax.models.config import ModelConfig
+from r1jax.models.config import LORA_TARGETS, ModelConfig
 from r1jax import sharding as shd
 from r1jax.sharding import constrain
 
@@ -130,13 +131,20 @@ def _lora_shapes(cfg: ModelConfig, target: str):
           ((L, r, *outs[0]), ('layers', None, *outs[1])))
 
 
-def _lora(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Array, ins: str,
-          outs: str) -> jax.Array | float:
+def _lora_term(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Array, ins: str,
+          outs: str, drop: dict | None = None) -> jax.Array | float:
   """(alpha / r) · B(A x) for `target`, or 0 without its adapter. `ins` and
-  `outs` are the einsum letters of x's features and of the output's."""
+  `outs` are the einsum letters of x's features and of the output's. With
+  `drop` ({'key': this layer's key data, 'keep': 1 - rate}) x is dropped out
+  first (inverted dropout; the base path sees x whole)."""
   a = w.get(f'{target}_lora_a')
   if a is None:
     return 0.0
+  if drop is not None:  # PEFT's lora_dropout: on the adapter's input only
+    key = jax.random.fold_in(jax.random.wrap_key_data(drop['key']), LORA_TARGETS.index(target))
+    keep = drop['keep']
+    x = jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep.astype(x.dtype),
+                  jnp.zeros((), x.dtype))
   mm = dict(preferred_element_type=jnp.float32)
   lead = 'bt'
   xa = jnp.einsum(f'{lead}{ins},{ins}r->{lead}r', x, a, **mm).astype(x.dtype)
@@ -161,7 +169,9 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   dt = x_BxTxD.dtype
   B, T, _ = x_BxTxD.shape
   K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-  w = {k: v.astype(dt) for k, v in w.items()}
+  drop = w.get('_lora_dropout')
+  w = {k: v.astype(dt) for k, v in w.items() if k != '_lora_dropout'}
+  _lora = functools.partial(_lora_term, drop=drop)  # pylint: disable=redefined-outer-name
   inv_freq = rope_inv_freq(cfg)
   mm = dict(preferred_element_type=jnp.float32)
 
@@ -280,6 +290,7 @@ class Decoder(nnx.Module):
              cache_index: jax.Array | int = 0,
              cache_mask_BxS: jax.Array | None = None,
              segment_ids_BxT: jax.Array | None = None,
+             lora_dropout: tuple[float, jax.Array] | None = None,
              ) -> tuple[jax.Array, Cache | None]:
     """Final (normed) hidden states [B, T, D] and the updated cache.
 
@@ -292,6 +303,8 @@ class Decoder(nnx.Module):
     True (the caller keeps that mask; it must include the new slots). For a
     decode step (T = 1) `cache_index` may be [B], a slot per row; the mask
     must then exclude every slot past the row's own.
+    `lora_dropout` (rate, key): dropout on the adapters' inputs (training
+    forwards of SFT; a static rate, a key per call).
     """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
@@ -318,6 +331,11 @@ class Decoder(nnx.Module):
     if cfg.remat:
       block = jax.checkpoint(block)
     weights = self.layers.weights()
+    if lora_dropout is not None and lora_dropout[0] > 0 and cfg.lora_rank:
+      rate, key = lora_dropout
+      weights['_lora_dropout'] = {  # one key per layer, scanned with its weights
+          'key': jax.random.key_data(jax.random.split(key, cfg.num_layers)),
+          'keep': jnp.full((cfg.num_layers,), 1.0 - rate, jnp.float32)}
 
     if cache is None:
       def body(x, w):
