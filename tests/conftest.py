@@ -4,8 +4,15 @@ import os
 import sys
 import tempfile
 
-import jax
-import pytest
+# The tests' programs are tiny and mostly compiled once: LLVM's optimisation
+# passes cost more than they save (a third of a GRPO-step test's time on
+# CI's 2 cores). Worker processes and notebook kernels inherit the flag.
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_backend_optimization_level=0').strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')

@@ -188,9 +188,18 @@ def _blockwise_bwd(block, res, d_out):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
+def balanced_block(S: int, block: int) -> int:
+  """The key block for S keys: as few blocks as `block` allows, of equal
+  size (a multiple of 8), so the last is not mostly padding (544 keys: two
+  of 272, not 512 + 32 padded to 512)."""
+  n = -(-S // block)
+  return min(block, -(-(-(-S // n)) // 8) * 8)
+
+
 def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK) -> jax.Array:
   mask = mask._replace(q_offset=jnp.asarray(mask.q_offset, jnp.int32))
-  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, block)
+  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask,
+                    balanced_block(k_BxKxSxH.shape[2], block))
 
 
 # ------------------------------------------------------------------- decode

@@ -75,8 +75,9 @@ def topology_devices(topology: Topology) -> list:
   return list(desc.devices)
 
 
-def abstract_state(config, mesh):
-  """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
+def model_config(config) -> models.ModelConfig:
+  """The policy's shape: the checkpoint's config.json, or the preset; with
+  config.lora's adapters."""
   kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
             remat=config.model.remat, attention=config.model.attention)
   ckpt_config = os.path.join(wd.model_dir(rc.model_ckpt(config)), 'config.json')
@@ -91,22 +92,29 @@ def abstract_state(config, mesh):
   if lo is not None and lo.rank:
     cfg = cfg.replace(lora_rank=lo.rank, lora_alpha=float(lo.alpha),
                       lora_targets=tuple(t.strip() for t in lo.targets.split(',')))
-  step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
-  optimizer = ts.make_optimizer(config.optim, config.steps * ts.updates_per_step(config))
+  return cfg
+
+
+def abstract_params(cfg: models.ModelConfig, mesh):
+  """(graphdef, trained params, frozen base or None) as sharded
+  ShapeDtypeStructs: LoRA trains the adapters, the base is an argument."""
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef = nnx.graphdef(abstract)
   sharded = lambda tree: jax.tree.map(  # noqa: E731
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
       shd.state_shardings(tree, mesh, shd.TRAIN_RULES))
-  frozen = None
-  if cfg.lora_rank:  # the state trains the adapters; the base is an argument
+  if cfg.lora_rank:
     params, frozen = (sharded(x) for x in nnx.state(abstract, nnx.LoRAParam, ...))
-  else:
-    params = sharded(nnx.state(abstract))
+    return graphdef, params, frozen
+  return graphdef, sharded(nnx.state(abstract)), None
+
+
+def abstract_opt_state(optimizer, params, mesh):
+  """The optimizer state's ShapeDtypeStructs: moments follow their
+  parameters (optax nests a params-shaped tree in its state, so a leaf whose
+  key path ends with a parameter's path, and has its shape, takes its
+  sharding); counters are replicated."""
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  # Moments follow their parameters: optax nests a params-shaped tree in its
-  # state, so a leaf whose key path ends with a parameter's path (and has its
-  # shape) takes its sharding; counters are replicated.
   by_path = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(params)}
 
   def like_param(path, x):
@@ -115,7 +123,17 @@ def abstract_state(config, mesh):
       if key.endswith(suffix) and p.shape == x.shape:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)
-  opt_state = jax.tree_util.tree_map_with_path(like_param, jax.eval_shape(optimizer.init, params))
+  return jax.tree_util.tree_map_with_path(like_param, jax.eval_shape(optimizer.init, params))
+
+
+def abstract_state(config, mesh):
+  """ShapeDtypeStructs (with shardings) of the train state, graphdef, step config."""
+  cfg = model_config(config)
+  step_cfg = ts.step_config(config, eos_ids=cfg.eos_ids, pad_id=0)
+  optimizer = ts.make_optimizer(config.optim, config.steps * ts.updates_per_step(config))
+  graphdef, params, frozen = abstract_params(cfg, mesh)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_state = abstract_opt_state(optimizer, params, mesh)
   state = ts.TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params,
       opt_state=opt_state, ref_params=params if step_cfg.loss.beta > 0 else None,
@@ -164,6 +182,41 @@ def check(config, devices) -> dict:
   report['eval_lower_seconds'] = round(time.time() - t0, 1)
   report.update(_compile(lowered))  # without a TPU compiler both stay lowered only
   report.update({f'eval_{k}': v for k, v in _compile(eval_lowered).items()})
+  return report
+
+
+def check_sft(config, devices) -> dict:
+  """The SFT step (configs/sft.py, LoRA or full): sft.batch_size packed rows
+  of sft.max_len - 1 slots in grad_accum micro-batches, sharded over the
+  batch axes; the model's shape as the GRPO check reads it."""
+  from r1jax import sft  # pylint: disable=g-import-not-at-top
+  rc.validate(config)
+  sft.validate(config)
+  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  sft.validate_for_mesh(config, mesh)
+  cfg = model_config(config)
+  s = config.sft
+  optimizer = ts.make_optimizer(config.optim, max(config.steps, 1))
+  graphdef, params, frozen = abstract_params(cfg, mesh)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = sft.SFTState(jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params,
+                       abstract_opt_state(optimizer, params, mesh))
+  lora = frozen is not None
+  step = sft.make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state),
+                             lora=lora, lora_dropout=float(config.lora.dropout) if lora else 0.0,
+                             seed=config.seed)
+  rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
+  shape = (s.batch_size, s.max_len - 1)
+  rows = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == 'weights' else jnp.int32,
+                                  sharding=rows_sharding) for k in sft.PackedRows._fields}
+  t0 = time.time()
+  lowered = step.trace(state, rows, *((frozen,) if lora else ())).lower()
+  report = {'devices': len(devices), 'mesh': dict(mesh.shape),
+            'lower_seconds': round(time.time() - t0, 1),
+            'state_gib_per_device': _bytes_per_device(state) / 2**30}
+  if lora:
+    report['frozen_base_gib_per_device'] = _bytes_per_device(frozen) / 2**30
+  report.update(_compile(lowered))
   return report
 
 
@@ -248,7 +301,9 @@ def main(argv):
     print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
           f'{topology.hbm_gib} GiB HBM each')
   # An evaluation config (configs/eval.py) checks the evaluation command's sampler.
-  report = check_eval(config, devices) if 'benchmarks' in config else check(config, devices)
+  # An SFT config (configs/sft.py, configs/distill.py's student) its SFT step.
+  report = (check_eval(config, devices) if 'benchmarks' in config else
+            check_sft(config, devices) if 'sft' in config else check(config, devices))
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
   for what, prefix in (('train step', ''), ('evaluation sampler', 'eval_')):
