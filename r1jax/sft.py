@@ -23,7 +23,6 @@ over token sequences x with a loss mask m (1 on the responses and their EOS).
 import bisect
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -274,11 +273,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       return new, {'sft/loss': loss, 'grad_norm': grad_norm, 'loss_tokens': rows['weights'].sum(),
                    'tokens': (rows['segments'] > 0).sum(), 'nonfinite': (~finite).astype(jnp.int32)}
 
-  if lora:
-    return jax.jit(step, in_shardings=(state_shardings, rows_sharding, None),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
-  return jax.jit(lambda state, rows: step(state, rows), in_shardings=(
-      state_shardings, rows_sharding), out_shardings=(state_shardings, None), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(state_shardings, rows_sharding) + ((None,) if lora else ()),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 def make_eval_loss(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, impl: str = 'auto'
@@ -514,8 +510,9 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   step_fn = make_train_step(graphdef, optimizer, s.grad_accum, mesh, ts.shardings_of(state),
                             lora=lora, lora_dropout=float(config.lora.dropout) if lora else 0.0,
                             seed=config.seed)
-  if lora:
-    step_fn = functools.partial(lambda f, state, rows: f(state, rows, frozen), step_fn)
+  if lora:  # jit takes the base positionally (it has in_shardings)
+    jitted = step_fn
+    step_fn = lambda state, rows: jitted(state, rows, frozen)  # noqa: E731
   rows_sharding = NamedSharding(mesh, P(ts.BATCH_AXES))
 
   def batch(examples: list[dict]) -> dict:

@@ -3,7 +3,7 @@ this machine's 8 CPU devices (the TPU path differs only in the devices)."""
 import jax
 import pytest
 
-from conftest import zero_config
+from conftest import config_file, zero_config
 from r1jax.tools import aot
 
 
@@ -39,3 +39,14 @@ def test_aot_uses_the_checkpoint_shape():
   state, *_ = aot.abstract_state(c, aot.shd.make_mesh(8, 1, 1))
   embed = [x for x in jax.tree.leaves(state.params) if x.ndim == 2 and x.shape[0] == 256]
   assert embed, 'the fixture vocabulary (256) is not in the abstract state'
+
+
+def test_the_aot_tool_checks_an_sft_step_with_lora():
+  """configs/sft.py (LoRA, dropout) through the AOT tool on this machine's
+  devices: the SFT step compiles; the adapters are the state, the base is
+  reported apart."""
+  c = config_file('sft', 'smoke')
+  c.lora.update(rank=4, dropout=0.1)
+  report = aot.check_sft(c, jax.devices()[:1])
+  assert report['compiled'] and report['peak_gib'] > 0, report
+  assert 0 < report['state_gib_per_device'] < report['frozen_base_gib_per_device']

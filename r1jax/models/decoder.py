@@ -131,8 +131,8 @@ def _lora_shapes(cfg: ModelConfig, target: str):
           ((L, r, *outs[0]), ('layers', None, *outs[1])))
 
 
-def _lora_term(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Array, ins: str,
-          outs: str, drop: dict | None = None) -> jax.Array | float:
+def _lora_term(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Array,
+               ins: str, outs: str, drop: dict | None = None) -> jax.Array | float:
   """(alpha / r) · B(A x) for `target`, or 0 without its adapter. `ins` and
   `outs` are the einsum letters of x's features and of the output's. With
   `drop` ({'key': this layer's key data, 'keep': 1 - rate}) x is dropped out

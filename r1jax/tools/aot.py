@@ -301,7 +301,7 @@ def main(argv):
     print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
           f'{topology.hbm_gib} GiB HBM each')
   # An evaluation config (configs/eval.py) checks the evaluation command's sampler.
-  # An SFT config (configs/sft.py, configs/distill.py's student) its SFT step.
+  # An SFT config (configs/sft.py, configs/distill.py's student) checks its SFT step.
   report = (check_eval(config, devices) if 'benchmarks' in config else
             check_sft(config, devices) if 'sft' in config else check(config, devices))
   for k, v in report.items():
