@@ -180,7 +180,8 @@ def base_config() -> ConfigDict:
   # LoRA adapters (models/lora.py) instead of full fine-tuning, in RL and
   # SFT: rank 0 is off. The reference policy is the base itself (adapters
   # disabled) and checkpoints hold the adapters and their optimizer state
-  # only. dropout (PEFT's lora_dropout, on the adapters' inputs) in SFT only.
+  # only. dropout (PEFT's lora_dropout, on the adapters' inputs) in SFT and
+  # on-policy RL updates.
   c.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets='q,k,v,o,gate,up,down'))
   c.optim = ConfigDict(dict(lr=1e-6, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
                             eps=1e-8, grad_clip=1.0, schedule='constant', final_lr_ratio=0.1))
@@ -520,12 +521,15 @@ def validate(config: ConfigDict) -> ConfigDict:
   if lora is not None and lora.rank and 'rm' in config:
     raise ConfigError('lora.rank', 'LoRA trains the policy (RL and SFT), not the reward model; '
                       'set lora.rank=0')
-  if lora is not None and lora.rank and lora.dropout and 'sft' not in config:
-    # The old-policy and reference passes run the adapters whole: dropout in
-    # the update alone would make the importance ratio of unchanged weights
-    # differ from 1 (and clip on noise).
-    raise ConfigError('lora.dropout', 'dropout applies in SFT; an RL update with it would '
-                      'compare dropped-out log-probs to whole ones in its ratio; set 0')
+  if (lora is not None and lora.rank and lora.dropout and 'rl' in config
+      and config.rl.num_iterations * config.rl.minibatches > 1):
+    # Stale updates take the ratio against a separate old-policy pass, run
+    # with the adapters whole: dropout in the update alone would make the
+    # ratio of unchanged weights differ from 1 (and clip on noise). On-policy
+    # (μ·M = 1) the old log-probs are the update's own forward, detached.
+    raise ConfigError('lora.dropout', 'dropout in RL needs on-policy updates '
+                      '(rl.num_iterations * rl.minibatches = 1): a stale update would compare '
+                      'dropped-out log-probs to whole ones in its ratio; set 0')
   return config
 
 

@@ -72,6 +72,9 @@ class StepConfig(NamedTuple):
   # LoRA (models/lora.py): the state's params are the adapters; the frozen
   # base is a step argument (after the reward model's), never copied.
   lora: bool = False
+  # PEFT's lora_dropout in the update's forward; on-policy updates only
+  # (μ·M = 1: the ratio's old log-probs are the same forward, detached).
+  lora_dropout: float = 0.0
 
 
 def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
@@ -101,7 +104,9 @@ def step_config(config, eos_ids: tuple[int, ...], pad_id: int) -> StepConfig:
       logprob_impl=rl.logprob_impl, rollout_chunks=rl.rollout_chunks,
       decode_slots=rl.decode_slots, pack=rl.pack, pack_rows=rl.pack_rows,
       reward_model=MODEL_REWARD in config.rewards,
-      lora=bool(config.get('lora', {}).get('rank', 0)))
+      lora=bool(config.get('lora', {}).get('rank', 0)),
+      lora_dropout=float(config.get('lora', {}).get('dropout', 0.0))
+      if config.get('lora', {}).get('rank', 0) else 0.0)
 
 
 def make_optimizer(optim, total_updates: int = 0) -> optax.GradientTransformation:
@@ -163,16 +168,18 @@ def _head_logprobs(model: Decoder, h_NxTxD: jax.Array, targets_NxT: jax.Array,
 
 def completion_logprobs(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                         tokens_NxT: jax.Array, temperature: float, impl: str = 'auto',
-                        with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None):
+                        with_entropy: bool = False, mesh: jax.sharding.Mesh | None = None,
+                        lora_dropout: tuple[float, jax.Array] | None = None):
   """log π(token) [N, T] of each completion token given its prompt (and the
   entropy [N, T] when asked), N = B·G, prompts prefilled once per group.
   With a mesh whose 'tensor' axis divides the vocabulary, the LM head runs
-  per device under shard_map, vocab-parallel (kernels/vocab_parallel.py)."""
+  per device under shard_map, vocab-parallel (kernels/vocab_parallel.py).
+  `lora_dropout` (rate, key): the adapters' dropout (Decoder.hidden)."""
   B = prompt_BxP.shape[0]
   N = tokens_NxT.shape[0]
   # The last prompt position predicts token 0, completion position t token t+1.
   h_last_BxD, h_rest = model.hidden_with_prefix(prompt_BxP, prompt_mask_BxP,
-                                                tokens_NxT[:, :-1])
+                                                tokens_NxT[:, :-1], lora_dropout)
   h_NxTxD = jnp.concatenate([jnp.repeat(h_last_BxD[:, None], N // B, axis=0), h_rest], axis=1)
   return _head_logprobs(model, h_NxTxD, tokens_NxT, temperature, impl, with_entropy, mesh)
 
@@ -341,6 +348,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
   the model scores). The state is donated.
   """
   G, mu, M, A = cfg.group_size, cfg.num_iterations, cfg.minibatches, cfg.grad_accum
+  if cfg.lora_dropout and mu * M > 1:
+    raise ValueError('lora_dropout needs on-policy updates (num_iterations * minibatches = 1)')
   tau = cfg.sampling.temperature
   if cfg.reward_model:
     if reward_model is None:
@@ -442,13 +451,14 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     groups = jax.tree.map(lambda x: x.reshape(B, *x.shape[2:]), groups)
     return groups, dict(decode_steps=steps, attempts=used, valid_groups=count.sum() / B)
 
-  def logprobs(params, g, with_entropy=False):
+  def logprobs(params, g, with_entropy=False, drop_key=None):
     model = model_with(params, shd.TRAIN_RULES)
     with shd.activation_rules(mesh, shd.TRAIN_RULES):
       N = g['tokens'].shape[0] * g['tokens'].shape[1]
       return completion_logprobs(model, g['prompt'], g['prompt_mask'],
                                  g['tokens'].reshape(N, -1), tau, impl=cfg.logprob_impl,
-                                 with_entropy=with_entropy, mesh=mesh)
+                                 with_entropy=with_entropy, mesh=mesh,
+                                 lora_dropout=dropout(drop_key))
 
   def no_grad_logprobs(params, g, rows_M=None):
     """Per micro-batch (bounded memory), back in [B, G, T] layout; packed:
@@ -510,16 +520,22 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     S = rows.rows.shape[0]
     return jnp.swapaxes(x_FxmxL.reshape(F, S, m // S, L), 0, 1).reshape(F * m, L)
 
-  def packed(params, forward, with_entropy=False):
+  def packed(params, forward, with_entropy=False, drop_key=None):
     model = model_with(params, shd.TRAIN_RULES)
     with shd.activation_rules(mesh, shd.TRAIN_RULES):
       return packed_logprobs(model, forward.rows(), tau, impl=cfg.logprob_impl,
-                             with_entropy=with_entropy, mesh=mesh)
+                             with_entropy=with_entropy, mesh=mesh,
+                             lora_dropout=dropout(drop_key))
+
+  def dropout(key):
+    """(rate, key) for the update's forward with LoRA dropout, else None."""
+    return (cfg.lora_dropout, key) if cfg.lora_dropout and key is not None else None
 
   def step(state: TrainState, batch: Batch, rm_params=None, frozen=None):
     frozen_base[0] = frozen
     key = jax.random.wrap_key_data(state.rng)
     key_sample, key_next = jax.random.split(key)
+    key_drop = jax.random.fold_in(key_sample, 0xd409)  # LoRA dropout's masks
     groups, sample_metrics = sample_groups(state.params, batch, key_sample, rm_params)
     mask = groups['mask']
     if cfg.mask_truncated:
@@ -540,8 +556,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
     if stale:
       data['old_logp'] = no_grad_logprobs(state.params, data, rows_M)
 
-    def micro_loss(params, mb, norm):
-      logp, entropy = logprobs(params, mb, with_entropy=True)
+    def micro_loss(params, mb, norm, drop_key):
+      logp, entropy = logprobs(params, mb, with_entropy=True, drop_key=drop_key)
       flat = lambda x: x.reshape(logp.shape) if x is not None else None  # noqa: E731
       old = flat(mb['old_logp']) if stale else jax.lax.stop_gradient(logp)
       m_NxT = flat(mb['loss_mask'])
@@ -550,8 +566,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       metrics['entropy_sum'] = grpo.masked_sum(jax.lax.stop_gradient(entropy), m_NxT)
       return loss, metrics
 
-    def packed_micro_loss(params, forward, per_slot, num_samples):
-      logp, entropy = packed(params, forward, with_entropy=True)
+    def packed_micro_loss(params, forward, per_slot, num_samples, drop_key):
+      logp, entropy = packed(params, forward, with_entropy=True, drop_key=drop_key)
       m = per_slot['loss_mask']
       old = per_slot['old_logp'] if stale else jax.lax.stop_gradient(logp)
       loss, metrics = grpo.policy_loss(
@@ -560,7 +576,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       metrics['entropy_sum'] = grpo.masked_sum(jax.lax.stop_gradient(entropy), m)
       return loss, metrics
 
-    def packed_grads(params, mb, rows, m_mask, norm):
+    def packed_grads(params, mb, rows, m_mask, norm, drop_key):
       """The update's loss and gradient over its packed rows: a sum over the
       forwards that hold rows (the per-token weights carry the normalisers)."""
       n, T = m_mask.shape
@@ -573,7 +589,8 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
           per_slot[k] = to(mb[k])
       forwards, count, per_slot = split_rows(rows, per_slot)
       grad_fn = lambda i: jax.value_and_grad(packed_micro_loss, has_aux=True)(  # noqa: E731
-          params, forwards.index(i), jax.tree.map(lambda x: x[i], per_slot), n)
+          params, forwards.index(i), jax.tree.map(lambda x: x[i], per_slot), n,
+          jax.random.fold_in(drop_key, i))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, 0))
       return jax.lax.fori_loop(0, count, lambda i, acc: jax.tree.map(jnp.add, acc, grad_fn(i)),
                                zeros)
@@ -584,17 +601,20 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       m_mask = mb['loss_mask'].reshape(-1, mb['loss_mask'].shape[-1])
       norm = grpo.Normalisers(m_mask.shape[0], jnp.maximum(m_mask.sum(), 1), m_mask.shape[1])
 
+      # Dropout keys of (step, update, micro-batch or packed forward).
+      drop_key = jax.random.fold_in(key_drop, index)
       if rows_M is not None:
         rows = jax.tree.map(lambda x: x[index % M], rows_M)
-        (loss, metrics), grads = packed_grads(params, mb, rows, m_mask, norm)
+        (loss, metrics), grads = packed_grads(params, mb, rows, m_mask, norm, drop_key)
       else:
-        grad_fn = lambda micro: jax.value_and_grad(micro_loss, has_aux=True)(  # noqa: E731
-            params, micro, norm)
+        grad_fn = lambda micro, i: jax.value_and_grad(micro_loss, has_aux=True)(  # noqa: E731
+            params, micro, norm, jax.random.fold_in(drop_key, i))
         micros = _split_prompts(mb, A)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros)))
+                             jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micros), 0))
         ((loss, metrics), grads), _ = jax.lax.scan(
-            lambda acc, micro: (jax.tree.map(jnp.add, acc, grad_fn(micro)), None), zeros, micros)
+            lambda acc, xs: (jax.tree.map(jnp.add, acc, grad_fn(*xs)), None), zeros,
+            (micros, jnp.arange(A)))
       params, opt_state, grad_norm, finite = finite_update(optimizer, grads, params, opt_state,
                                                            loss)
       metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=~finite)

@@ -135,6 +135,8 @@ def test_a_lora_run_trains_resumes_and_exports_merged_and_peft(tmp_path, tfds_di
   peft_model = lora.load_peft(models.load_hf(spec['base']), os.path.join(out, 'adapter'))
   np.testing.assert_allclose(np.asarray(peft_model(tokens)), want, atol=1e-5)
   assert np.abs(want - np.asarray(models.load_hf(spec['base'])(tokens))).max() > 0  # it trained
+  c.lora.dropout = 0.1
+  rc.validate(c)  # on-policy (μ·M = 1): the ratio's old log-probs share the dropout
   with pytest.raises(rc.ConfigError, match='lora.dropout'):
-    c.lora.dropout = 0.1
+    c.rl.minibatches = 2
     rc.validate(c)

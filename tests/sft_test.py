@@ -274,7 +274,8 @@ def test_a_lora_sft_run_exports_the_merged_model_and_the_adapters(tmp_path, tfds
   assert np.abs(want - np.asarray(models.load_hf(spec['base'])(tokens))).max() > 1e-4
   c2 = config_file('zero', 'smoke')
   c2.lora.update(rank=4, dropout=0.1)
-  with pytest.raises(rc.ConfigError, match='lora.dropout'):  # RL: no dropout
+  c2.rl.num_iterations = 2
+  with pytest.raises(rc.ConfigError, match='lora.dropout'):  # RL: on-policy only
     rc.validate(c2)
 
 

@@ -404,3 +404,27 @@ def test_a_lora_step_trains_only_the_adapters_and_equals_one_device_on_a_mesh():
   np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_lora_dropout_in_an_on_policy_step_draws_from_the_step_key():
+  """lora_dropout (μ·M = 1): the first loss is the base's (B = 0: dropout
+  cannot change it), the adapters' update differs from the one without
+  dropout, is the same again from the same state, and the packed passes
+  take it too."""
+  def run(dropout, **kw):
+    step, state, batch, _ = _setup(prompts=4, lora=True, lora_dropout=dropout,
+                                   optimizer=optax.sgd(1.0), **kw)
+    state, m = step(state, batch)
+    return float(m['loss']), jax.device_get(state.params), step, batch
+
+  loss0, p0, _, _ = run(0.0)
+  loss1, p1, step, batch = run(0.5)
+  assert loss1 == pytest.approx(loss0, abs=1e-6)
+  diff = lambda a, b: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())  # noqa: E731
+                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert diff(p0, p1) > 1e-4
+  loss2, p2, _, _ = run(0.5)
+  assert loss2 == loss1 and diff(p1, p2) == 0.0
+  loss_p, p_packed, _, _ = run(0.5, pack=True)
+  _, p_packed0, _, _ = run(0.0, pack=True)
+  assert loss_p == pytest.approx(loss0, abs=1e-6) and diff(p_packed, p_packed0) > 1e-4

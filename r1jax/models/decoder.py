@@ -152,6 +152,17 @@ def _lora_term(cfg: ModelConfig, w: dict[str, jax.Array], target: str, x: jax.Ar
                                      w[f'{target}_lora_b'], **mm)
 
 
+def _dropout_weights(cfg: ModelConfig, lora_dropout: tuple[float, jax.Array] | None) -> dict:
+  """{'_lora_dropout': a key per layer and the keep rate}, scanned with the
+  layers' weights, or {} when no dropout applies."""
+  if lora_dropout is None or not lora_dropout[0] > 0 or not cfg.lora_rank:
+    return {}
+  rate, key = lora_dropout
+  return {'_lora_dropout': {
+      'key': jax.random.key_data(jax.random.split(key, cfg.num_layers)),
+      'keep': jnp.full((cfg.num_layers,), 1.0 - rate, jnp.float32)}}
+
+
 def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
            positions_BxT: jax.Array, mask: attn_lib.Mask,
            cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
@@ -331,11 +342,7 @@ class Decoder(nnx.Module):
     if cfg.remat:
       block = jax.checkpoint(block)
     weights = self.layers.weights()
-    if lora_dropout is not None and lora_dropout[0] > 0 and cfg.lora_rank:
-      rate, key = lora_dropout
-      weights['_lora_dropout'] = {  # one key per layer, scanned with its weights
-          'key': jax.random.key_data(jax.random.split(key, cfg.num_layers)),
-          'keep': jnp.full((cfg.num_layers,), 1.0 - rate, jnp.float32)}
+    weights.update(_dropout_weights(cfg, lora_dropout))
 
     if cache is None:
       def body(x, w):
@@ -353,11 +360,15 @@ class Decoder(nnx.Module):
     return rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps), new_cache
 
   def hidden_with_prefix(self, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-                         tokens_NxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+                         tokens_NxT: jax.Array,
+                         lora_dropout: tuple[float, jax.Array] | None = None,
+                         ) -> tuple[jax.Array, jax.Array]:
     """Final hidden states for N = B·G continuations of B prompts, each prompt
     computed once: returns (last prompt position [B, D], continuations
     [N, T, D]). Row n continues prompt n // G. Equivalent to `hidden` on the
-    concatenated sequences, without repeating the prompt work G times."""
+    concatenated sequences, without repeating the prompt work G times.
+    `lora_dropout` as in `hidden` (the prompt's mask is then shared by the
+    G continuations, as its computation is)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     B, P = prompt_BxP.shape
@@ -376,13 +387,23 @@ class Decoder(nnx.Module):
 
     def body(carry, w):
       xp, xc = carry
+      drop_c = w.pop('_lora_dropout_c', None)
       xp, _, kv = _block(cfg, w, xp, pos_BxP, mask_p)
+      if drop_c is not None:
+        w = dict(w, _lora_dropout=drop_c)
       xc, _, _ = _block(cfg, w, xc, pos_NxT, mask_c, prefix=kv)
       return (xp, xc), None
 
     if cfg.remat:
       body = jax.checkpoint(body)
-    (xp, xc), _ = jax.lax.scan(body, (xp, xc), self.layers.weights())
+    weights = self.layers.weights()
+    if lora_dropout is not None:  # independent masks for prompts and continuations
+      rate, key = lora_dropout
+      weights.update(_dropout_weights(cfg, (rate, jax.random.fold_in(key, 0))))
+      cont = _dropout_weights(cfg, (rate, jax.random.fold_in(key, 1)))
+      if cont:
+        weights['_lora_dropout_c'] = cont['_lora_dropout']
+    (xp, xc), _ = jax.lax.scan(body, (xp, xc), weights)
     norm = lambda x: rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps)  # noqa: E731
     return norm(xp[:, -1]), norm(xc)
 
