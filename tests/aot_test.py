@@ -50,3 +50,15 @@ def test_the_aot_tool_checks_an_sft_step_with_lora():
   report = aot.check_sft(c, jax.devices()[:1])
   assert report['compiled'] and report['peak_gib'] > 0, report
   assert 0 < report['state_gib_per_device'] < report['frozen_base_gib_per_device']
+
+
+def test_the_aot_tool_checks_every_stage_of_r1s_pipeline():
+  """configs/r1.py:smoke through the AOT tool before any stage ran: each
+  stage's program compiles with its inputs standing in by their shapes;
+  the last RL stage holds the reward model (its parameters reported)."""
+  c = config_file('r1', 'smoke')
+  c.stages = 'rm,rl'
+  report = aot.dispatch(c, jax.devices()[:1])
+  assert report['rm.compiled'] and report['rm.peak_gib'] > 0, report
+  assert report['rl.compiled'] and report['rl.eval_compiled'], report
+  assert 0 < report['rl.reward_model_gib_per_device'] < report['rl.peak_gib']

@@ -16,7 +16,14 @@ devices instead (what the tests run).
   python -m r1jax.tools.aot --config=configs/eval.py:r1 --config.model.name=qwen2.5-1.5b --topology=v5p-64
 
 checks the evaluation command's sampler instead (configs/eval.py: k samples of
-batch_size questions, with its decode slots).
+batch_size questions, with its decode slots). An SFT config checks its SFT
+step, a reward-model config (configs/rm.py) its Bradley–Terry step, and a
+pipeline (configs/r1.py, configs/distill.py) every selected stage
+(`--config.stages=rm,rl`), wired as the pipeline wires them; an RL config
+with the reward `reward_model` compiles the step with the reward model's
+forward in it.
+
+  python -m r1jax.tools.aot --config=configs/r1.py:model=qwen2.5-7b,paper --config.stages=rm,rl --topology=v5p-128
 """
 import dataclasses
 import json
@@ -141,17 +148,49 @@ def abstract_state(config, mesh):
   return state, graphdef, step_cfg, optimizer, frozen
 
 
+def abstract_rm_params(cfg: models.ModelConfig, mesh):
+  """(graphdef, {'backbone', 'head'}) of a reward model as sharded
+  ShapeDtypeStructs (reward_model.init_params' tree)."""
+  graphdef, params, _ = abstract_params(cfg.replace(lora_rank=0), mesh)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  head = {'w': jax.ShapeDtypeStruct((cfg.hidden_size,), jnp.float32, sharding=rep),
+          'b': jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)}
+  return graphdef, {'backbone': params, 'head': head}
+
+
+def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.ModelConfig:
+  """The RL step's reward model's shape: its workdir's model/config.json,
+  else (a pipeline's stage not trained yet: R1's reward model is trained
+  from the stage-3 SFT model) the policy's."""
+  path = os.path.join(config.reward_model.ckpt, wd.MODEL, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return models.config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
+                                   dtype=config.model.dtype, remat=config.model.remat,
+                                   attention=config.model.attention)
+  return policy_cfg.replace(lora_rank=0)
+
+
 def check(config, devices) -> dict:
-  """Lowers (and compiles where possible) the train step; returns a report."""
+  """Lowers (and compiles where possible) the train step; returns a report.
+  With the reward `reward_model`, the step holds the reward model's forward
+  on the general prompts' responses, its parameters an argument."""
+  from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   rc.validate(config)
   mesh = shd.make_mesh(**config.mesh, devices=devices)
   rc.validate_for_mesh(config, mesh)
   state, graphdef, step_cfg, optimizer, frozen = abstract_state(config, mesh)
-  R = len(step_cfg.reward_names)
+  R = len(step_cfg.reward_names) + step_cfg.reward_model  # + which prompts the RM scores
   reward_fn = ts.make_reward_fn(lambda tokens, mask, ids: np.zeros((len(tokens), R), np.float32),
                                 mesh, R)
+  rm, rm_args = None, ()
+  if step_cfg.reward_model:
+    rm_graphdef, rm_params = abstract_rm_params(
+        _reward_model_config(config, model_config(config)), mesh)
+    rm = rm_lib.Loaded(rm_graphdef, rm_params, summary_only=True, think_end_id=1)
+    rm_args = (rm_params,)
   step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
-                            ts.shardings_of(state))
+                            ts.shardings_of(state), reward_model=rm)
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
   B = config.rl.prompts_per_step * config.rl.dynamic_sampling_attempts
   P = config.rl.max_prompt_len
@@ -159,12 +198,14 @@ def check(config, devices) -> dict:
                    jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
                    jax.ShapeDtypeStruct((B,), jnp.int32, sharding=rows))
   t0 = time.time()
-  lowered = step.trace(state, batch, *(() if frozen is None else (frozen,))).lower()
+  lowered = step.trace(state, batch, *rm_args, *(() if frozen is None else (frozen,))).lower()
   report = {'devices': len(devices), 'mesh': dict(mesh.shape),
             'lower_seconds': round(time.time() - t0, 1),
             'state_gib_per_device': _bytes_per_device(state) / 2**30}
   if frozen is not None:
     report['frozen_base_gib_per_device'] = _bytes_per_device(frozen) / 2**30
+  if rm is not None:
+    report['reward_model_gib_per_device'] = _bytes_per_device(rm.params) / 2**30
   policy = state.params if frozen is None else nnx.merge_state(frozen, state.params)
   # The evaluation sampler (R1's protocol: k samples of eval.batch_size
   # questions), sharded over the batch axes like the rollout.
@@ -218,6 +259,73 @@ def check_sft(config, devices) -> dict:
     report['frozen_base_gib_per_device'] = _bytes_per_device(frozen) / 2**30
   report.update(_compile(lowered))
   return report
+
+
+def check_rm(config, devices) -> dict:
+  """The reward model's step (configs/rm.py): rm.batch_size preference
+  pairs (prompt of rm.max_prompt_len, chosen and rejected of
+  rm.max_response_len) in grad_accum micro-batches, sharded over the batch
+  axes; the backbone's shape as the GRPO check reads the policy's."""
+  from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  rc.validate(config)
+  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  rm_lib.validate(config, mesh)
+  r = config.rm
+  graphdef, params = abstract_rm_params(model_config(config), mesh)
+  optimizer = ts.make_optimizer(config.optim, max(config.steps, 1))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = rm_lib.RMState(jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params,
+                         abstract_opt_state(optimizer, params, mesh))
+  step = rm_lib.make_train_step(graphdef, optimizer, r.grad_accum, mesh, ts.shardings_of(state))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.BATCH_AXES))
+  B, P, T = r.batch_size, r.max_prompt_len, r.max_response_len
+  pairs = {'prompt': jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows),
+           'prompt_mask': jax.ShapeDtypeStruct((B, P), jnp.bool_, sharding=rows),
+           'tokens': jax.ShapeDtypeStruct((B, 2, T), jnp.int32, sharding=rows),
+           'mask': jax.ShapeDtypeStruct((B, 2, T), jnp.bool_, sharding=rows)}
+  t0 = time.time()
+  lowered = step.trace(state, pairs).lower()
+  report = {'devices': len(devices), 'mesh': dict(mesh.shape),
+            'lower_seconds': round(time.time() - t0, 1),
+            'state_gib_per_device': _bytes_per_device(state) / 2**30}
+  report.update(_compile(lowered))
+  return report
+
+
+def check_pipeline(config, devices) -> dict:
+  """Every selected stage of a pipeline config (configs/r1.py,
+  configs/distill.py) with its inputs wired as the pipeline would, stages
+  not run yet standing in by their shapes (the base's, or the preset's);
+  rejection sampling is checked as its sampler. Keys: '<stage>.<key>'."""
+  from r1jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = rc.ConfigDict(config.to_dict())
+  placeholder = '' if config.pipeline.base else 'aot: the preset'
+  config.pipeline.base = config.pipeline.base or placeholder
+  report = {}
+  for stage in pipeline.stage_names(config):
+    c = pipeline.wired(config, stage, placeholder=True)
+    if placeholder and c.get('model', {}).get('ckpt') == placeholder:
+      c.model.ckpt = ''  # no base given: only shapes are read, the preset's
+    print(f'[aot] stage {stage} ({config.pipeline.kinds[stage]})', flush=True)
+    try:
+      part = dispatch(c, devices)
+    except rc.ConfigError as e:
+      raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+    report.update({f'{stage}.{k}': v for k, v in part.items()})
+  return report
+
+
+def dispatch(config, devices) -> dict:
+  """The check a config's kind needs."""
+  if 'pipeline' in config:
+    return check_pipeline(config, devices)
+  if 'benchmarks' in config:  # configs/eval.py, configs/rejection.py: the sampler
+    return check_eval(config, devices)
+  if 'sft' in config:
+    return check_sft(config, devices)
+  if 'rm' in config:
+    return check_rm(config, devices)
+  return check(config, devices)
 
 
 def check_eval(config, devices) -> dict:
@@ -300,17 +408,16 @@ def main(argv):
     devices, hbm = topology_devices(topology), topology.hbm_gib
     print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
           f'{topology.hbm_gib} GiB HBM each')
-  # An evaluation config (configs/eval.py) checks the evaluation command's sampler.
-  # An SFT config (configs/sft.py, configs/distill.py's student) checks its SFT step.
-  report = (check_eval(config, devices) if 'benchmarks' in config else
-            check_sft(config, devices) if 'sft' in config else check(config, devices))
+  report = dispatch(config, devices)
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
-  for what, prefix in (('train step', ''), ('evaluation sampler', 'eval_')):
-    if hbm is not None and report.get(prefix + 'compiled') and prefix + 'peak_gib' in report:
-      peak = report[prefix + 'peak_gib']
+  for key, peak in report.items():
+    if hbm is not None and key.endswith('peak_gib'):
+      stage, _, name = key.rpartition('.')
+      what = 'evaluation sampler' if name.startswith('eval_') else 'step'
       verdict = 'fits' if peak <= hbm else 'DOES NOT FIT (OOM)'
-      print(f'[aot] {what}: peak {peak:.2f} GiB per device of {hbm} GiB: {verdict}')
+      print(f'[aot] {stage + " " if stage else ""}{what}: peak {peak:.2f} GiB per device of '
+            f'{hbm} GiB: {verdict}')
 
 
 if __name__ == '__main__':
