@@ -86,7 +86,10 @@ def get_config(arg: str | None = None):
     c.cold_start.eval.update(max_new_tokens=40)
 
   # 2. Reasoning RL: R1-Zero's GRPO plus the language-consistency reward.
-  c.reasoning_rl = rc.sibling_config(__file__, 'zero', model_arg)
+  # With `paper`, R1-Zero's paper preset (32,768 new tokens, 512 x 16 samples
+  # a rollout in 16 minibatches, the rollout in 8 chunks) is both RL stages' start.
+  rl_arg = model_arg + (',paper' if arg.paper else '')
+  c.reasoning_rl = rc.sibling_config(__file__, 'zero', rl_arg)
   c.reasoning_rl.model.ckpt = ''
   c.reasoning_rl.rewards = dict(rewards)
   if tiny:
@@ -112,7 +115,7 @@ def get_config(arg: str | None = None):
   # 4b. RL for all scenarios: rules on reasoning prompts, the reward model
   # (on the summary) on general ones, the language reward on both; general
   # prompts only in the last part of the stage.
-  c.rl = rc.sibling_config(__file__, 'zero', model_arg)
+  c.rl = rc.sibling_config(__file__, 'zero', rl_arg)
   c.rl.model.ckpt = ''
   c.rl.rewards = {**rewards, MODEL_REWARD: 1.0}
   c.rl.rl.temperature = 0.7

@@ -153,3 +153,18 @@ def test_distill_smoke_trains_a_student_on_a_teachers_traces(tmp_path, tfds_dir)
   assert (tmp_path / 'distill' / 'student' / 'hf' / 'model.safetensors').exists()
   assert 'eval/pass@1' in summary['stages']['student']['metrics']
   assert 'eval/pass@1' in summary['stages']['rl_only']['metrics']
+
+
+def test_r1_paper_runs_its_rl_stages_at_the_papers_settings():
+  """configs/r1.py:paper: both RL stages start from R1-Zero's paper preset
+  (32,768 new tokens, G 16, 512 x 16 samples in 16 minibatches) with
+  stage 2's clip ε 10 and stage 4's temperature 0.7 and schedule."""
+  c = config_file('r1', 'model=qwen2.5-1.5b,paper')
+  for stage in ('reasoning_rl', 'rl'):
+    r = c[stage].rl
+    assert (r.max_new_tokens, r.group_size, r.prompts_per_step, r.minibatches, r.beta) == (
+        32768, 16, 512, 16, 0.001), stage
+    assert c[stage].optim.lr == 3e-6 and c[stage].eval.k == 16
+  assert c.reasoning_rl.rl.epsilon_low == 10.0 and c.reasoning_rl.rl.temperature == 1.0
+  assert c.rl.rl.temperature == 0.7 and (c.rl.steps, c.rl.general.from_step) == (106, 81)
+  assert c.rs.max_new_tokens == 32768 and c.sft.sft.max_len == 32768
