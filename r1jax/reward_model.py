@@ -259,6 +259,9 @@ class Loaded:
   params: dict
   summary_only: bool
   think_end_id: int | None  # the token a summary starts after (summary_only)
+  # The summaries are cut to the length it was trained on (rm.max_response_len;
+  # 0: not cut): a 32k-token chain's summary is scored as [N, max_len], not [N, T].
+  max_len: int = 0
 
 
 def load(workdir: str, tok, mesh: jax.sharding.Mesh, dtype: str = 'float32',
@@ -300,13 +303,16 @@ def load(workdir: str, tok, mesh: jax.sharding.Mesh, dtype: str = 'float32',
   finally:
     ckpt.close()
   think_end = tok.piece_to_id('</think>') if info['summary_only'] else None
-  return Loaded(graphdef, params, info['summary_only'], think_end)
+  return Loaded(graphdef, params, info['summary_only'], think_end,
+                info['max_response_len'] if info['summary_only'] else 0)
 
 
 def on_device_scores(rm: Loaded, prompt_BxP, prompt_mask_BxP, tokens_NxT, mask_NxT) -> jax.Array:
   """r [N] of sampled responses, traceable inside the RL step."""
   if rm.summary_only:
     tokens_NxT, mask_NxT = summary_tokens(tokens_NxT, mask_NxT, rm.think_end_id)
+    if rm.max_len and tokens_NxT.shape[1] > rm.max_len:
+      tokens_NxT, mask_NxT = tokens_NxT[:, :rm.max_len], mask_NxT[:, :rm.max_len]
   return score(rm.graphdef, rm.params, prompt_BxP, prompt_mask_BxP, tokens_NxT, mask_NxT)
 
 

@@ -392,13 +392,24 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
       lengths = ro.mask_NxT.sum(axis=1)
       rewards = jnp.concatenate(
           [rewards, overlong_penalty(lengths, *cfg.overlong)[:, None]], axis=1)
-    if cfg.reward_model:
-      with shd.activation_rules(mesh, shd.TRAIN_RULES):
-        loaded = dataclasses.replace(reward_model, params=rm_params)
-        r = jax.lax.stop_gradient(rm_lib.on_device_scores(
-            loaded, prompt, prompt_mask, ro.tokens_NxT, ro.mask_NxT))
-      rewards = jnp.concatenate([rewards, (r * gate)[:, None]], axis=1)
     B = prompt.shape[0]
+    if cfg.reward_model:
+      # In the update's M·A parts (strided, device-local), one at a time:
+      # the reward model's activations are then those of a micro-batch.
+      parts = M * A if B % (M * A) == 0 else 1
+      loaded = dataclasses.replace(reward_model, params=rm_params)
+      split = _split_prompts(dict(prompt=prompt, prompt_mask=prompt_mask,
+                                  tokens=ro.tokens_NxT.reshape(B, G, -1),
+                                  mask=ro.mask_NxT.reshape(B, G, -1)), parts)
+
+      def rm_scores(p):
+        with shd.activation_rules(mesh, shd.TRAIN_RULES):
+          T_ = p['tokens'].shape[-1]
+          return rm_lib.on_device_scores(loaded, p['prompt'], p['prompt_mask'],
+                                         p['tokens'].reshape(-1, T_), p['mask'].reshape(-1, T_))
+      r = jax.lax.map(rm_scores, split).reshape(parts, B // parts, G)
+      r = jax.lax.stop_gradient(_merge_prompts(r).reshape(-1))
+      rewards = jnp.concatenate([rewards, (r * gate)[:, None]], axis=1)
     groups = dict(prompt=prompt, prompt_mask=prompt_mask, ids=ids,
                   tokens=ro.tokens_NxT.reshape(B, G, -1), mask=ro.mask_NxT.reshape(B, G, -1),
                   truncated=ro.truncated_N.reshape(B, G), rewards=rewards.reshape(B, G, -1),

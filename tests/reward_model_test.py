@@ -40,6 +40,23 @@ def test_the_summary_is_what_follows_the_last_think_end():
   assert rmod.summary_text('plain') == 'plain'
 
 
+def test_on_device_scores_cut_summaries_to_the_trained_length():
+  """A summary-only model scores the first max_len tokens of each summary
+  (what it was trained on), not the whole [N, T] row."""
+  END = 7
+  model = _model()
+  params = rmod.init_params(model)
+  params['head'] = {'w': jnp.ones((model.cfg.hidden_size,), jnp.float32), 'b': jnp.float32(0)}
+  prompt = jnp.array([[11, 12], [13, 14]])
+  tokens = jnp.array([[5, END, 8, 9, 10, 0], [5, 6, 3, 4, 0, 0]])
+  mask = tokens != 0
+  rm = rmod.Loaded(nnx.graphdef(model), params, True, END, max_len=2)
+  got = rmod.on_device_scores(rm, prompt, prompt != 0, tokens, mask)
+  summary = jnp.array([[8, 9], [5, 6]])
+  want = rmod.score(rm.graphdef, params, prompt, prompt != 0, summary, summary != 0)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_score_is_the_head_on_the_last_response_token_of_a_plain_forward():
   model = _model()
   graphdef = nnx.graphdef(model)
@@ -94,7 +111,8 @@ def test_the_rl_step_adds_the_models_reward_on_general_prompts_only():
   B, G, P, T = 4, 2, 5, 6
   sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
   cfg = ts.StepConfig(group_size=G, sampling=sampling, loss=grpo.LossConfig(beta=0.0),
-                      reward_names=('ones',), reward_weights=(0.0, 1.0), reward_model=True)
+                      reward_names=('ones',), reward_weights=(0.0, 1.0), reward_model=True,
+                      minibatches=2)  # the reward model scores the 2 minibatches' prompts apart
   policy = _model(0)
   rm_model = _model(1)
   rm_params = rmod.init_params(rm_model)

@@ -171,7 +171,19 @@ def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.Model
   return policy_cfg.replace(lora_rank=0)
 
 
-def check(config, devices) -> dict:
+def _reward_model_max_len(config, default: int) -> int:
+  """The summary length the RL step's reward model scores: its workdir's
+  reward_model.json, else `default` (the recipe's rm stage, or configs/rm.py's
+  2,048 for named models)."""
+  from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(config.reward_model.ckpt, rm_lib.INFO)
+  if os.path.exists(path):
+    with open(path) as f:
+      return int(json.load(f)['max_response_len'])
+  return default
+
+
+def check(config, devices, rm_max_len: int = 2048) -> dict:
   """Lowers (and compiles where possible) the train step; returns a report.
   With the reward `reward_model`, the step holds the reward model's forward
   on the general prompts' responses, its parameters an argument."""
@@ -187,7 +199,8 @@ def check(config, devices) -> dict:
   if step_cfg.reward_model:
     rm_graphdef, rm_params = abstract_rm_params(
         _reward_model_config(config, model_config(config)), mesh)
-    rm = rm_lib.Loaded(rm_graphdef, rm_params, summary_only=True, think_end_id=1)
+    rm = rm_lib.Loaded(rm_graphdef, rm_params, summary_only=True, think_end_id=1,
+                       max_len=_reward_model_max_len(config, rm_max_len))
     rm_args = (rm_params,)
   step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
                             ts.shardings_of(state), reward_model=rm)
@@ -206,6 +219,7 @@ def check(config, devices) -> dict:
     report['frozen_base_gib_per_device'] = _bytes_per_device(frozen) / 2**30
   if rm is not None:
     report['reward_model_gib_per_device'] = _bytes_per_device(rm.params) / 2**30
+    report['reward_model_summary_tokens'] = rm.max_len
   policy = state.params if frozen is None else nnx.merge_state(frozen, state.params)
   # The evaluation sampler (R1's protocol: k samples of eval.batch_size
   # questions), sharded over the batch axes like the rollout.
@@ -308,14 +322,15 @@ def check_pipeline(config, devices) -> dict:
       c.model.ckpt = ''  # no base given: only shapes are read, the preset's
     print(f'[aot] stage {stage} ({config.pipeline.kinds[stage]})', flush=True)
     try:
-      part = dispatch(c, devices)
+      part = dispatch(c, devices, rm_max_len=config.rm.rm.max_response_len
+                      if 'rm' in config else 2048)
     except rc.ConfigError as e:
       raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
     report.update({f'{stage}.{k}': v for k, v in part.items()})
   return report
 
 
-def dispatch(config, devices) -> dict:
+def dispatch(config, devices, rm_max_len: int = 2048) -> dict:
   """The check a config's kind needs."""
   if 'pipeline' in config:
     return check_pipeline(config, devices)
@@ -325,7 +340,7 @@ def dispatch(config, devices) -> dict:
     return check_sft(config, devices)
   if 'rm' in config:
     return check_rm(config, devices)
-  return check(config, devices)
+  return check(config, devices, rm_max_len)
 
 
 def check_eval(config, devices) -> dict:
