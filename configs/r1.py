@@ -140,6 +140,8 @@ def _paper(c):
   # 16 samples a step in 16 minibatches, π_ref reset every 400 steps (one
   # launcher step here is one rollout = 16 policy updates: 400 -> 25).
   c.reasoning_rl.optim.lr = 3e-6
+  # The stage's length is the R1-Zero preset's (c.reasoning_rl.steps, 650
+  # rollouts of 16 updates), a choice of this preset: set it to your budget.
   c.reasoning_rl.rl.update(beta=0.001, group_size=16, epsilon_low=10.0, epsilon_high=10.0,
                            temperature=1.0, prompts_per_step=512, minibatches=16,
                            reference_reset_every=25)

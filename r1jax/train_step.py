@@ -7,7 +7,8 @@
     ─▶ advantages ─▶ reference log-probs (skipped when β = 0)
     ─▶ old log-probs (the sampling policy's, whenever μ·M > 1: every update
        after the first sees a policy that has moved since sampling; with
-       μ·M = 1 the current policy, detached, is the sampling policy)
+       μ·M = 1 the current policy, detached, is the sampling policy: the
+       same forward as the update's, LoRA dropout masks included)
     ─▶ μ iterations × M minibatches of optimizer updates, each accumulating
        gradients over micro-batches (lax.scan); an update whose loss, gradient
        norm or new parameters are not finite is not applied (params and
@@ -394,21 +395,24 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: StepConfig,
           [rewards, overlong_penalty(lengths, *cfg.overlong)[:, None]], axis=1)
     B = prompt.shape[0]
     if cfg.reward_model:
-      # In the update's M·A parts (strided, device-local), one at a time:
-      # the reward model's activations are then those of a micro-batch.
-      parts = M * A if B % (M * A) == 0 else 1
+      # In the update's M·A parts, one at a time: the reward model's
+      # activations are then those of a micro-batch. Split as the update is
+      # (sub-groups, then strided parts), so each part holds the same rows on
+      # every batch shard and nothing moves between them.
+      k = subgroups(B, G, shards, M * A)
+      parts = M * A if (B * k) % (M * A) == 0 else 1
       loaded = dataclasses.replace(reward_model, params=rm_params)
-      split = _split_prompts(dict(prompt=prompt, prompt_mask=prompt_mask,
-                                  tokens=ro.tokens_NxT.reshape(B, G, -1),
-                                  mask=ro.mask_NxT.reshape(B, G, -1)), parts)
+      split = _split_prompts(_as_subgroups(dict(prompt=prompt, prompt_mask=prompt_mask,
+                                                tokens=ro.tokens_NxT.reshape(B, G, -1),
+                                                mask=ro.mask_NxT.reshape(B, G, -1)), k), parts)
 
       def rm_scores(p):
         with shd.activation_rules(mesh, shd.TRAIN_RULES):
           T_ = p['tokens'].shape[-1]
           return rm_lib.on_device_scores(loaded, p['prompt'], p['prompt_mask'],
                                          p['tokens'].reshape(-1, T_), p['mask'].reshape(-1, T_))
-      r = jax.lax.map(rm_scores, split).reshape(parts, B // parts, G)
-      r = jax.lax.stop_gradient(_merge_prompts(r).reshape(-1))
+      r = jax.lax.map(rm_scores, split).reshape(parts, B * k // parts, G // k)
+      r = jax.lax.stop_gradient(_merge_prompts(r).reshape(-1))  # [B·k, G/k] -> n = b·G + g
       rewards = jnp.concatenate([rewards, (r * gate)[:, None]], axis=1)
     groups = dict(prompt=prompt, prompt_mask=prompt_mask, ids=ids,
                   tokens=ro.tokens_NxT.reshape(B, G, -1), mask=ro.mask_NxT.reshape(B, G, -1),

@@ -62,3 +62,30 @@ def test_the_aot_tool_checks_every_stage_of_r1s_pipeline():
   assert report['rm.compiled'] and report['rm.peak_gib'] > 0, report
   assert report['rl.compiled'] and report['rl.eval_compiled'], report
   assert 0 < report['rl.reward_model_gib_per_device'] < report['rl.peak_gib']
+
+
+def test_a_pipeline_with_no_base_checks_every_stage_on_its_preset(tmp_path):
+  """configs/r1.py on a named model with no checkpoint: every stage that
+  reads a model (rejection sampling's `ckpt` too) stands in by the preset;
+  the RL stage's reward model is fed as its rm stage, or its workdir's
+  reward_model.json, says (whole responses: nothing cut)."""
+  import json
+  from r1jax import config as rc
+  from r1jax import reward_model as rm_lib
+  c = config_file('r1', 'model=qwen2.5-1.5b,paper')
+  c = rc.ConfigDict(c.to_dict())
+  placeholder = 'aot: the preset'
+  c.pipeline.base = placeholder
+  for stage in c.pipeline.order:
+    s = aot.stage_config(c, stage, placeholder)
+    assert s.model.get('ckpt', '') == '' and s.get('ckpt', '') == '', stage
+    assert s.model.name == 'qwen2.5-1.5b', stage
+  assert aot._stage_rm_view(c) == (True, c.rm.rm.max_response_len)  # pylint: disable=protected-access
+  c.rm.rm.summary_only = False
+  assert aot._stage_rm_view(c) == (False, 0)  # pylint: disable=protected-access
+  rl = aot.stage_config(c, 'rl', placeholder)
+  rl.reward_model.ckpt = str(tmp_path)
+  (tmp_path / rm_lib.INFO).write_text(json.dumps({'summary_only': False, 'max_response_len': 64}))
+  assert aot._reward_model_view(rl, (True, 2048)) == (False, 0)  # pylint: disable=protected-access
+  (tmp_path / rm_lib.INFO).write_text(json.dumps({'summary_only': True, 'max_response_len': 64}))
+  assert aot._reward_model_view(rl, (False, 0)) == (True, 64)  # pylint: disable=protected-access

@@ -103,16 +103,18 @@ def test_training_learns_a_preference():
   assert acc == 1.0 and loss < 0.1
 
 
-def test_the_rl_step_adds_the_models_reward_on_general_prompts_only():
+@pytest.mark.parametrize('minibatches', [2, 8])
+def test_the_rl_step_adds_the_models_reward_on_general_prompts_only(minibatches):
   """The step's reward/reward_model is the mean over samples of r(prompt,
   sample) on the general prompts (0 elsewhere), r computed on the step's
-  own rollout (reproduced here from the same key)."""
+  own rollout (reproduced here from the same key); scored in the update's
+  parts (8 minibatches of 4 prompts: each group split in 2 sub-groups)."""
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   B, G, P, T = 4, 2, 5, 6
   sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
   cfg = ts.StepConfig(group_size=G, sampling=sampling, loss=grpo.LossConfig(beta=0.0),
                       reward_names=('ones',), reward_weights=(0.0, 1.0), reward_model=True,
-                      minibatches=2)  # the reward model scores the 2 minibatches' prompts apart
+                      minibatches=minibatches)  # the reward model scores the parts apart
   policy = _model(0)
   rm_model = _model(1)
   rm_params = rmod.init_params(rm_model)

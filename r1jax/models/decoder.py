@@ -315,7 +315,8 @@ class Decoder(nnx.Module):
     decode step (T = 1) `cache_index` may be [B], a slot per row; the mask
     must then exclude every slot past the row's own.
     `lora_dropout` (rate, key): dropout on the adapters' inputs (training
-    forwards of SFT; a static rate, a key per call).
+    forwards of SFT and of on-policy RL updates; a static rate, a key per
+    call).
     """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)

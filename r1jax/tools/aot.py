@@ -171,19 +171,21 @@ def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.Model
   return policy_cfg.replace(lora_rank=0)
 
 
-def _reward_model_max_len(config, default: int) -> int:
-  """The summary length the RL step's reward model scores: its workdir's
+def _reward_model_view(config, default: tuple[bool, int]) -> tuple[bool, int]:
+  """(summary_only, the summary length scored; 0: whole responses) of the RL
+  step's reward model, as reward_model.load reads them: its workdir's
   reward_model.json, else `default` (the recipe's rm stage, or configs/rm.py's
-  2,048 for named models)."""
+  summary-only 2,048 for named models)."""
   from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(config.reward_model.ckpt, rm_lib.INFO)
-  if os.path.exists(path):
-    with open(path) as f:
-      return int(json.load(f)['max_response_len'])
-  return default
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    info = json.load(f)
+  return bool(info['summary_only']), int(info['max_response_len']) if info['summary_only'] else 0
 
 
-def check(config, devices, rm_max_len: int = 2048) -> dict:
+def check(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
   """Lowers (and compiles where possible) the train step; returns a report.
   With the reward `reward_model`, the step holds the reward model's forward
   on the general prompts' responses, its parameters an argument."""
@@ -199,8 +201,9 @@ def check(config, devices, rm_max_len: int = 2048) -> dict:
   if step_cfg.reward_model:
     rm_graphdef, rm_params = abstract_rm_params(
         _reward_model_config(config, model_config(config)), mesh)
-    rm = rm_lib.Loaded(rm_graphdef, rm_params, summary_only=True, think_end_id=1,
-                       max_len=_reward_model_max_len(config, rm_max_len))
+    summary_only, max_len = _reward_model_view(config, rm_view)
+    rm = rm_lib.Loaded(rm_graphdef, rm_params, summary_only=summary_only,
+                       think_end_id=1 if summary_only else None, max_len=max_len)
     rm_args = (rm_params,)
   step = ts.make_train_step(graphdef, step_cfg, optimizer, reward_fn, mesh,
                             ts.shardings_of(state), reward_model=rm)
@@ -306,6 +309,33 @@ def check_rm(config, devices) -> dict:
   return report
 
 
+def _stage_rm_view(config) -> tuple[bool, int]:
+  """How a pipeline's rm stage, not trained yet, will feed its model."""
+  if 'rm' not in config:
+    return True, 2048
+  r = config.rm.rm
+  return bool(r.summary_only), int(r.max_response_len) if r.summary_only else 0
+
+
+def stage_config(config, stage: str, placeholder: str):
+  """A pipeline stage's config as check_pipeline compiles it: wired as the
+  pipeline wires it; with no base given (`placeholder`), a model read from
+  the placeholder is the preset of the stage it comes from."""
+  from r1jax import pipeline  # pylint: disable=g-import-not-at-top
+  c = pipeline.wired(config, stage, placeholder=True)
+  if not placeholder:
+    return c
+  if c.get('model', {}).get('ckpt') == placeholder:
+    c.model.ckpt = ''  # only shapes are read: the preset's
+  if c.get('ckpt') == placeholder:  # rejection sampling reads its model from `ckpt`
+    source = next(src for st, key, src in config.pipeline.inputs if st == stage and key == 'ckpt')
+    names = [config[s].model.name for s in (source, *config.pipeline.order)
+             if s in config and config[s].get('model', {}).get('name')]
+    c.ckpt = ''
+    c.model.name = names[0]
+  return c
+
+
 def check_pipeline(config, devices) -> dict:
   """Every selected stage of a pipeline config (configs/r1.py,
   configs/distill.py) with its inputs wired as the pipeline would, stages
@@ -317,20 +347,17 @@ def check_pipeline(config, devices) -> dict:
   config.pipeline.base = config.pipeline.base or placeholder
   report = {}
   for stage in pipeline.stage_names(config):
-    c = pipeline.wired(config, stage, placeholder=True)
-    if placeholder and c.get('model', {}).get('ckpt') == placeholder:
-      c.model.ckpt = ''  # no base given: only shapes are read, the preset's
+    c = stage_config(config, stage, placeholder)
     print(f'[aot] stage {stage} ({config.pipeline.kinds[stage]})', flush=True)
     try:
-      part = dispatch(c, devices, rm_max_len=config.rm.rm.max_response_len
-                      if 'rm' in config else 2048)
+      part = dispatch(c, devices, rm_view=_stage_rm_view(config))
     except rc.ConfigError as e:
       raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
     report.update({f'{stage}.{k}': v for k, v in part.items()})
   return report
 
 
-def dispatch(config, devices, rm_max_len: int = 2048) -> dict:
+def dispatch(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
   """The check a config's kind needs."""
   if 'pipeline' in config:
     return check_pipeline(config, devices)
@@ -340,7 +367,7 @@ def dispatch(config, devices, rm_max_len: int = 2048) -> dict:
     return check_sft(config, devices)
   if 'rm' in config:
     return check_rm(config, devices)
-  return check(config, devices, rm_max_len)
+  return check(config, devices, rm_view)
 
 
 def check_eval(config, devices) -> dict:
