@@ -16,10 +16,10 @@ Default — teacher: the final policy of configs/r1.py's default run
 base shipped for this (r1jax/assets/base-tiny-student: Llama-shaped, 3
 layers of width 96, 0.4M parameters, its own 256-piece tokenizer,
 pretrained on the R1-Zero corpus); the built-in arithmetic task; 2 CPU
-cores. Time: 12.5 min (rs 1.2, student 5.2, rl_only 6.1; measured
-2026-12-02). Result (held-out pass@1, 256 questions x 4 at T 0.6): the
-student 0.397 -> 0.731 on the traces (77% of the teacher), RL alone 0.397 ->
-0.460 in about the same time: distilling beats RL on the small model.
+cores. Time: 8.5 min (rs 0.8, student 3.6, rl_only 4.1; measured
+2026-12-03). Result (held-out pass@1, 256 questions x 4 at T 0.6): the
+student 0.397 -> 0.744 on the traces (78% of the teacher's 0.948), RL alone
+0.397 -> 0.472 in about the same time: distilling beats RL on the small model.
 
 Arg keys: teacher (an r1jax workdir or HF directory), traces (an existing
 traces JSONL: no sampling, the rs stage is skipped), student (the student's

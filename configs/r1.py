@@ -6,7 +6,7 @@ one command: python -m r1jax.launch --config=configs/r1.py
   reasoning_rl   rl         cold_start                 GRPO, rule rewards + language consistency
   rs             rejection  reasoning_rl               samples of training prompts, kept by rule
   sft            sft        the base (not the policy)  SFT on rs's traces + non-reasoning data
-  rm             rm         sft                        a reward model on preference pairs
+  rm             rm         the base                   a reward model on preference pairs
   rl             rl         sft (+ rm)                 GRPO for all scenarios: rules on reasoning
                                                        prompts, the reward model on general ones
                                                        (only in the last part of the stage)
@@ -21,14 +21,14 @@ rejection.py, rm.py).
 Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1:
 its chains end in a word that is Chinese a third of the time, and it answers
 general prompts, badly), the built-in arithmetic and general tasks, 2 CPU
-cores. Time: 17.8 min of stages (measured 2026-12-02, README). Results
-(256 held-out questions x 4, T 0.6): cold start pass@1 0.778 -> 0.886;
-reasoning RL 0.886 -> 0.936 with the language share 0.834 -> 1.000; rejection
-sampling keeps 24 % of samples (97 % of prompts); SFT of the base 0.778 ->
-0.957; the reward model's held-out pairwise accuracy 0.602 (it memorises the
-general task's few questions: not yet useful); stage 4 keeps reasoning
-(0.945) without a real gain on general prompts (rule accuracy 0.515 ->
-0.503).
+cores. Time: 10.5 min (measured 2026-12-03, README). Results (256 held-out
+questions x 4, T 0.6): cold start pass@1 0.778 -> 0.886; reasoning RL 0.886
+-> 0.936 with the language share 0.834 -> 1.000; rejection sampling keeps
+24 % of samples (97 % of prompts); SFT of the base 0.778 -> 0.957; the reward
+model's held-out pairwise accuracy 0.688 (it memorises the general task's
+few questions: not yet useful); stage 4 keeps reasoning (0.948) without a
+gain on general prompts (rule accuracy 0.515 -> 0.492, reward model score
+0.935 -> 0.842).
 
 Arg keys: model (preset), ckpt (the base: HF directory or r1jax workdir),
 paper (the paper's settings, below), smoke (seconds-long stages for tests).
@@ -36,9 +36,9 @@ paper (the paper's settings, below), smoke (seconds-long stages for tests).
 Departures from the paper, on the tiny recipe: the cold-start data are
 rule-made correct chains (the paper's come from R1-Zero samples, rewritten);
 the non-reasoning data and the preference pairs come from the built-in
-general task (the paper's from DeepSeek-V3's SFT data and human-made pairs);
-the reward model is trained from the stage-3 SFT model (the paper's from
-DeepSeek-V3). With `paper` the schedules are the paper's; the data are
+general task (the paper's from DeepSeek-V3's SFT data and human-made pairs).
+The reward model is trained from the base (as the paper's from DeepSeek-V3).
+With `paper` the schedules are the paper's; the data are
 yours (set each stage's data, e.g. --config.rl.task=local).
 """
 from r1jax import base, config as rc
@@ -54,7 +54,7 @@ INPUTS = (
     ('rs', 'ckpt', 'reasoning_rl'),
     ('sft', 'model.ckpt', 'base'),
     ('sft', 'sft.data', 'rs'),
-    ('rm', 'model.ckpt', 'sft'),
+    ('rm', 'model.ckpt', 'base'),
     ('rl', 'model.ckpt', 'sft'),
     ('rl', 'reward_model.ckpt', 'rm'),
 )

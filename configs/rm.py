@@ -5,16 +5,16 @@ Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1) on
 rule-made pairs of the built-in general task (the right response chosen, a
 plausible wrong one rejected), scoring the summary (after </think>), on a CPU:
   python -m r1jax.launch --config=configs/rm.py
-  Hardware: 2 CPU cores. Time and result: from configs/r1.py's stage-3 SFT
-  model (--config.model.ckpt=workdir/r1-tiny/sft), 4.3 min (256 steps),
-  held-out pairwise accuracy 0.602 (train 0.78). From the shipped base as is
-  (this command; 3.1 min, measured 2026-12-03): held-out 0.688 (count 0.45,
-  repeat 0.77, reverse 0.82), training questions 0.83 (count 0.65, repeat 1.00,
-  reverse 0.85). The general task's train split has few distinct pairs for
-  two kinds (count: 245 questions x 2 wrong forms, repeat: 62 x 2) and the
-  tiny model memorises them: trained on count pairs alone it reaches chance
-  on held-out count questions; the base's own log-probs prefer the right
-  response on only 0.48 of the held-out pairs.
+  Hardware: 2 CPU cores. Time and result (measured 2026-12-03; configs/r1.py's
+  rm stage is this run): 3.0 min (256 steps), held-out pairwise accuracy
+  0.688 (count 0.45, repeat 0.77, reverse 0.82), training questions 0.83
+  (count 0.65, repeat 1.00, reverse 0.85). From configs/r1.py's stage-3 SFT
+  model instead (--config.model.ckpt=workdir/r1-tiny/sft): 0.602. The
+  general task's train split has few distinct pairs for two kinds (count:
+  245 questions x 2 wrong forms, repeat: 62 x 2) and the tiny model
+  memorises them: trained on count pairs alone it reaches chance on held-out
+  count questions; the base's own log-probs prefer the right response on
+  only 0.48 of the held-out pairs.
 
 Your pairs (JSONL or parquet with prompt, chosen, rejected) on a local HF model:
   python -m r1jax.launch --config=configs/rm.py:model=qwen2.5-1.5b,ckpt=/data/Qwen2.5-1.5B-Instruct \\

@@ -161,7 +161,7 @@ def abstract_rm_params(cfg: models.ModelConfig, mesh):
 def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.ModelConfig:
   """The RL step's reward model's shape: its workdir's model/config.json,
   else (a pipeline's stage not trained yet: R1's reward model is trained
-  from the stage-3 SFT model) the policy's."""
+  from the base) the policy's."""
   path = os.path.join(config.reward_model.ckpt, wd.MODEL, 'config.json')
   if os.path.exists(path):
     with open(path) as f:
