@@ -182,7 +182,13 @@ def _reward_model_view(config, default: tuple[bool, int]) -> tuple[bool, int]:
     return default
   with open(path) as f:
     info = json.load(f)
-  return bool(info['summary_only']), int(info['max_response_len']) if info['summary_only'] else 0
+  return _view(info['summary_only'], info['max_response_len'])
+
+
+def _view(summary_only, max_response_len) -> tuple[bool, int]:
+  """reward_model.load's rule: a summary-only model's summaries are cut to
+  the length it was trained on; a whole-response model's rows are not cut."""
+  return bool(summary_only), int(max_response_len) if summary_only else 0
 
 
 def check(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
@@ -313,8 +319,7 @@ def _stage_rm_view(config) -> tuple[bool, int]:
   """How a pipeline's rm stage, not trained yet, will feed its model."""
   if 'rm' not in config:
     return True, 2048
-  r = config.rm.rm
-  return bool(r.summary_only), int(r.max_response_len) if r.summary_only else 0
+  return _view(config.rm.rm.summary_only, config.rm.rm.max_response_len)
 
 
 def stage_config(config, stage: str, placeholder: str):
