@@ -1,7 +1,7 @@
 """Speed of one GRPO step on this machine, as a fraction of its own matmul peak.
 
   python benchmarks/grpo_step.py [--steps 3] [--prompts 8 --group 8 --new-tokens 64]
-      [--attention auto|dense|blockwise] [--compare]
+      [--attention auto|dense|blockwise] [--grad-accum A] [--compare]
 
 Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
 512, f32. Batch: 8 prompts (32 tokens) x G 8 x exactly 64 new tokens (no EOS),
@@ -10,7 +10,9 @@ Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
 path before issue 13: every decode step reads all P+T cache slots, [T, S]
 scores in the training passes) and with `auto`, each in its own process,
 interleaved (dense, auto, dense, auto), and prints the ratios and each
-process's peak RSS. FLOPs are counted analytically (matmuls and attention over
+process's peak RSS; `--grad-accum A` gives the `auto` runs A micro-batches
+per update (the whole step's rl.grad_accum, and the timed update phase
+split alike), the `dense` ones stay at 1. FLOPs are counted analytically (matmuls and attention over
 the causal context actually needed; nothing for masked cache slots), and the
 roofline is an f32 GEMM measured in the same run, so the ratios do not depend
 on how busy the machine is.
@@ -88,7 +90,8 @@ def compare(args):
     for attention in runs:
       out = subprocess.run(
           [sys.executable, __file__, '--json', f'--steps={args.steps}', f'--prompts={args.prompts}',
-           f'--group={args.group}', f'--new-tokens={args.new_tokens}', f'--attention={attention}'],
+           f'--group={args.group}', f'--new-tokens={args.new_tokens}', f'--attention={attention}']
+          + [f'--grad-accum={args.grad_accum}'] * (attention == 'auto'),
           capture_output=True, text=True, check=True).stdout
       runs[attention].append(json.loads(out.strip().splitlines()[-1]))
   best = {a: {k: min(r[k] for r in rs) for k in rs[0]} for a, rs in runs.items()}
@@ -109,6 +112,8 @@ def main():
   parser.add_argument('--group', type=int, default=8)
   parser.add_argument('--new-tokens', type=int, default=64)
   parser.add_argument('--attention', default='auto')
+  parser.add_argument('--grad-accum', type=int, default=1,
+                      help='micro-batches per update (rl.grad_accum): activations of B/A prompts')
   parser.add_argument('--compare', action='store_true')
   parser.add_argument('--json', action='store_true', help='one JSON line of seconds (for --compare)')
   args = parser.parse_args()
@@ -119,8 +124,11 @@ def main():
 
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
+  A = args.grad_accum
+  if B % A:
+    raise SystemExit(f'--grad-accum {A} must divide --prompts {B}')
   cfg = ts.StepConfig(group_size=G, sampling=sampling, loss=grpo.LossConfig(beta=0.04),
-                      reward_names=('even',), reward_weights=(1.0,))
+                      reward_names=('even',), reward_weights=(1.0,), grad_accum=A)
   model = models.create(CFG, seed=0, mesh=mesh)
   optimizer = optax.adamw(1e-5)
   state = ts.init_state(model, optimizer, cfg)
@@ -142,12 +150,18 @@ def main():
   ref_logp = score(state.params)
 
   def update(params, opt_state):
-    def loss(params):
-      logp = ts.completion_logprobs(nnx.merge(graphdef, params), batch.prompt_BxP,
-                                    batch.prompt_mask_BxP, tokens, 1.0)
-      return grpo.policy_loss(logp, jax.lax.stop_gradient(logp), ref_logp, adv,
-                              ro.mask_NxT, cfg.loss)[0]
-    grads = jax.grad(loss)(params)
+    def loss(params, part):
+      prompt, pmask, toks, mask, ref, a, w = part
+      logp = ts.completion_logprobs(nnx.merge(graphdef, params), prompt, pmask, toks, 1.0)
+      return grpo.policy_loss(logp, jax.lax.stop_gradient(logp), ref, a, mask, cfg.loss,
+                              weights_NxT=w)[0]
+    # A micro-batches of B/A prompts and their G completions, gradients
+    # summed; the tokens' loss weights are the whole batch's.
+    weights = grpo.token_weights(ro.mask_NxT, cfg.loss.loss_agg, None)
+    parts = tuple(x.reshape(A, -1, *x.shape[1:]) for x in (
+        batch.prompt_BxP, batch.prompt_mask_BxP, tokens, ro.mask_NxT, ref_logp, adv, weights))
+    grads = jax.lax.map(lambda part: jax.grad(loss)(params, part), parts)
+    grads = jax.tree.map(lambda g: g.sum(0), grads)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
   update = jax.jit(update)

@@ -113,6 +113,28 @@ def test_remat_gives_same_values_and_grads():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('w_shape', [(8, 12), (8, 3, 4)])
+def test_projection_backward_equals_the_einsums(dtype, w_shape):
+  """decoder.project's written-out backward (the weight gradient as one
+  matmul over (b, t)) gives JAX's own gradients of the einsum, in dtype."""
+  from r1jax.models import decoder  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8)).astype(dtype)
+  w = jax.random.normal(jax.random.key(1), w_shape).astype(dtype)
+  ct = jax.random.normal(jax.random.key(2), (2, 5) + w_shape[1:])
+  outs = 'fo'[:len(w_shape) - 1]
+  ref = lambda x, w: jnp.einsum(f'btd,d{outs}->bt{outs}', x, w,  # noqa: E731
+                                preferred_element_type=jnp.float32)
+  y, vjp = jax.vjp(decoder.project, x, w)
+  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+  for a, b in zip(vjp(ct), vjp_ref(ct)):
+    assert a.dtype == b.dtype == dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-5 if dtype == jnp.float32 else 1e-2, atol=1e-6)
+
 @pytest.mark.parametrize('tie', [True, False])
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_save_load_round_trip_is_exact(tmp_path, tie, dtype):
