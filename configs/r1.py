@@ -21,7 +21,7 @@ rejection.py, rm.py).
 Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1:
 its chains end in a word that is Chinese a third of the time, and it answers
 general prompts, badly), the built-in arithmetic and general tasks, 2 CPU
-cores. Time: 10.5 min (measured 2026-12-03, README). Results (256 held-out
+cores. Time: 10.5 min (measured 2026-12-03, README; 6.5 min on 2026-12-04's faster machine). Results (256 held-out
 questions x 4, T 0.6): cold start pass@1 0.778 -> 0.886; reasoning RL 0.886
 -> 0.936 with the language share 0.834 -> 1.000; rejection sampling keeps
 24 % of samples (97 % of prompts); SFT of the base 0.778 -> 0.957; the reward

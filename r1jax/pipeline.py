@@ -28,6 +28,7 @@ from r1jax import config as rc, evaluate as ev, export, metrics, workdir as wd
 
 KINDS = ('sft', 'rl', 'rm', 'rejection')
 DONE = 'stage.json'
+STAGE_CONFIG = 'stage_config.json'  # what a finished stage ran with (checked on a rerun)
 
 
 def stage_names(config) -> list[str]:
@@ -189,6 +190,40 @@ def run(config, launch_run) -> dict:
     log.close()
 
 
+def _settings(config, stage: str, root: epath.Path) -> dict:
+  """The stage's wired config as JSON values, paths under the pipeline's
+  workdir written relative to it (a moved workdir is the same run)."""
+  text = wired(config, stage).to_json_best_effort(sort_keys=True)
+  return json.loads(text.replace(json.dumps(os.fspath(root))[1:-1], '<workdir>'))
+
+
+def _changes(old: dict, new: dict, prefix: str = '') -> list[str]:
+  """'key: old -> new' for each leaf that differs."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k, '(unset)'), new.get(k, '(unset)')
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _changes(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(f'{prefix}{k}: {a!r} -> {b!r}')
+  return out
+
+
+def _check_unchanged(config, stage: str, root: epath.Path) -> None:
+  """A finished stage is skipped only if it ran with the settings it would
+  run with now: a changed stage config is an error, never an old result
+  passed off as the new one."""
+  saved = root / stage / STAGE_CONFIG
+  if not saved.exists():  # finished before stage configs were kept
+    return
+  changes = _changes(json.loads(saved.read_text()), _settings(config, stage, root))
+  if changes:
+    shown = '; '.join(changes[:5]) + (f'; and {len(changes) - 5} more' if len(changes) > 5 else '')
+    raise ValueError(
+        f'stage {stage} finished with other settings than this config gives it ({shown}). '
+        f'Restore them to keep its result, or remove {root / stage} to run it again.')
+
+
 def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
   summary_path = root / 'summary.json'
   done = json.loads(summary_path.read_text()).get('stages', {}) if summary_path.exists() else {}
@@ -199,6 +234,7 @@ def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
     kind = config.pipeline.kinds[stage]
     marker = root / stage / DONE
     if marker.exists():
+      _check_unchanged(config, stage, root)
       done[stage] = json.loads(marker.read_text())
       print(f'[r1jax] stage {stage} ({kind}): done already ({marker}); skipped', flush=True)
       continue
@@ -209,6 +245,8 @@ def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
               'minutes': (time.time() - t0) / 60,
               'metrics': _final_metrics(root / stage, kind, result)}
     if jax.process_index() == 0:
+      ev.write_atomic(root / stage / STAGE_CONFIG,
+                      json.dumps(_settings(config, stage, root), indent=2, sort_keys=True))
       ev.write_atomic(marker, json.dumps(record, indent=2))
     done[stage] = record
     print(f'[r1jax] stage {stage} done in {record["minutes"]:.1f} min', flush=True)

@@ -1,6 +1,6 @@
 """The multi-stage recipes: configs/r1.py:smoke end to end through the
 pipeline notebook (every stage's output, summary.json, the plots), a rerun
-that skips finished stages, a stage resumed from its checkpoint after losing
+that skips finished stages (and refuses one whose settings changed), a stage resumed from its checkpoint after losing
 its end, a subset of stages, bad stage settings named before anything runs,
 and configs/distill.py:smoke."""
 import json
@@ -111,6 +111,15 @@ def test_r1_smoke_runs_every_stage_skips_them_when_done_and_resumes_inside_one(
   out = capsys.readouterr().out
   assert out.count('done already') == len(c.pipeline.order)
   assert again == summary
+  # A stage whose settings changed is refused, not answered with its old
+  # result; nothing is written.
+  changed = _r1(root)
+  changed.rl.steps += 1
+  with pytest.raises(ValueError, match=r'stage rl finished with other settings .*steps: '
+                     rf'{c.rl.steps} -> {c.rl.steps + 1}.*remove .*/rl to run it again'):
+    launch.run(changed)
+  assert json.loads((root / 'summary.json').read_text()) == summary
+  assert (root / 'rl' / pipeline.DONE).exists()
 
   # The cold start lost its last checkpoint, its export and its marker (as
   # if killed after its first checkpoint): run alone, it resumes there and
