@@ -1,6 +1,6 @@
 """Batched group sampling: prefill each prompt once, decode G samples of it.
 
-  prompts [B, P] (left-padded) ──prefill──▶ prompt KV [L, B, K, P, H]
+  prompts [B, P] (left-padded) ──prefill──▶ prompt KV [L, B, K, P, H] (K stored [.., H, P])
     static:     ──repeat G──▶ cache [L, B·G, K, P+T, H] ──lax.while_loop decode──▶ [B·G, T]
     continuous: Z decode slots, cache [L, Z, K, P+T, H]; a slot whose sample
                 ends takes the next pending one (its prompt's KV copied in)
@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.models import Decoder
+from r1jax.models.decoder import CACHE_SLOT_AXIS
 
 
 class SamplingConfig(NamedTuple):
@@ -172,8 +173,8 @@ def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_Bx
   P = prompt_mask_BxP.shape[1]
   slots = jnp.arange(P + T)
   rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
-  cache = {k: rep(jnp.pad(v, ((0, 0),) * 3 + ((0, T), (0, 0))), axis=1)
-           for k, v in prefix.items()}
+  cache = {k: rep(jnp.pad(v, [(0, T if a == CACHE_SLOT_AXIS[k] else 0) for a in range(v.ndim)]),
+               axis=1) for k, v in prefix.items()}
   prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, T))))
   prompt_len_N = rep(prompt_len_B)
   token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
@@ -206,7 +207,7 @@ class _Slots(NamedTuple):
   """The continuous sampler's state: the cache has one row per decode slot
   (Z); the rest is per shard and slot [S, Z/S], with each shard's samples
   numbered locally (0..N/S-1; N/S: none)."""
-  cache: dict  # k, v [L, Z, K, P+T, H]
+  cache: dict  # k [L, Z, K, H, P+T], v [L, Z, K, P+T, H]
   valid: jax.Array  # bool [S, Z/S, P+T]: the key slots each slot's sample attends to
   sample: jax.Array  # int32: the (local) sample in the slot
   t: jax.Array  # int32: tokens that sample has emitted
@@ -249,7 +250,9 @@ def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B,
     n = jnp.where(take, head, Ns)
     b = jnp.minimum(n // G, Bs - 1)
     dst = jnp.where(take, jnp.arange(Zs), Zs)  # out of range: untouched
-    cache = {k: v.at[:, dst, :, :P].set(prefix[k][:, b], mode='drop') for k, v in cache.items()}
+    cache = {k: v.at[(slice(None), dst) + (slice(None),) * (CACHE_SLOT_AXIS[k] - 2)
+                     + (slice(0, P),)].set(prefix[k][:, b], mode='drop')
+             for k, v in cache.items()}
     valid = jnp.where(take[:, None], jnp.pad(pmask[b], ((0, 0), (0, T))), valid)
     token, logp = sample_logits(logits[b], token_keys(key, ids[jnp.minimum(n, Ns - 1)],
                                                       jnp.int32(0)), cfg)

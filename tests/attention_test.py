@@ -179,7 +179,8 @@ def test_decode_over_the_filled_blocks_equals_dense(q_offset):
   # Left padding of 3 in row 0; the query's own slot holds its token.
   valid = jnp.asarray((np.arange(S)[None] >= np.array([[3], [0]])) | (np.arange(S) == q_offset))
   mask = at.Mask(valid, q_offset)
-  out = jax.jit(at.decode, static_argnums=(6,))(q, k_all, v_all, 1, valid, q_offset, 16)
+  kT_all = jnp.swapaxes(k_all, 3, 4)  # the decoder's cache layout: K as [.., H, S]
+  out = jax.jit(at.decode, static_argnums=(6,))(q, kT_all, v_all, 1, valid, q_offset, 16)
   np.testing.assert_allclose(out, at.dense(q, k_all[1], v_all[1], mask), atol=1e-6, rtol=1e-6)
 
 

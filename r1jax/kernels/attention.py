@@ -211,14 +211,15 @@ def decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset,
            block: int = DECODE_BLOCK) -> jax.Array:
   """A decode step over a KV cache that reads only the filled slots: key
   blocks up to the last query's slot (a dynamic trip count), each sliced from
-  the stacked cache k_all / v_all [L, B, K, S, H] at `layer`, with an online
+  the stacked cache k_all [L, B, K, H, S] / v_all [L, B, K, S, H] at `layer`
+  (the decoder's layout: q·Kᵀ is a plain product there), with an online
   softmax. The slots past the last query (the rest of the cache) are never
   read, so a step costs what has been generated so far, not P + T. Same
   mask semantics as `Mask(key_valid_BxS, q_offset)` for queries whose own
   slot is valid (a decode step's always is; a row with no allowed key would
   average the blocks read, not all S); no gradient is needed."""
   B, K, G, T, H = q_BxKxGxTxH.shape
-  S = k_all.shape[3]
+  S = k_all.shape[4]
   block = min(block, S)
   scale = 1.0 / math.sqrt(H)
   qslots = q_offset + jnp.arange(T, dtype=jnp.int32)
@@ -228,13 +229,14 @@ def decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset,
     m, l, acc = carry
     nominal = j * block
     start = jnp.minimum(nominal, S - block)  # the last block may overlap the one before
-    kj = jax.lax.dynamic_slice(k_all, (layer, 0, 0, start, 0), (1, B, K, block, H))[0]
+    kj = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, start), (1, B, K, H, block))[0]
     vj = jax.lax.dynamic_slice(v_all, (layer, 0, 0, start, 0), (1, B, K, block, H))[0]
     valid = jax.lax.dynamic_slice(key_valid_BxS, (0, start), (B, block))
     slots = start + jnp.arange(block, dtype=jnp.int32)
     valid &= slots >= nominal  # each slot counted once
-    s = jnp.where(_allowed(valid, slots, qslots, None, None), _scores(q_BxKxGxTxH, kj, scale),
-                  NEG_INF)
+    s = jnp.einsum('bkgth,bkhs->bkgts', q_BxKxGxTxH, kj,
+                   preferred_element_type=jnp.float32) * scale
+    s = jnp.where(_allowed(valid, slots, qslots, None, None), s, NEG_INF)
     m_new = jnp.maximum(m, s.max(axis=-1))
     p = jnp.exp(s - m_new[..., None])
     corr = jnp.exp(m - m_new)

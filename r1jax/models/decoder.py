@@ -12,8 +12,11 @@ then a final RMSNorm and the LM head (tied to the embedding or not).
 
 Layers are stored stacked (leading L axis) and applied with `lax.scan`, so
 compile time does not grow with depth and `remat` wraps one layer body. The KV
-cache is `{'k','v'}: [L, B, K, S, H]` (the [B, K, S, H] layout is much faster
-than [B, S, K, H] on CPU), updated in place at `cache_index`.
+cache is `{'k': [L, B, K, H, S], 'v': [L, B, K, S, H]}`, updated in place at
+`cache_index`: kv heads before slots (much faster than [B, S, K, H] on CPU),
+and K with its slots minor, so a decode step's q·Kᵀ is a plain [G, H] × [H,
+S] product (with K as [S, H] XLA's CPU dot repacks every block it reads).
+`CACHE_SLOT_AXIS` says where each keeps its slots.
 """
 import functools
 import math
@@ -29,6 +32,9 @@ from r1jax import sharding as shd
 from r1jax.sharding import constrain
 
 Cache = dict[str, jax.Array]
+# Where each cache array keeps its slots (S): what code that pads, copies or
+# slices a cache along its slots reads.
+CACHE_SLOT_AXIS = {'k': 4, 'v': 3}
 
 
 def _param(rngs: nnx.Rngs | None, init: str, shape: tuple[int, ...],
@@ -200,7 +206,7 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
            cache_index: jax.Array | None = None,
            prefix: tuple[jax.Array, jax.Array] | None = None):
   """One transformer block; the keys attended to are one of:
-    - `cache` (k [L,B,K,S,H], v, layer index): this chunk's keys/values are
+    - `cache` (k [L,B,K,H,S], v [L,B,K,S,H], layer index): this chunk's keys/values are
       written into it in place (only the new slots), attention reads the
       layer's slice;
     - `prefix` (k [B',K,P,H], v): a shared prefix, each row repeated B/B'
@@ -241,29 +247,32 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
         # Batched over the rows (vmap), so XLA partitions the write along
         # the sharded batch with no communication (a plain scatter's row
         # indices would be gathered).
-        write = jax.vmap(lambda c, i, x: jax.lax.dynamic_update_slice(
+        write_k = jax.vmap(lambda c, i, x: jax.lax.dynamic_update_slice(
+            c, x[None, :, :, None], (layer, 0, 0, i)), in_axes=(1, 0, 0), out_axes=1)
+        write_v = jax.vmap(lambda c, i, x: jax.lax.dynamic_update_slice(
             c, x[None, :, None], (layer, 0, i, 0)), in_axes=(1, 0, 0), out_axes=1)
-        k_all = write(k_all, cache_index, k_BxKxTxH[:, :, 0])
-        v_all = write(v_all, cache_index, v_BxKxTxH[:, :, 0])
+        k_all = write_k(k_all, cache_index, k_BxKxTxH[:, :, 0])
+        v_all = write_v(v_all, cache_index, v_BxKxTxH[:, :, 0])
       else:
         # One device: the plain scatter, which XLA's CPU backend does in
         # place (the batched form copies the cache: 2.7x slower decode).
         rows = jnp.arange(B)
-        k_all = k_all.at[layer, rows, :, cache_index].set(k_BxKxTxH[:, :, 0])
+        k_all = k_all.at[layer, rows, :, :, cache_index].set(k_BxKxTxH[:, :, 0])
         v_all = v_all.at[layer, rows, :, cache_index].set(v_BxKxTxH[:, :, 0])
     else:
-      start = (layer, 0, 0, cache_index, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k_BxKxTxH[None], start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], start)
+      k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k_BxKxTxH, 2, 3)[None],
+                                           (layer, 0, 0, 0, cache_index))
+      v_all = jax.lax.dynamic_update_slice(v_all, v_BxKxTxH[None], (layer, 0, 0, cache_index, 0))
     cache = (k_all, v_all, layer)
-    if T == 1 and cfg.attention != 'dense' and k_all.shape[3] > attn_lib.DECODE_BLOCK:
+    if T == 1 and cfg.attention != 'dense' and k_all.shape[4] > attn_lib.DECODE_BLOCK:
       # A decode step reads only the cache blocks filled so far (a cache of
       # one block is read whole, as the dense path does).
       attn = attn_lib.decode(q_BxKxGxTxH, k_all, v_all, layer, mask.key_valid_BxS,
                              mask.q_offset)
       k_BxKxSxH = None
     else:
-      k_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+      k_BxKxSxH = jnp.swapaxes(
+          jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False), 2, 3)
       v_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
   elif prefix is not None:
     reps = B // prefix[0].shape[0]
@@ -320,10 +329,11 @@ class Decoder(nnx.Module):
     return constrain(logits, ('batch', 'length', 'act_vocab'))
 
   def init_cache(self, batch: int, length: int) -> Cache:
+    """Zeros in the cache's layout (module doc)."""
     c = self.cfg
-    shape = (c.num_layers, batch, c.num_kv_heads, length, c.head_dim)
-    return {'k': jnp.zeros(shape, jnp.dtype(c.dtype)),
-            'v': jnp.zeros(shape, jnp.dtype(c.dtype))}  # distinct buffers (donation)
+    L, K, H = c.num_layers, c.num_kv_heads, c.head_dim
+    return {'k': jnp.zeros((L, batch, K, H, length), jnp.dtype(c.dtype)),
+            'v': jnp.zeros((L, batch, K, length, H), jnp.dtype(c.dtype))}  # distinct buffers
 
   def hidden(self, tokens_BxT: jax.Array, *,
              positions_BxT: jax.Array | None = None,
