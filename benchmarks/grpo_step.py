@@ -160,8 +160,9 @@ def main():
     weights = grpo.token_weights(ro.mask_NxT, cfg.loss.loss_agg, None)
     parts = tuple(x.reshape(A, -1, *x.shape[1:]) for x in (
         batch.prompt_BxP, batch.prompt_mask_BxP, tokens, ro.mask_NxT, ref_logp, adv, weights))
-    grads = jax.lax.map(lambda part: jax.grad(loss)(params, part), parts)
-    grads = jax.tree.map(lambda g: g.sum(0), grads)
+    def accumulate(total, part):  # one gradient tree held, as the train step's
+      return jax.tree.map(jnp.add, total, jax.grad(loss)(params, part)), None
+    grads = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), parts)[0]
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
   update = jax.jit(update)

@@ -17,6 +17,7 @@ resumes from its own checkpoints or part files. `stages` selects a subset
 ('rs,sft'; their inputs must exist). At the end <workdir>/summary.json holds
 each stage's name, kind, output and final metrics.
 """
+import hashlib
 import json
 import os
 import time
@@ -190,18 +191,52 @@ def run(config, launch_run) -> dict:
     log.close()
 
 
+# Settings that say how a stage ran, not what it computes: a finished stage
+# run on another mesh, with other workers or checkpoint cadence is the same.
+_HOW_IT_RAN = ('mesh', 'distributed', 'reward_workers', 'checkpoint_every', 'checkpoint_keep',
+               'checkpoint_wait_s', 'eval_every')
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _settings(config, stage: str, root: epath.Path) -> dict:
-  """The stage's wired config as JSON values, paths under the pipeline's
-  workdir written relative to it (a moved workdir is the same run)."""
-  text = wired(config, stage).to_json_best_effort(sort_keys=True)
-  return json.loads(text.replace(json.dumps(os.fspath(root))[1:-1], '<workdir>'))
+  """What a stage's result depends on: its wired config as JSON values (paths
+  under the pipeline's workdir and the r1jax checkout written relative to
+  them, so a moved workdir or checkout is the same run; how-it-ran settings
+  left out) and the record of each earlier stage it reads (a rerun of one
+  makes its readers stale)."""
+  c = wired(config, stage).to_dict()
+  for k in _HOW_IT_RAN:
+    c.pop(k, None)
+
+  def rel(v):
+    if isinstance(v, str):
+      for prefix, name in ((os.fspath(root), '<workdir>'), (_PACKAGE_ROOT, '<r1jax>')):
+        v = ','.join(name + x[len(prefix):] if x == prefix or x.startswith(prefix + os.sep) else x
+                     for x in v.split(','))
+      return v
+    if isinstance(v, dict):
+      return {k: rel(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+      return [rel(x) for x in v]
+    return v
+  out = json.loads(json.dumps(rel(c), sort_keys=True, default=str))
+  inputs = {}
+  for st, _, source in config.pipeline.inputs:
+    for src in str(source).split(','):
+      if st == stage and src in config.pipeline.kinds:
+        marker = root / src / DONE
+        inputs[src] = (hashlib.sha256(marker.read_bytes()).hexdigest()[:16] if marker.exists()
+                       else 'not finished')
+  out['<input stages>'] = inputs
+  return out
 
 
 def _changes(old: dict, new: dict, prefix: str = '') -> list[str]:
-  """'key: old -> new' for each leaf that differs."""
+  """'key: old -> new' for each setting both hold that differs (a setting
+  added to r1jax since the stage ran is not a change)."""
   out = []
-  for k in sorted(set(old) | set(new)):
-    a, b = old.get(k, '(unset)'), new.get(k, '(unset)')
+  for k in sorted(set(old) & set(new)):
+    a, b = old[k], new[k]
     if isinstance(a, dict) and isinstance(b, dict):
       out += _changes(a, b, f'{prefix}{k}.')
     elif a != b:
@@ -210,23 +245,44 @@ def _changes(old: dict, new: dict, prefix: str = '') -> list[str]:
 
 
 def _check_unchanged(config, stage: str, root: epath.Path) -> None:
-  """A finished stage is skipped only if it ran with the settings it would
-  run with now: a changed stage config is an error, never an old result
-  passed off as the new one."""
+  """A finished stage is skipped only if it would run with the same settings
+  on the same inputs now: otherwise an error, never an old result passed
+  off as the new one."""
   saved = root / stage / STAGE_CONFIG
-  if not saved.exists():  # finished before stage configs were kept
+  if not saved.exists():
+    print(f'[r1jax] warning: stage {stage} finished before r1jax kept stage settings; '
+          'skipped without checking them', flush=True)
     return
   changes = _changes(json.loads(saved.read_text()), _settings(config, stage, root))
   if changes:
     shown = '; '.join(changes[:5]) + (f'; and {len(changes) - 5} more' if len(changes) > 5 else '')
     raise ValueError(
-        f'stage {stage} finished with other settings than this config gives it ({shown}). '
+        f'stage {stage} finished with other settings or inputs than this run gives it ({shown}). '
         f'Restore them to keep its result, or remove {root / stage} to run it again.')
+
+
+def check_finished(config, names: list[str], root: epath.Path) -> None:
+  """Before anything runs: every selected stage that finished must still be
+  what this config asks for, and no finished stage may read one that is
+  about to run again (`names` in order)."""
+  will_run = set()
+  for stage in names:
+    if (root / stage / DONE).exists():
+      reads = {src for st, _, source in config.pipeline.inputs if st == stage
+               for src in str(source).split(',')}
+      rerun = sorted(reads & will_run)
+      if rerun:
+        raise ValueError(f'stage {stage} finished, but {rerun[0]}, which it reads, runs again '
+                         f'now: remove {root / stage} too, or run only the stages after it')
+      _check_unchanged(config, stage, root)
+    else:
+      will_run.add(stage)
 
 
 def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
   summary_path = root / 'summary.json'
   done = json.loads(summary_path.read_text()).get('stages', {}) if summary_path.exists() else {}
+  check_finished(config, names, root)
   t_all = time.time()
   print(f'[r1jax] pipeline {config.pipeline.name}: stages {", ".join(names)} in {root}',
         flush=True)
@@ -234,7 +290,6 @@ def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
     kind = config.pipeline.kinds[stage]
     marker = root / stage / DONE
     if marker.exists():
-      _check_unchanged(config, stage, root)
       done[stage] = json.loads(marker.read_text())
       print(f'[r1jax] stage {stage} ({kind}): done already ({marker}); skipped', flush=True)
       continue

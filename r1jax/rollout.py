@@ -1,8 +1,8 @@
 """Batched group sampling: prefill each prompt once, decode G samples of it.
 
-  prompts [B, P] (left-padded) ──prefill──▶ prompt KV [L, B, K, P, H] (K stored [.., H, P])
-    static:     ──repeat G──▶ cache [L, B·G, K, P+T, H] ──lax.while_loop decode──▶ [B·G, T]
-    continuous: Z decode slots, cache [L, Z, K, P+T, H]; a slot whose sample
+  prompts [B, P] (left-padded) ──prefill──▶ prompt KV: v [L, B, K, P, H], k [L, B, K, H, P]
+    static:     ──repeat G──▶ cache of B·G rows × (P+T) slots ──lax.while_loop decode──▶ [B·G, T]
+    continuous: Z decode slots, a cache of Z rows × (P+T) slots; a slot whose sample
                 ends takes the next pending one (its prompt's KV copied in)
 
 Row n = b·G + g of the outputs is sample g of prompt b, whichever way it was

@@ -140,6 +140,40 @@ def test_r1_smoke_runs_every_stage_skips_them_when_done_and_resumes_inside_one(
   # bit for bit in one process).
   for a, b in zip(before, _weights(root / 'cold_start' / 'hf')):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  # The stages that read the cold start are stale now: a whole rerun refuses
+  # to skip them.
+  with pytest.raises(ValueError, match=r'stage reasoning_rl finished with other settings or '
+                     r'inputs .*<input stages>\.cold_start'):
+    launch.run(_r1(root))
+
+
+def test_finished_stages_are_checked_before_anything_runs(tmp_path):
+  """A finished stage whose input runs again is refused up front; settings
+  that only say how a stage ran, and settings r1jax added since, are not
+  changes; a moved workdir is the same run."""
+  c = _r1(tmp_path / 'a')
+  root = pipeline.wd.absolute(c.workdir)
+  names = list(c.pipeline.order)
+  (root / 'reasoning_rl').mkdir(parents=True)
+  (root / 'reasoning_rl' / pipeline.DONE).write_text('{}')
+  with pytest.raises(ValueError, match='stage reasoning_rl finished, but cold_start, which it '
+                     'reads, runs again now'):
+    pipeline.check_finished(c, names, root)
+  # cold_start finished too, with its settings kept.
+  (root / 'cold_start').mkdir()
+  (root / 'cold_start' / pipeline.DONE).write_text('{"minutes": 1}')
+  saved = pipeline._settings(c, 'cold_start', root)  # pylint: disable=protected-access
+  saved['a_setting_r1jax_added_since'] = 1
+  (root / 'cold_start' / pipeline.STAGE_CONFIG).write_text(json.dumps(saved))
+  c.cold_start.mesh.data, c.cold_start.eval_every = 2, 7
+  pipeline.check_finished(c, ['cold_start'], root)
+  moved = tmp_path / 'b'
+  shutil.copytree(root, moved)
+  c.workdir = str(moved)
+  pipeline.check_finished(c, ['cold_start'], pipeline.wd.absolute(c.workdir))
+  c.cold_start.optim.lr *= 2
+  with pytest.raises(ValueError, match=r'stage cold_start finished with other settings .*optim\.lr'):
+    pipeline.check_finished(c, ['cold_start'], pipeline.wd.absolute(c.workdir))
 
 
 def test_distill_smoke_trains_a_student_on_a_teachers_traces(tmp_path, tfds_dir):
