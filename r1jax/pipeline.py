@@ -198,6 +198,12 @@ _HOW_IT_RAN = ('mesh', 'distributed', 'reward_workers', 'checkpoint_every', 'che
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _reads(config, stage: str) -> list[str]:
+  """The earlier stages whose outputs `stage` takes as inputs."""
+  return sorted({src for st, _, source in config.pipeline.inputs if st == stage
+                 for src in str(source).split(',') if src in config.pipeline.kinds})
+
+
 def _settings(config, stage: str, root: epath.Path) -> dict:
   """What a stage's result depends on: its wired config as JSON values (paths
   under the pipeline's workdir and the r1jax checkout written relative to
@@ -220,14 +226,10 @@ def _settings(config, stage: str, root: epath.Path) -> dict:
       return [rel(x) for x in v]
     return v
   out = json.loads(json.dumps(rel(c), sort_keys=True, default=str))
-  inputs = {}
-  for st, _, source in config.pipeline.inputs:
-    for src in str(source).split(','):
-      if st == stage and src in config.pipeline.kinds:
-        marker = root / src / DONE
-        inputs[src] = (hashlib.sha256(marker.read_bytes()).hexdigest()[:16] if marker.exists()
-                       else 'not finished')
-  out['<input stages>'] = inputs
+  markers = {src: root / src / DONE for src in _reads(config, stage)}
+  out['<input stages>'] = {
+      src: hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.exists() else 'not finished'
+      for src, m in markers.items()}
   return out
 
 
@@ -268,9 +270,7 @@ def check_finished(config, names: list[str], root: epath.Path) -> None:
   will_run = set()
   for stage in names:
     if (root / stage / DONE).exists():
-      reads = {src for st, _, source in config.pipeline.inputs if st == stage
-               for src in str(source).split(',')}
-      rerun = sorted(reads & will_run)
+      rerun = [src for src in _reads(config, stage) if src in will_run]
       if rerun:
         raise ValueError(f'stage {stage} finished, but {rerun[0]}, which it reads, runs again '
                          f'now: remove {root / stage} too, or run only the stages after it')
