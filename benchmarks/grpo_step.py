@@ -1,18 +1,22 @@
 """Speed of one GRPO step on this machine, as a fraction of its own matmul peak.
 
   python benchmarks/grpo_step.py [--steps 3] [--prompts 8 --group 8 --new-tokens 64]
-      [--attention auto|dense|blockwise] [--grad-accum A] [--compare]
+      [--attention auto|dense|blockwise] [--grad-accum A]
+      [--compare [--baseline 714ff0e|dense]]
 
 Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
 512, f32. Batch: 8 prompts (32 tokens) x G 8 x exactly 64 new tokens (no EOS),
 β 0.04, μ 1, AdamW (the long-completion shape of issue 13: --prompts 4
---new-tokens 512). `--compare` runs the step with `attention=dense` (the
-path before issue 13: every decode step reads all P+T cache slots, [T, S]
-scores in the training passes) and with `auto`, each in its own process,
-interleaved (dense, auto, dense, auto), and prints the ratios and each
-process's peak RSS; `--grad-accum A` gives the `auto` runs A micro-batches
-per update (the whole step's rl.grad_accum, and the timed update phase
-split alike), the `dense` ones stay at 1. FLOPs are counted analytically (matmuls and attention over
+--new-tokens 512). `--compare` runs the step of the code before issue 13 (`--baseline`,
+default its commit 714ff0e: the main the issue measured, taken from this
+checkout's git history with `git archive` into a temporary directory and run
+with this shape) and of this checkout (`auto`), each in its own process,
+interleaved (baseline, auto, baseline, auto), and prints the ratios and each
+process's peak RSS; `--baseline dense` takes this checkout with
+`attention=dense` instead (the attention paths alone). `--grad-accum A`
+gives the `auto` runs A micro-batches per update (the whole step's
+rl.grad_accum, and the timed update phase split alike); the baseline runs
+stay at 1. FLOPs are counted analytically (matmuls and attention over
 the causal context actually needed; nothing for masked cache slots), and the
 roofline is an f32 GEMM measured in the same run, so the ratios do not depend
 on how busy the machine is.
@@ -79,25 +83,68 @@ def even_share(tokens, mask, ids):
       mask.sum(1, keepdims=True), 1)
 
 
+BASELINE = '714ff0e'  # main when issue 13 was filed
+_RUN_OLD = r"""
+import importlib.util, json, re, resource, sys
+root, B, G, T, steps = sys.argv[1], *map(int, sys.argv[2:6])
+sys.path.insert(0, root)
+spec = importlib.util.spec_from_file_location('old', root + '/benchmarks/grpo_step.py')
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+assert m.__file__.startswith(root) and sys.modules['r1jax'].__file__.startswith(root)
+m.B, m.G, m.T = B, G, T
+lines = []
+m.print = lambda *a, **k: lines.append(' '.join(map(str, a)))
+sys.argv = ['grpo_step.py', f'--steps={steps}']
+m.main()
+out = {k: float(v) / 1e3 for line in lines
+       for k, v in re.findall(r'^\s*(rollout|reference|update|step):\s+([\d.]+) ms', line)}
+print(json.dumps({**out, 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _baseline_tree(commit: str, tmp: str) -> str:
+  """The repository at `commit`, unpacked into `tmp` (git archive)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    archive = subprocess.run(['git', '-C', repo, 'archive', commit], capture_output=True,
+                             check=True).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise SystemExit(f'--baseline {commit}: not in this checkout\'s git history ({e}); '
+                     'use a clone with history, or --baseline dense') from e
+  subprocess.run(['tar', '-x', '-C', tmp], input=archive, check=True)
+  return tmp
+
+
 def compare(args):
-  """Both attention paths, each in a fresh process (its own peak RSS), twice,
-  interleaved; the better of each pair's two runs."""
+  """The baseline and this checkout, each in a fresh process (its own peak
+  RSS), twice, interleaved; the better of each pair's two runs."""
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  runs = {'dense': [], 'auto': []}
-  for _ in range(2):
-    for attention in runs:
-      out = subprocess.run(
-          [sys.executable, __file__, '--json', f'--steps={args.steps}', f'--prompts={args.prompts}',
-           f'--group={args.group}', f'--new-tokens={args.new_tokens}', f'--attention={attention}']
-          + [f'--grad-accum={args.grad_accum}'] * (attention == 'auto'),
-          capture_output=True, text=True, check=True).stdout
-      runs[attention].append(json.loads(out.strip().splitlines()[-1]))
+  import tempfile  # pylint: disable=g-import-not-at-top
+  shape = [f'--steps={args.steps}', f'--prompts={args.prompts}', f'--group={args.group}',
+           f'--new-tokens={args.new_tokens}']
+  new = [sys.executable, __file__, '--json', *shape, f'--grad-accum={args.grad_accum}']
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.baseline == 'dense':
+      old = [sys.executable, __file__, '--json', *shape, '--attention=dense']
+      name = 'dense (this checkout, attention=dense)'
+    else:
+      old = [sys.executable, '-c', _RUN_OLD, _baseline_tree(args.baseline, tmp),
+             str(args.prompts), str(args.group), str(args.new_tokens), str(args.steps)]
+      name = f'main at {args.baseline} (before issue 13)'
+    runs = {'old': [], 'new': []}
+    for _ in range(2):
+      for which, cmd in (('old', old), ('new', new)):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp).stdout
+        runs[which].append(json.loads(out.strip().splitlines()[-1]))
   best = {a: {k: min(r[k] for r in rs) for k in rs[0]} for a, rs in runs.items()}
-  old, new = best['dense'], best['auto']
-  print(f'{args.prompts} prompts x G {args.group} x {args.new_tokens} new tokens; '
-        'dense (before issue 13) vs auto, best of 2 interleaved runs each')
+  old, new = best['old'], best['new']
+  print(f'{args.prompts} prompts x G {args.group} x {args.new_tokens} new tokens; {name} vs '
+        f'this checkout (grad_accum {args.grad_accum}), best of 2 interleaved runs each')
   for k in ('rollout', 'reference', 'update', 'step'):
     print(f'{k:>9}: {old[k] * 1e3:8.1f} ms -> {new[k] * 1e3:8.1f} ms  {old[k] / new[k]:5.2f}x faster')
   print(f'{"peak RSS":>9}: {old["rss_mib"]:8.0f} MiB -> {new["rss_mib"]:8.0f} MiB  '
@@ -115,6 +162,8 @@ def main():
   parser.add_argument('--grad-accum', type=int, default=1,
                       help='micro-batches per update (rl.grad_accum): activations of B/A prompts')
   parser.add_argument('--compare', action='store_true')
+  parser.add_argument('--baseline', default=BASELINE,
+                      help="--compare's baseline: a commit of this repository, or 'dense'")
   parser.add_argument('--json', action='store_true', help='one JSON line of seconds (for --compare)')
   args = parser.parse_args()
   if args.compare:
