@@ -137,8 +137,11 @@ class LibraryLog:
     absl_logging.set_verbosity(absl_logging.INFO)
     for handler, level in self.consoles.items():
       handler.setLevel(max(level, pylog.WARNING))
+    # This log's own filter object: a nested log (a pipeline's stage) removes
+    # only its own when it closes (logging.Filterer holds each object once).
+    self.noise_filter = lambda record: self._not_noise(record)  # noqa: E731
     for handler in self.filtered:
-      handler.addFilter(self._not_noise)
+      handler.addFilter(self.noise_filter)
 
   @staticmethod
   def _not_noise(record) -> bool:
@@ -169,7 +172,7 @@ class LibraryLog:
         handler.close()
     self.root.setLevel(self.saved[0])
     for handler in self.filtered:
-      handler.removeFilter(self._not_noise)
+      handler.removeFilter(self.noise_filter)
     for handler, level in self.consoles.items():
       handler.setLevel(level)
     self.absl.set_verbosity(self.saved[1])

@@ -111,6 +111,31 @@ def test_library_info_goes_to_the_log_file_not_the_console(tmp_path, capfd):
     console.python_handler.stream = saved[2]
 
 
+def test_a_nested_library_log_leaves_the_outer_ones_filter(tmp_path):
+  """A pipeline keeps a LibraryLog while each stage opens and closes its own:
+  closing a stage's took the pipeline's noise filter off the console too, and
+  TFDS's 'has no dataset_info.json' reached the console when the pipeline
+  prepared the next stage's data (configs/r1.py, 2026-12-07)."""
+  import io
+  import logging as pylog
+  stream = io.StringIO()
+  kernel = pylog.StreamHandler(stream)
+  pylog.getLogger().addHandler(kernel)
+  try:
+    outer = metrics.LibraryLog()
+    outer.to(tmp_path)
+    inner = metrics.LibraryLog()
+    inner.to(tmp_path / 'stage')
+    inner.close()
+    pylog.getLogger('absl').warning('Variant folder %s has no %s', '/x', 'dataset_info.json')
+    pylog.getLogger('absl').warning('a real warning')
+    outer.close()
+    assert stream.getvalue() == 'a real warning\n'
+    assert not kernel.filters
+  finally:
+    pylog.getLogger().removeHandler(kernel)
+
+
 def test_library_info_stays_off_a_notebooks_console(tmp_path):
   """A Jupyter kernel (or logging.basicConfig) puts its own handler on the
   root logger: the notebook printed 139 'INFO:absl:…' lines of orbax."""
