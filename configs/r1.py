@@ -21,14 +21,15 @@ rejection.py, rm.py).
 Default — the tiny R1 base shipped with r1jax (r1jax/assets/base-tiny-r1:
 its chains end in a word that is Chinese a third of the time, and it answers
 general prompts, badly), the built-in arithmetic and general tasks, 2 CPU
-cores. Time: 10.5 min (measured 2026-12-03, README; 6.5 min on 2026-12-04's faster machine). Results (256 held-out
-questions x 4, T 0.6): cold start pass@1 0.778 -> 0.886; reasoning RL 0.886
--> 0.936 with the language share 0.834 -> 1.000; rejection sampling keeps
-24 % of samples (97 % of prompts); SFT of the base 0.778 -> 0.957; the reward
-model's held-out pairwise accuracy 0.688 (it memorises the general task's
-few questions: not yet useful); stage 4 keeps reasoning (0.948) without a
-gain on general prompts (rule accuracy 0.515 -> 0.492, reward model score
-0.935 -> 0.842).
+cores. Time: 11.0 min (measured 2026-12-07, README). Results (256 held-out
+questions x 4, T 0.6): cold start pass@1 0.780 -> 0.850; reasoning RL 0.850
+-> 0.938 with the language share 0.841 -> 0.994; rejection sampling keeps
+24 % of samples (97 % of prompts); SFT of the base 0.780 -> 0.930; the
+reward model's held-out pairwise accuracy 0.930; stage 4 keeps reasoning
+(0.930 -> 0.932) and raises the reward model's score on general prompts
+(1.281 -> 1.401) but not their rule accuracy (0.107 -> 0.091 +- 0.012): the
+reward model checks the order of a sorted list better than its numbers
+(configs/rm.py), and the policy learns what it checks.
 
 Arg keys: model (preset), ckpt (the base: HF directory or r1jax workdir),
 paper (the paper's settings, below), smoke (seconds-long stages for tests).

@@ -115,8 +115,8 @@ def builtin_pairs(config) -> tuple[list[dict], list[dict]]:
   """Rule-made pairs of the general task (data/general.py): the right
   response chosen, a plausible wrong one rejected; training pairs from its
   train split, held-out pairs from its test split. Each pair draws an
-  instruction kind first (the splits hold far more `reverse` questions than
-  the others), then a question of it and a wrong answer (seeded)."""
+  instruction kind first (the kinds equally often), then a question of it
+  and a wrong answer (seeded)."""
   from r1jax.data import general  # pylint: disable=g-import-not-at-top
   data_dir = rc.data_dir(config)
   rng = random.Random(f'r1jax/reward_model/{config.seed}')

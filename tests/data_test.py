@@ -25,7 +25,7 @@ def _all(source, n=None):
 
 
 def test_builders_prepare_and_read(splits):
-  sizes = {'arithmetic': (20_000, 500), 'countdown': (20_000, 500), 'general': (2_500, 150),
+  sizes = {'arithmetic': (20_000, 500), 'countdown': (20_000, 500), 'general': (20_000, 500),
            'code': (2_000, 100)}
   assert set(sizes) == set(data.TASKS)
   for name in data.TASKS:
@@ -239,8 +239,20 @@ def test_the_general_task_has_one_right_answer_and_wrong_ones_that_differ():
     wrong = general.response_text(general.wrong_answer(ex, rng))
     assert answer_match('', right, ex) == 1.0 and answer_match('', wrong, ex) == 0.0
   assert general.general_problem(random.Random(1)) == general.general_problem(random.Random(1))
-  ex = {'question': 'count from 3 to 7', 'answer': '3 4 5 6 7', 'instruction': 'count'}
-  assert answer_match('', ' <think> </think> <answer> 3  4 5 6 7 </answer>', ex) == 1.0
+  ex = {'question': 'sort 42 7 19', 'answer': '7 19 42', 'instruction': 'sort'}
+  assert answer_match('', ' <think> </think> <answer> 7  19 42 </answer>', ex) == 1.0
+  # Three wrong forms break the order of a pair of neighbours; the fourth
+  # keeps the order with one number that the question does not hold.
+  wrong = {general.wrong_answer(ex, random.Random(i)) for i in range(200)}
+  assert {'42 7 19', '19 7 42', '7 42 19', '42 19 7'} < wrong
+  for w in wrong - {'42 7 19', '19 7 42', '7 42 19', '42 19 7'}:
+    xs = list(map(int, w.split()))
+    assert xs == sorted(xs) and len(set(xs) - {7, 19, 42}) == 1 and max(xs) <= 50, w
+  desc = general.general_problem(random.Random(3))
+  while desc['instruction'] != 'sort_desc':
+    desc = general.general_problem(rng)
+  xs = list(map(int, desc['answer'].split()))
+  assert desc['question'].endswith(' largest first') and xs == sorted(xs, reverse=True)
 
 
 def test_a_mixture_adds_the_second_source_from_its_step_on_and_resumes():

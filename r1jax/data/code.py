@@ -29,8 +29,9 @@ data/local.py):
 import json
 import random
 
-from r1jax.data.general import WORDS
 
+WORDS = ('sun', 'cat', 'dog', 'tree', 'red', 'blue', 'fish', 'star', 'moon', 'bird', 'rain',
+         'rock', 'leaf', 'milk', 'ship', 'bell')
 _NUMBER_KINDS = ('sum', 'above', 'times', 'max', 'count')
 _WORD_KINDS = ('reverse', 'repeat')
 KINDS = _NUMBER_KINDS + _WORD_KINDS

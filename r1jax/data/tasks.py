@@ -6,7 +6,7 @@
   countdown   reach a target from 3 or 4 numbers in 1..25 with + - * / and
               parentheses, each number at most once; `solution` is one
               expression that does it (checked by rewards.countdown)
-  general     short instructions ("count from 3 to 7" -> "3 4 5 6 7"), non-reasoning
+  general     short instructions ("sort 42 7 19" -> "7 19 42"), non-reasoning
               (data/general.py): R1's general data on the tiny model
   code        small stdin/stdout programs ("read a line of numbers and print their
               sum") with 5 generated tests each and a reference solution
@@ -202,10 +202,10 @@ class Countdown(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class General(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Short instructions with one right response (data/general.py). About
-  3,900 distinct questions exist; the splits take 2,650 of them."""
-  VERSION = tfds.core.Version('1.0.0')
-  TRAIN_SIZE, TEST_SIZE = 2_500, 150
+  """Short instructions with one right response (data/general.py): sort
+  three to five numbers, smallest or largest first."""
+  VERSION = tfds.core.Version('2.0.0')
+  TRAIN_SIZE, TEST_SIZE = 20_000, 500
   code_path = None  # as in Arithmetic
 
   def _info(self) -> tfds.core.DatasetInfo:
