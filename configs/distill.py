@@ -12,15 +12,15 @@ the same student trained by R1-Zero RL alone is the comparison.
                                                 comparison: distilling beats RL on small models)
 
 Default — teacher: the final policy of configs/r1.py's default run
-(workdir/r1-tiny/rl, pass@1 0.948; run that first); student: the smaller
+(workdir/r1-tiny/rl, pass@1 0.932; run that first); student: the smaller
 base shipped for this (r1jax/assets/base-tiny-student: Llama-shaped, 3
 layers of width 96, 0.4M parameters, its own 256-piece tokenizer,
 pretrained on the R1-Zero corpus); the built-in arithmetic task; 2 CPU
-cores. Time: 9.5 min (rs 0.8, student 4.3, rl_only 4.4; measured
-2026-12-04). Result (held-out pass@1, 256 questions x 4 at T 0.6): the
-student 0.397 -> 0.909 on 11,489 traces of 12,288 prompts, 2 epochs (96% of
-the teacher's 0.948); RL alone 0.397 -> 0.509 in about the same time:
-distilling beats RL on the small model.
+cores. Time: about 11 min (rs 1.0, student 5.6 measured 2026-12-07; rl_only
+4.4 on 2026-12-04). Result (held-out pass@1, 256 questions x 4 at T 0.6):
+the student 0.397 -> 0.902 on 10,888 traces of 12,288 prompts, 2 epochs
+(97% of the teacher's 0.932); RL alone 0.397 -> 0.509 in about the same
+time: distilling beats RL on the small model.
 
 Arg keys: teacher (an r1jax workdir or HF directory), traces (an existing
 traces JSONL: no sampling, the rs stage is skipped), student (the student's
@@ -67,8 +67,8 @@ def get_config(arg: str | None = None):
     c.student.eval.update(max_new_tokens=40, max_prompt_len=128)  # its 256-piece vocabulary
     # A tiny model learns the teacher's format at a tiny model's rate (1e-4
     # left a same-size student at pass@1 0.13 after 2 epochs). On 4,030
-    # traces (4,096 prompts) 3 epochs reached 0.744; on 11,489 traces 2
-    # epochs (the paper's) reach 0.909: the student was short of data.
+    # traces (4,096 prompts) 3 epochs reached 0.744; on 10,888-11,489 traces 2
+    # epochs (the paper's) reach 0.902-0.909: the student was short of data.
     c.student.optim.update(lr=2e-3, warmup_steps=10)
 
   c.rl_only = rc.sibling_config(__file__, 'zero', f'model={arg.model}')
