@@ -13,7 +13,8 @@ rejected), scoring the summary (after </think>), on a CPU:
   numbers as given 1.00, the other order 1.00, a neighbouring pair swapped
   0.98, one number changed in order 0.66); on training questions 0.89, so
   it does not memorise. 8,192 pairs gave 0.867. Without the changed-number
-  pairs it reaches 0.961-0.977 with 8,192 pairs, but then cannot tell a
+  pairs it reaches 0.977 with 8,192 pairs (0.961 with 3-5 numbers of
+  1-99), but then cannot tell a
   sorted list of the wrong numbers from the right one, which stage 4 of
   configs/r1.py then learned to write (rule accuracy 0.107 -> 0.062 while
   its score rose). The task's earlier kinds (count, repeat, reverse) stayed
