@@ -75,6 +75,7 @@ def _changed(words: list[str], rng: random.Random) -> list[str] | None:
   for i in range(len(xs)):
     a = xs[i - 1] if i > 0 else ends[0]
     b = xs[i + 1] if i + 1 < len(xs) else ends[1]
+    # The number's own value lies between its neighbours too: left out.
     values = [v for v in range(min(a, b) + 1, max(a, b)) if v not in xs]
     if values:
       gaps.append((i, values))
