@@ -1,9 +1,15 @@
 """Batched group sampling: prefill each prompt once, decode G samples of it.
 
   prompts [B, P] (left-padded) ──prefill──▶ prompt KV: v [L, B, K, P, H], k [L, B, K, H, P]
-    static:     ──repeat G──▶ cache of B·G rows × (P+T) slots ──lax.while_loop decode──▶ [B·G, T]
-    continuous: Z decode slots, a cache of Z rows × (P+T) slots; a slot whose sample
+    static:     ──repeat G──▶ cache of B·G rows × C slots ──lax.while_loop decode──▶ [B·G, T]
+    continuous: Z decode slots, a cache of Z rows × C slots; a slot whose sample
                 ends takes the next pending one (its prompt's KV copied in)
+
+C = P + T rounded up to whole decode blocks of 64 slots (`cache_slots`); a
+decode step reads the blocks up to its own slot only. On CPU the static
+batch keeps its cache as separate block buffers per layer, created as the
+decode reaches them (`_static_blocks`; XLA's CPU backend copies every block
+it reads out of a stacked [L, …] cache), with the same tokens.
 
 Row n = b·G + g of the outputs is sample g of prompt b, whichever way it was
 decoded. The static loop stops when every sequence has emitted an EOS id or
@@ -36,8 +42,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from r1jax.kernels import attention as attn_lib
 from r1jax.models import Decoder
 from r1jax.models.decoder import CACHE_SLOT_AXIS
+
+# The most block reads (summed over the phases and layers) the block-buffer
+# decode (CPU) unrolls into its program: compiling takes ~30 ms more per read
+# (180 reads at 32 + 512 slots, 4 layers: 10 s instead of 4 s).
+MAX_UNROLLED_READS = 512
 
 
 class SamplingConfig(NamedTuple):
@@ -164,18 +176,32 @@ def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
     if B % shards or slots % shards:
       raise ValueError(f'{shards} queues do not split {B} prompts and {slots} slots')
     return _continuous(slots, shards, *args)
+  blocks = cache_slots(P, T) // attn_lib.DECODE_BLOCK
+  reads = model.cfg.num_layers * sum(j + 1 for j in range(P // attn_lib.DECODE_BLOCK, blocks))
+  if model.cfg.attention != 'dense' and blocks > 1 and reads <= MAX_UNROLLED_READS:
+    return jax.lax.platform_dependent(cpu=lambda: _static_blocks(*args),
+                                      default=lambda: _static(*args))
   return _static(*args)
+
+
+def cache_slots(P: int, T: int) -> int:
+  """The KV cache's length for P prompt slots and T new tokens: P + T,
+  rounded up to whole decode blocks when it spans more than one, so that the
+  stacked decode (attn_lib.decode) and the block buffers read the same blocks
+  and agree bit for bit."""
+  Sb = attn_lib.DECODE_BLOCK
+  return P + T if P + T <= Sb else -(-(P + T) // Sb) * Sb
 
 
 def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
             ids_N, budget_N, eos, out):
   N, T = out.tokens_NxT.shape
   P = prompt_mask_BxP.shape[1]
-  slots = jnp.arange(P + T)
+  S = cache_slots(P, T)
+  slots = jnp.arange(S)
   rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
-  cache = {k: rep(jnp.pad(v, [(0, T if a == CACHE_SLOT_AXIS[k] else 0) for a in range(v.ndim)]),
-               axis=1) for k, v in prefix.items()}
-  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, T))))
+  cache = {k: rep(_pad_slots(k, v, S - P), axis=1) for k, v in prefix.items()}
+  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, S - P))))
   prompt_len_N = rep(prompt_len_B)
   token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
   out = out.emit_column(0, token0_N, logp0_N, eos, budget_N)
@@ -199,6 +225,72 @@ def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_Bx
   return Rollout(out.tokens_NxT, out.mask_NxT, out.logp_NxT, ~_eos_seen(out, eos), t)
 
 
+def _pad_slots(name: str, x: jax.Array, n: int) -> jax.Array:
+  """A cache array ('k' or 'v') with n empty slots appended."""
+  return jnp.pad(x, [(0, n if a == CACHE_SLOT_AXIS[name] else 0) for a in range(x.ndim)])
+
+
+def _static_blocks(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
+                   ids_N, budget_N, eos, out):
+  """`_static` for XLA's CPU backend, with the same tokens and log-probs: the
+  cache is held as separate block buffers per layer (Decoder.decode_blocks)
+  and the decode loop runs in phases, one per block, phase j writing block
+  j and reading blocks 0..j. The stacked cache's decode copies every block
+  it reads out of the [L, …] array (and every layer's weights out of theirs),
+  which cost more than the attention's dots (benchmarks/grpo_step.py at 512
+  new tokens). A block's buffer is created when its phase starts."""
+  N, T = out.tokens_NxT.shape
+  P = prompt_mask_BxP.shape[1]
+  Sb, L = attn_lib.DECODE_BLOCK, model.cfg.num_layers
+  n_blocks = cache_slots(P, T) // Sb
+  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
+  prompt_blocks = -(-P // Sb)
+  pre = {k: rep(_pad_slots(k, v, prompt_blocks * Sb - P), axis=1) for k, v in prefix.items()}
+  k_blocks = [[pre['k'][l, ..., j * Sb:(j + 1) * Sb] for j in range(prompt_blocks)]
+              for l in range(L)]
+  v_blocks = [[pre['v'][l, :, :, j * Sb:(j + 1) * Sb] for j in range(prompt_blocks)]
+              for l in range(L)]
+  del pre
+  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, n_blocks * Sb - P))))
+  prompt_len_N = rep(prompt_len_B)
+  weights = model.layer_weights()
+  token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
+  out = out.emit_column(0, token0_N, logp0_N, eos, budget_N)
+  t, last_N = jnp.int32(1), token0_N
+
+  # Token t is fed at slot P + t - 1: phase j runs the steps whose slot lies in block j.
+  for j in range(P // Sb, n_blocks):
+    if j >= prompt_blocks:
+      k_blocks = [ks + [jnp.zeros_like(k_blocks[0][0])] for ks in k_blocks]
+      v_blocks = [vs + [jnp.zeros_like(v_blocks[0][0])] for vs in v_blocks]
+    end = min(T, (j + 1) * Sb - P + 1)
+    slots = jnp.arange((j + 1) * Sb)
+    kept_k = [ks[:j] for ks in k_blocks]
+    kept_v = [vs[:j] for vs in v_blocks]
+
+    def cond(carry, end=end):
+      t, _, _, out = carry
+      return (t < end) & ~jnp.all(out.done_N)
+
+    def body(carry, slots=slots, kept_k=kept_k, kept_v=kept_v, j=j):
+      t, blocks, last_N, out = carry
+      valid = prefix_mask_NxS[:, :(j + 1) * Sb] | ((slots >= P) & (slots < P + t))[None]
+      hidden, blocks = model.decode_blocks(
+          last_N[:, None], (prompt_len_N + t - 1)[:, None], weights,
+          [ks + [k] for ks, (k, _) in zip(kept_k, blocks)],
+          [vs + [v] for vs, (_, v) in zip(kept_v, blocks)], P + t - 1, valid)
+      logits = model.logits_from_hidden(hidden)[:, 0]
+      token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
+      out = out.emit_column(t, token, logp, eos, budget_N)
+      return t + 1, blocks, token, out
+
+    blocks = [(ks[j], vs[j]) for ks, vs in zip(k_blocks, v_blocks)]
+    t, blocks, last_N, out = jax.lax.while_loop(cond, body, (t, blocks, last_N, out))
+    k_blocks = [ks[:j] + [k] for ks, (k, _) in zip(k_blocks, blocks)]
+    v_blocks = [vs[:j] + [v] for vs, (_, v) in zip(v_blocks, blocks)]
+  return Rollout(out.tokens_NxT, out.mask_NxT, out.logp_NxT, ~_eos_seen(out, eos), t)
+
+
 def _eos_seen(out: _Out, eos) -> jax.Array:
   return jnp.any(jnp.isin(out.tokens_NxT, eos) & out.mask_NxT, axis=1)
 
@@ -207,8 +299,8 @@ class _Slots(NamedTuple):
   """The continuous sampler's state: the cache has one row per decode slot
   (Z); the rest is per shard and slot [S, Z/S], with each shard's samples
   numbered locally (0..N/S-1; N/S: none)."""
-  cache: dict  # k [L, Z, K, H, P+T], v [L, Z, K, P+T, H]
-  valid: jax.Array  # bool [S, Z/S, P+T]: the key slots each slot's sample attends to
+  cache: dict  # k [L, Z, K, H, C], v [L, Z, K, C, H]
+  valid: jax.Array  # bool [S, Z/S, C]: the key slots each slot's sample attends to
   sample: jax.Array  # int32: the (local) sample in the slot
   t: jax.Array  # int32: tokens that sample has emitted
   last: jax.Array  # int32: its last token (fed next)
@@ -228,7 +320,8 @@ def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B,
   N, T = out.tokens_NxT.shape
   B, P = prompt_mask_BxP.shape
   Zs, Ns, Bs = Z // S, N // S, B // S
-  cache_slots = jnp.arange(P + T)
+  C = cache_slots(P, T)
+  slot_ids = jnp.arange(C)
 
   def part(x, axis=0):  # [..., S·n, ...] -> [..., S, n, ...]
     return x.reshape(*x.shape[:axis], S, x.shape[axis] // S, *x.shape[axis + 1:])
@@ -253,7 +346,7 @@ def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B,
     cache = {k: v.at[(slice(None), dst) + (slice(None),) * (CACHE_SLOT_AXIS[k] - 2)
                      + (slice(0, P),)].set(prefix[k][:, b], mode='drop')
              for k, v in cache.items()}
-    valid = jnp.where(take[:, None], jnp.pad(pmask[b], ((0, 0), (0, T))), valid)
+    valid = jnp.where(take[:, None], jnp.pad(pmask[b], ((0, 0), (0, C - P))), valid)
     token, logp = sample_logits(logits[b], token_keys(key, ids[jnp.minimum(n, Ns - 1)],
                                                       jnp.int32(0)), cfg)
     out, ended = out.emit(n, jnp.zeros((Zs,), jnp.int32), token, logp, take, eos, budget)
@@ -278,7 +371,7 @@ def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B,
     # The slot of the token fed; idle slots write (harmlessly) at P and do
     # not lengthen the cache blocks read.
     idx = jnp.where(s.live, P + s.t - 1, P)
-    valid = s.valid | (cache_slots == idx[..., None])
+    valid = s.valid | (slot_ids == idx[..., None])
     # Per-shard lookups (gathers batched over the shards).
     local = lambda x_SxM, i_SxZ: jnp.take_along_axis(x_SxM, i_SxZ, axis=1)  # noqa: E731
     prompt_len = local(part(prompt_len_B), jnp.minimum(s.sample // G, Bs - 1))
@@ -296,7 +389,7 @@ def _continuous(Z, S, model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B,
                   s.queued, s.steps + 1, out)
 
   per_slot = lambda fill, dtype: jnp.full((S, Zs), fill, dtype)  # noqa: E731
-  s = _Slots(model.init_cache(Z, P + T), jnp.zeros((S, Zs, P + T), bool),
+  s = _Slots(model.init_cache(Z, C), jnp.zeros((S, Zs, C), bool),
              per_slot(Ns, jnp.int32), per_slot(0, jnp.int32), per_slot(0, jnp.int32),
              per_slot(False, bool), jnp.zeros((S,), jnp.int32), jnp.int32(1),
              jax.tree.map(part, out))

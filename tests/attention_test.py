@@ -184,6 +184,26 @@ def test_decode_over_the_filled_blocks_equals_dense(q_offset):
   np.testing.assert_allclose(out, at.dense(q, k_all[1], v_all[1], mask), atol=1e-6, rtol=1e-6)
 
 
+def test_decode_over_block_buffers_equals_the_stacked_decode_bit_for_bit():
+  """decode_blocks (the CPU rollout's separate block buffers) and decode
+  (blocks sliced out of the stacked cache) agree exactly when the cache is
+  whole blocks, including blocks past the query that hold no allowed key."""
+  r = np.random.default_rng(0)
+  L, B, K, G, S, H, Sb, q_offset = 2, 3, 2, 2, 64, 8, 16, 37
+  kT_all = jnp.asarray(r.normal(size=(L, B, K, H, S)), jnp.float32)
+  v_all = jnp.asarray(r.normal(size=(L, B, K, S, H)), jnp.float32)
+  q = jnp.asarray(r.normal(size=(B, K, G, 1, H)), jnp.float32)
+  valid = jnp.asarray((np.arange(S)[None] >= np.array([[3], [0], [20]]))
+                      & (np.arange(S) <= q_offset))
+  stacked = jax.jit(at.decode, static_argnums=(6,))(q, kT_all, v_all, 1, valid, q_offset, Sb)
+  n = q_offset // Sb + 1
+  for blocks in (n, n + 1):  # the one past the query's block is a no-op
+    ks = [kT_all[1, ..., j * Sb:(j + 1) * Sb] for j in range(blocks)]
+    vs = [v_all[1, :, :, j * Sb:(j + 1) * Sb] for j in range(blocks)]
+    out = jax.jit(at.decode_blocks)(q, ks, vs, valid[:, :blocks * Sb], q_offset)
+    np.testing.assert_array_equal(out, stacked)
+
+
 def test_rollout_with_decode_blocks_equals_the_dense_rollout():
   from r1jax import models
   from r1jax.rollout import SamplingConfig, generate

@@ -131,7 +131,35 @@ def test_a_rollout_in_chunks_equals_the_whole_batch():
   np.testing.assert_array_equal(chunked.mask_NxT, whole.mask_NxT)
 
 
-@pytest.mark.parametrize('T', [12, 150])  # 150: decode over cache blocks (> 128 slots)
+@pytest.mark.parametrize('T', [150, 300])
+def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, T, monkeypatch):
+  """On CPU a static rollout longer than one decode block keeps its cache as
+  block buffers per layer (rollout._static_blocks); its tokens are those of
+  the stacked cache's decode (the path of other platforms), EOS and
+  budgets included."""
+  from r1jax import rollout
+  prompt, mask = _prompts()
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(5,), pad_id=1)
+  budget = jnp.asarray(np.random.default_rng(4).integers(T // 2, T + 1, 3 * 4))
+  run = lambda: jax.jit(lambda p, m: generate(  # noqa: E731
+      model, p, m, jax.random.key(5), cfg, 4, budget_N=budget))(prompt, mask)
+  calls = []
+  blocks = rollout._static_blocks
+  monkeypatch.setattr(rollout, '_static_blocks', lambda *a: calls.append(1) or blocks(*a))
+  ro = run()
+  assert calls
+  monkeypatch.setattr(rollout, '_static_blocks', rollout._static)
+  ref = run()
+  lengths = np.asarray(ref.mask_NxT).sum(1)
+  assert lengths.max() > 2 * 64 and len(set(lengths.tolist())) > 4  # past two decode blocks
+  np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
+  np.testing.assert_array_equal(ro.mask_NxT, ref.mask_NxT)
+  np.testing.assert_array_equal(ro.truncated_N, ref.truncated_N)
+  np.testing.assert_allclose(ro.logp_NxT, ref.logp_NxT, atol=1e-5)
+  assert int(ro.num_steps) == int(ref.num_steps)
+
+
+@pytest.mark.parametrize('T', [12, 150])  # 150: decode over cache blocks (> 64 slots)
 def test_continuous_batching_reproduces_the_static_sampler_token_for_token(model, T):
   """Issue 13.4: with fewer decode slots than samples, slots are refilled
   from the queue as samples end (EOS or their budget); every sample's tokens

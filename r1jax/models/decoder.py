@@ -204,14 +204,18 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
            positions_BxT: jax.Array, mask: attn_lib.Mask,
            cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
            cache_index: jax.Array | None = None,
-           prefix: tuple[jax.Array, jax.Array] | None = None):
+           prefix: tuple[jax.Array, jax.Array] | None = None,
+           attend=None):
   """One transformer block; the keys attended to are one of:
     - `cache` (k [L,B,K,H,S], v [L,B,K,S,H], layer index): this chunk's keys/values are
       written into it in place (only the new slots), attention reads the
       layer's slice;
     - `prefix` (k [B',K,P,H], v): a shared prefix, each row repeated B/B'
       times, followed by this chunk's own keys;
-    - neither: this chunk's own keys.
+    - `attend`: a function of (q [B,K,G,T,H], this chunk's k, v [B,K,T,H])
+      giving the attention's output [B,K,G,T,H] (a decode step over block
+      buffers, `Decoder.decode_blocks`);
+    - none of these: this chunk's own keys.
   `mask` describes which keys each query sees (kernels/attention.py).
   Returns (x, updated cache or None, (this chunk's k, v) as [B,K,T,H])."""
   dt = x_BxTxD.dtype
@@ -240,7 +244,10 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   # Batch dims (b, k) lead and contractions are trailing: the layout XLA's
   # CPU and TPU dots want, forward and backward.
   q_BxKxGxTxH = jnp.transpose(q.reshape(B, T, K, G, H), (0, 2, 3, 1, 4))
-  if cache is not None:
+  k_BxKxSxH = None
+  if attend is not None:
+    attn = attend(q_BxKxGxTxH, k_BxKxTxH, v_BxKxTxH)
+  elif cache is not None:
     k_all, v_all, layer = cache
     if jnp.ndim(cache_index):  # one slot per row (continuous batching; T = 1)
       if shd.is_split('batch', B):
@@ -269,7 +276,6 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
       # one block is read whole, as the dense path does).
       attn = attn_lib.decode(q_BxKxGxTxH, k_all, v_all, layer, mask.key_valid_BxS,
                              mask.q_offset)
-      k_BxKxSxH = None
     else:
       k_BxKxSxH = jnp.swapaxes(
           jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False), 2, 3)
@@ -400,6 +406,45 @@ class Decoder(nnx.Module):
           body, (x, cache["k"], cache["v"], jnp.int32(0)), weights)
       new_cache = {'k': k_all, 'v': v_all}
     return rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps), new_cache
+
+  def layer_weights(self) -> list[dict[str, jax.Array]]:
+    """Each layer's weights, sliced out of the stacked ones: what a decode
+    loop over `decode_blocks` takes, sliced once outside the loop (on XLA's
+    CPU backend a slice is a copy, per layer and step inside a scan)."""
+    w = self.layers.weights()
+    return [jax.tree.map(lambda a, l=l: a[l], w) for l in range(self.cfg.num_layers)]
+
+  def decode_blocks(self, tokens_Bx1: jax.Array, positions_Bx1: jax.Array,
+                    layer_weights: list[dict[str, jax.Array]],
+                    k_blocks: list[list[jax.Array]], v_blocks: list[list[jax.Array]],
+                    slot: jax.Array, key_valid_BxS: jax.Array,
+                    ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """One decode step (T = 1) over a KV cache held as separate block
+    buffers, the layers unrolled: k_blocks[l][j] [B, K, H, Sb] and
+    v_blocks[l][j] [B, K, Sb, H] hold slots [j·Sb, (j+1)·Sb) of layer l, for
+    the blocks filled so far; the token's keys and values are written at
+    `slot` (the same for every row), which lies in the last block given.
+    `key_valid_BxS` covers the blocks given. The same values as `hidden`
+    with a stacked cache whose length is a multiple of Sb (that reads the
+    same blocks, attn_lib.decode), without copying blocks or weights out of
+    stacked arrays. Returns the final hidden states [B, 1, D] and each
+    layer's updated last block (k, v)."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    x = constrain(self.embed.get_value()[tokens_Bx1].astype(dt), ('batch', 'length', 'act_embed'))
+    start = (len(k_blocks[0]) - 1) * k_blocks[0][0].shape[3]
+    last = []
+
+    for w, ks, vs in zip(layer_weights, k_blocks, v_blocks):
+      def attend(q, k_new, v_new, ks=ks, vs=vs):
+        k_last = jax.lax.dynamic_update_slice(ks[-1], jnp.swapaxes(k_new, 2, 3),
+                                              (0, 0, 0, slot - start))
+        v_last = jax.lax.dynamic_update_slice(vs[-1], v_new, (0, 0, slot - start, 0))
+        last.append((k_last, v_last))
+        return attn_lib.decode_blocks(q, ks[:-1] + [k_last], vs[:-1] + [v_last],
+                                      key_valid_BxS, slot)
+      x = _block(cfg, w, x, positions_Bx1, None, attend=attend)[0]
+    return rms_norm(x, self.final_norm.get_value(), cfg.rms_norm_eps), last
 
   def hidden_with_prefix(self, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                          tokens_NxT: jax.Array,
