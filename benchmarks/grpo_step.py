@@ -135,7 +135,7 @@ def compare(args):
     else:
       old = [sys.executable, '-c', _RUN_OLD, _baseline_tree(args.baseline, tmp),
              str(args.prompts), str(args.group), str(args.new_tokens), str(args.steps)]
-      name = f'main at {args.baseline} (before issue 13)'
+      name = f'main at {args.baseline}' + (' (before issue 13)' if args.baseline == BASELINE else '')
     runs = {'old': [], 'new': []}
     for _ in range(2):
       for which, cmd in (('old', old), ('new', new)):
