@@ -60,29 +60,6 @@ def test_blockwise_equals_dense_values_and_gradients(name):
   assert all(np.isfinite(np.asarray(x)).all() for x in g)
 
 
-def test_causal_query_chunks_skip_the_key_blocks_past_them(monkeypatch):
-  """With a static query offset the queries go in chunks, each reading the
-  keys up to its last query only: the 511 continuation tokens after a
-  32-token prompt in two chunks of keys 288 and 543 (3/4 of the scores); at
-  T = 1,024 in eight, 9/16. The chunks give what one chunk gives."""
-  assert at.query_chunks(511, 543, 32, 512) == [(0, 256, 288), (256, 511, 543)]
-  assert at.query_chunks(100, 100, 0, 512) == [(0, 100, 100)]
-  chunks = at.query_chunks(1024, 1024, 0, 256)
-  assert len(chunks) == 8 and sum((b - a) * keys for a, b, keys in chunks) == 1024 * 1024 * 9 // 16
-  q, k, v, mask, q_valid = _case(T=29, S=42, offset=13, pad=(4, 9))
-  w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  out = {}
-  for n in (1, 8):
-    monkeypatch.setattr(at, 'MAX_QUERY_CHUNKS', n)
-    fn = lambda *a: at.blockwise(*a, block=8)  # noqa: E731
-    out[n] = (fn(q, k, v, mask), jax.grad(_loss, argnums=(1, 2, 3))(fn, q, k, v, mask, q_valid, w))
-  assert len(at.query_chunks(29, 42, 13, 8)) > 1
-  sel = q_valid[:, None, None, :, None]
-  np.testing.assert_allclose(jnp.where(sel, out[8][0], 0), jnp.where(sel, out[1][0], 0), atol=1e-6)
-  for a, b in zip(out[8][1], out[1][1]):
-    np.testing.assert_allclose(a, b, atol=1e-6)
-
-
 def test_blockwise_memory_grows_linearly_where_dense_grows_quadratically():
   """Compiled temp bytes of forward + backward at T = 1k, 2k, 4k."""
   def temp(fn, T):

@@ -21,11 +21,8 @@ Implementations (`model.attention`):
   blockwise  pure JAX: a scan over key blocks with an online softmax; a
              custom VJP recomputes each [T, block] tile from the saved
              log-sum-exp (FlashAttention's backward), so forward and
-             backward memory is O(T·block) rather than O(T·S). With a
-             static query offset (the training passes) the queries go in
-             up to 8 chunks, each reading only the keys up to its last
-             query, so most key blocks above the diagonal are skipped. CPU
-             default for sequences longer than one block;
+             backward memory is O(T·block) rather than O(T·S). CPU default
+             for sequences longer than one block;
   splash     the maintained Pallas TPU kernel
              (jax.experimental.pallas.ops.tpu.splash_attention), per device
              under jax.shard_map (attention_tpu.py);
@@ -199,36 +196,10 @@ def balanced_block(S: int, block: int) -> int:
   return min(block, -(-(-(-S // n)) // 8) * 8)
 
 
-# Query chunks of the blockwise path when the query offset is static.
-MAX_QUERY_CHUNKS = 8
-
-
-def query_chunks(T: int, S: int, q_offset: int, block: int) -> list[tuple[int, int, int]]:
-  """(first query, end, keys it needs) per chunk of the T queries: queries
-  split in up to MAX_QUERY_CHUNKS chunks of at least block/2, each reading
-  only the keys up to its last query's slot (causal), so the key blocks
-  above the diagonal are never computed (about a quarter of the work with
-  two chunks, up to 7/16 with eight)."""
-  n = max(1, min(MAX_QUERY_CHUNKS, -(-T // max(block // 2, 8))))
-  size = -(-(-(-T // n)) // 8) * 8
-  return [(a, min(T, a + size), min(S, q_offset + min(T, a + size)))
-          for a in range(0, T, size)]
-
-
 def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK) -> jax.Array:
-  T, S = q_BxKxGxTxH.shape[3], k_BxKxSxH.shape[2]
-  offset = mask.q_offset
-  if not isinstance(offset, int):  # a traced offset: every query reads every block
-    mask = mask._replace(q_offset=jnp.asarray(offset, jnp.int32))
-    return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, balanced_block(S, block))
-  outs = []
-  for a, b, keys in query_chunks(T, S, offset, block):
-    seg = lambda x, lo, hi: None if x is None else x[:, lo:hi]  # noqa: E731
-    part = Mask(mask.key_valid_BxS[:, :keys], jnp.asarray(offset + a, jnp.int32),
-                seg(mask.q_segment_BxT, a, b), seg(mask.k_segment_BxS, 0, keys))
-    outs.append(_blockwise(q_BxKxGxTxH[:, :, :, a:b], k_BxKxSxH[:, :, :keys],
-                           v_BxKxSxH[:, :, :keys], part, balanced_block(keys, block)))
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+  mask = mask._replace(q_offset=jnp.asarray(mask.q_offset, jnp.int32))
+  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask,
+                    balanced_block(k_BxKxSxH.shape[2], block))
 
 
 # ------------------------------------------------------------------- decode
