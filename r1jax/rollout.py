@@ -5,7 +5,8 @@
     continuous: Z decode slots, a cache of Z rows × C slots; a slot whose sample
                 ends takes the next pending one (its prompt's KV copied in)
 
-C = P + T rounded up to whole decode blocks of 64 slots (`cache_slots`); a
+C = P + T, rounded up to whole decode blocks of 64 slots when it spans more
+than one (`cache_slots`); a
 decode step reads the blocks up to its own slot only. On CPU the static
 batch keeps its cache as separate block buffers per layer, created as the
 decode reaches them (`_static_blocks`; XLA's CPU backend copies every block

@@ -131,14 +131,15 @@ def test_a_rollout_in_chunks_equals_the_whole_batch():
   np.testing.assert_array_equal(chunked.mask_NxT, whole.mask_NxT)
 
 
-@pytest.mark.parametrize('T', [150, 300])
-def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, T, monkeypatch):
+@pytest.mark.parametrize('P, T', [(7, 150), (7, 300), (64, 100), (100, 90)])
+def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, P, T, monkeypatch):
   """On CPU a static rollout longer than one decode block keeps its cache as
   block buffers per layer (rollout._static_blocks); its tokens are those of
   the stacked cache's decode (the path of other platforms), EOS and
-  budgets included."""
+  budgets included; prompts of one block and more (64: the decode starts
+  in a fresh block; 100: in the prompt's half-filled second block)."""
   from r1jax import rollout
-  prompt, mask = _prompts()
+  prompt, mask = _prompts(P=P)
   cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, top_p=0.9, eos_ids=(5,), pad_id=1)
   budget = jnp.asarray(np.random.default_rng(4).integers(T // 2, T + 1, 3 * 4))
   run = lambda: jax.jit(lambda p, m: generate(  # noqa: E731
@@ -151,7 +152,7 @@ def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, T, monkeyp
   monkeypatch.setattr(rollout, '_static_blocks', rollout._static)
   ref = run()
   lengths = np.asarray(ref.mask_NxT).sum(1)
-  assert lengths.max() > 2 * 64 and len(set(lengths.tolist())) > 4  # past two decode blocks
+  assert P + lengths.max() > 2 * 64 and len(set(lengths.tolist())) > 4  # past two decode blocks
   np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
   np.testing.assert_array_equal(ro.mask_NxT, ref.mask_NxT)
   np.testing.assert_array_equal(ro.truncated_N, ref.truncated_N)

@@ -206,6 +206,8 @@ def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK)
 
 # 64 rather than 128: 2.6 s instead of 3.1 s for the 512-token rollout of
 # benchmarks/grpo_step.py on CPU (block buffers; 32 and 48 were no faster).
+# One size on every platform (the stacked decode must read the block
+# buffers' blocks); on TPU and GPU its cost is not measured.
 DECODE_BLOCK = 64
 
 
