@@ -6,11 +6,11 @@
                 ends takes the next pending one (its prompt's KV copied in)
 
 C = P + T, rounded up to whole decode blocks of 64 slots when it spans more
-than one (`cache_slots`); a
-decode step reads the blocks up to its own slot only. On CPU the static
-batch keeps its cache as separate block buffers per layer, created as the
-decode reaches them (`_static_blocks`; XLA's CPU backend copies every block
-it reads out of a stacked [L, …] cache), with the same tokens.
+than one (`cache_slots`); a decode step reads the blocks up to its own slot
+only. On CPU the static batch keeps its cache as separate block buffers per
+layer, created as the decode reaches them (`_static_blocks`; XLA's CPU
+backend copies every block it reads out of a stacked [L, …] cache), with
+the same tokens.
 
 Row n = b·G + g of the outputs is sample g of prompt b, whichever way it was
 decoded. The static loop stops when every sequence has emitted an EOS id or
@@ -177,9 +177,10 @@ def generate(model: Decoder, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
     if B % shards or slots % shards:
       raise ValueError(f'{shards} queues do not split {B} prompts and {slots} slots')
     return _continuous(slots, shards, *args)
-  blocks = cache_slots(P, T) // attn_lib.DECODE_BLOCK
-  reads = model.cfg.num_layers * sum(j + 1 for j in range(P // attn_lib.DECODE_BLOCK, blocks))
-  if model.cfg.attention != 'dense' and blocks > 1 and reads <= MAX_UNROLLED_READS:
+  phases = _block_phases(P, T)
+  reads = model.cfg.num_layers * sum(j + 1 for j in phases)  # phase j reads blocks 0..j
+  if (model.cfg.attention != 'dense' and cache_slots(P, T) > attn_lib.DECODE_BLOCK
+      and reads <= MAX_UNROLLED_READS):
     return jax.lax.platform_dependent(cpu=lambda: _static_blocks(*args),
                                       default=lambda: _static(*args))
   return _static(*args)
@@ -192,6 +193,20 @@ def cache_slots(P: int, T: int) -> int:
   and agree bit for bit."""
   Sb = attn_lib.DECODE_BLOCK
   return P + T if P + T <= Sb else -(-(P + T) // Sb) * Sb
+
+
+def _block_phases(P: int, T: int) -> range:
+  """The cache blocks the decode writes into, in order: token t is fed at
+  slot P + t - 1, so the first is the block of slot P."""
+  return range(P // attn_lib.DECODE_BLOCK, -(-(P + T) // attn_lib.DECODE_BLOCK))
+
+
+def _sample_column(model, hidden_Nx1xD, t, key, ids_N, cfg, out, eos, budget_N):
+  """Token t of every sample from the last hidden states, written as one
+  column of the outputs (the static batch)."""
+  logits = model.logits_from_hidden(hidden_Nx1xD)[:, 0]
+  token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
+  return token, out.emit_column(t, token, logp, eos, budget_N)
 
 
 def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
@@ -217,9 +232,7 @@ def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_Bx
     cache_mask = prefix_mask_NxS | ((slots >= P) & (slots < P + t))[None]
     hidden, cache = model.hidden(last_N[:, None], positions_BxT=(prompt_len_N + t - 1)[:, None],
                                  cache=cache, cache_index=P + t - 1, cache_mask_BxS=cache_mask)
-    logits = model.logits_from_hidden(hidden)[:, 0]
-    token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
-    out = out.emit_column(t, token, logp, eos, budget_N)
+    token, out = _sample_column(model, hidden, t, key, ids_N, cfg, out, eos, budget_N)
     return t + 1, cache, token, out
 
   t, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token0_N, out))
@@ -260,7 +273,7 @@ def _static_blocks(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, lo
   t, last_N = jnp.int32(1), token0_N
 
   # Token t is fed at slot P + t - 1: phase j runs the steps whose slot lies in block j.
-  for j in range(P // Sb, n_blocks):
+  for j in _block_phases(P, T):
     if j >= prompt_blocks:
       k_blocks = [ks + [jnp.zeros_like(k_blocks[0][0])] for ks in k_blocks]
       v_blocks = [vs + [jnp.zeros_like(v_blocks[0][0])] for vs in v_blocks]
@@ -280,9 +293,7 @@ def _static_blocks(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, lo
           last_N[:, None], (prompt_len_N + t - 1)[:, None], weights,
           [ks + [k] for ks, (k, _) in zip(kept_k, blocks)],
           [vs + [v] for vs, (_, v) in zip(kept_v, blocks)], P + t - 1, valid)
-      logits = model.logits_from_hidden(hidden)[:, 0]
-      token, logp = sample_logits(logits, token_keys(key, ids_N, t), cfg)
-      out = out.emit_column(t, token, logp, eos, budget_N)
+      token, out = _sample_column(model, hidden, t, key, ids_N, cfg, out, eos, budget_N)
       return t + 1, blocks, token, out
 
     blocks = [(ks[j], vs[j]) for ks, vs in zip(k_blocks, v_blocks)]
