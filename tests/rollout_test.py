@@ -160,6 +160,57 @@ def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, P, T, monk
   assert int(ro.num_steps) == int(ref.num_steps)
 
 
+@pytest.mark.parametrize('case', ['lora', 'sharded'])
+def test_the_block_buffer_rollout_with_lora_adapters_and_on_a_batch_sharded_mesh(case,
+                                                                                monkeypatch):
+  """The block buffers (rollout._static_blocks) with LoRA adapters on every
+  target (non-zero B: each adapter changes the logits), and with the batch
+  split over a (data 4) mesh under the sampler's rules: the tokens are those
+  of the stacked cache's decode in the same setting, and the sharded rollout
+  is the one-device rollout."""
+  import dataclasses
+  from r1jax import rollout, sharding as shd
+  from r1jax.models.config import LORA_TARGETS
+  cfg = models.get_preset('tiny', vocab_size=64)
+  mesh = None
+  if case == 'lora':
+    cfg = dataclasses.replace(cfg, lora_rank=4, lora_targets=LORA_TARGETS)
+  model = models.create(cfg, seed=0)
+  if case == 'lora':
+    rng = np.random.default_rng(7)
+    for name, var in vars(model.layers).items():
+      if name.endswith('_lora_b'):
+        var.set_value(jnp.asarray(0.05 * rng.normal(size=var.get_value().shape), jnp.float32))
+  else:
+    mesh = shd.make_mesh(4, 1, 1, devices=jax.devices()[:4])
+    sharded = models.create(cfg, seed=0, mesh=mesh)
+  prompt, mask = _prompts(B=2, P=7)
+  prompt, mask = jnp.concatenate([prompt, prompt[::-1]]), jnp.concatenate([mask, mask[::-1]])
+  T = 140  # past two 64-slot decode blocks
+  sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=(), pad_id=1)
+
+  def run(m, on_mesh=None):
+    def f(p, pm):
+      with shd.activation_rules(on_mesh, shd.SAMPLE_RULES):
+        return generate(m, p, pm, jax.random.key(8), sampling, 4)
+    return jax.jit(f)(prompt, mask)
+
+  calls = []
+  blocks = rollout._static_blocks
+  monkeypatch.setattr(rollout, '_static_blocks', lambda *a: calls.append(1) or blocks(*a))
+  ro = run(model) if case == 'lora' else run(sharded, mesh)
+  assert calls
+  monkeypatch.setattr(rollout, '_static_blocks', rollout._static)
+  refs = [run(model)] if case == 'lora' else [run(sharded, mesh), run(model)]
+  assert ro.tokens_NxT.shape == (16, T) and bool(ro.mask_NxT.all())
+  for ref in refs:
+    np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
+    np.testing.assert_allclose(ro.logp_NxT, ref.logp_NxT, atol=1e-5)
+  if case == 'lora':  # the adapters are in effect: the base model samples otherwise
+    base = models.create(dataclasses.replace(cfg, lora_rank=0, lora_targets=()), seed=0)
+    assert (np.asarray(run(base).tokens_NxT) != np.asarray(ro.tokens_NxT)).any()
+
+
 @pytest.mark.parametrize('T', [12, 150])  # 150: decode over cache blocks (> 64 slots)
 def test_continuous_batching_reproduces_the_static_sampler_token_for_token(model, T):
   """Issue 13.4: with fewer decode slots than samples, slots are refilled
