@@ -2,7 +2,7 @@
 
   python benchmarks/grpo_step.py [--steps 3] [--prompts 8 --group 8 --new-tokens 64]
       [--attention auto|dense|blockwise] [--grad-accum A]
-      [--compare [--baseline 714ff0e|dense]]
+      [--compare [--baseline 714ff0e|dense|trl|trl-no-ckpt [--trl-python PY]]]
 
 Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
 512, f32. Batch: 8 prompts (32 tokens) x G 8 x exactly 64 new tokens (no EOS),
@@ -13,7 +13,9 @@ checkout's git history with `git archive` into a temporary directory and run
 with this shape) and of this checkout (`auto`), each in its own process,
 interleaved (baseline, auto, baseline, auto), and prints the ratios and each
 process's peak RSS; `--baseline dense` takes this checkout with
-`attention=dense` instead (the attention paths alone). `--grad-accum A`
+`attention=dense` instead (the attention paths alone); `--baseline trl`
+runs TRL's GRPOTrainer on the same work instead (benchmarks/trl_step.py,
+with `--trl-python`, an interpreter that has torch and trl). `--grad-accum A`
 gives the `auto` runs A micro-batches per update (the whole step's
 rl.grad_accum, and the timed update phase split alike); the baseline runs
 stay at 1. FLOPs are counted analytically (matmuls and attention over
@@ -122,6 +124,7 @@ def compare(args):
   """The baseline and this checkout, each in a fresh process (its own peak
   RSS), twice, interleaved; the better of each pair's two runs."""
   import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -132,6 +135,11 @@ def compare(args):
     if args.baseline == 'dense':
       old = [sys.executable, __file__, '--json', *shape, '--attention=dense']
       name = 'dense (this checkout, attention=dense)'
+    elif args.baseline in ('trl', 'trl-no-ckpt'):
+      ckpt = 'off' if args.baseline == 'trl-no-ckpt' else 'on'
+      old = [args.trl_python or sys.executable, os.path.join(os.path.dirname(__file__), 'trl_step.py'),
+             '--json', f'--gradient-checkpointing={ckpt}', *shape]
+      name = f"TRL's GRPOTrainer (gradient checkpointing {ckpt})"
     else:
       old = [sys.executable, '-c', _RUN_OLD, _baseline_tree(args.baseline, tmp),
              str(args.prompts), str(args.group), str(args.new_tokens), str(args.steps)]
@@ -139,7 +147,10 @@ def compare(args):
     runs = {'old': [], 'new': []}
     for _ in range(2):
       for which, cmd in (('old', old), ('new', new)):
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        if done.returncode:
+          raise SystemExit(f'{" ".join(cmd[:2])} failed:\n{done.stderr[-3000:]}')
+        out = done.stdout
         runs[which].append(json.loads(out.strip().splitlines()[-1]))
   best = {a: {k: min(r[k] for r in rs) for k in rs[0]} for a, rs in runs.items()}
   old, new = best['old'], best['new']
@@ -163,7 +174,11 @@ def main():
                       help='micro-batches per update (rl.grad_accum): activations of B/A prompts')
   parser.add_argument('--compare', action='store_true')
   parser.add_argument('--baseline', default=BASELINE,
-                      help="--compare's baseline: a commit of this repository, or 'dense'")
+                      help="--compare's baseline: a commit of this repository, 'dense', or "
+                           "'trl' / 'trl-no-ckpt' (TRL's GRPOTrainer, benchmarks/trl_step.py, "
+                           'with gradient checkpointing on, its default, or off)')
+  parser.add_argument('--trl-python', default='',
+                      help="the interpreter with torch and trl for --baseline trl (default: this one)")
   parser.add_argument('--json', action='store_true', help='one JSON line of seconds (for --compare)')
   args = parser.parse_args()
   if args.compare:
