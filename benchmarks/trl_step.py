@@ -119,10 +119,16 @@ def main():
     def on_step_end(self, *_, **__):
       times['step'].append(time.perf_counter() - self.t0)
 
+    def on_log(self, *_, logs=None, **__):
+      if logs and 'completions/min_length' in logs:
+        lengths.append((logs['completions/min_length'], logs['completions/max_length']))
+
   trainer.add_callback(Clock())
   trainer.train()
-  if len(times['reference']) != steps or any(n != P + T for n in lengths):
-    raise SystemExit(f'expected {steps} reference passes over {P} + {T} tokens: {lengths}')
+  # Every step: one reference pass over P + T ids, every completion T tokens long.
+  if lengths != [P + T, (T, T)] * steps or len(times['reference']) != steps:
+    raise SystemExit(f'expected {steps} steps of {P} + {T} tokens, (min, max) completion '
+                     f'lengths ({T}, {T}): {lengths}')
   med = {k: statistics.median(v[1:]) for k, v in times.items()}
   med['update'] = med['step'] - med['rollout'] - med['reference']
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

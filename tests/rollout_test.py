@@ -203,6 +203,9 @@ def test_the_block_buffer_rollout_with_lora_adapters_and_on_a_batch_sharded_mesh
   monkeypatch.setattr(rollout, '_static_blocks', rollout._static)
   refs = [run(model)] if case == 'lora' else [run(sharded, mesh), run(model)]
   assert ro.tokens_NxT.shape == (16, T) and bool(ro.mask_NxT.all())
+  if case == 'sharded':  # the rows really are split over the 4 devices
+    assert len(ro.tokens_NxT.sharding.device_set) == 4
+    assert not ro.tokens_NxT.sharding.is_fully_replicated
   for ref in refs:
     np.testing.assert_array_equal(ro.tokens_NxT, ref.tokens_NxT)
     np.testing.assert_allclose(ro.logp_NxT, ref.logp_NxT, atol=1e-5)
