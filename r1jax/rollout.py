@@ -209,18 +209,28 @@ def _sample_column(model, hidden_Nx1xD, t, key, ids_N, cfg, out, eos, budget_N):
   return token, out.emit_column(t, token, logp, eos, budget_N)
 
 
+def _static_start(key, cfg, G, S, prompt_mask_BxP, prompt_len_B, logits_BxV, ids_N, budget_N,
+                  eos, out):
+  """What both static loops start from, per sample: the prompt's key mask
+  padded to the S cache slots, the prompt length, and token 0 (from the
+  prompt's last position) written: (mask [N, S], lengths [N], token 0 [N],
+  outputs)."""
+  rep = lambda x: jnp.repeat(x, G, axis=0)  # noqa: E731
+  P = prompt_mask_BxP.shape[1]
+  token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
+  return (rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, S - P)))), rep(prompt_len_B), token0_N,
+          out.emit_column(0, token0_N, logp0_N, eos, budget_N))
+
+
 def _static(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, logits_BxV,
             ids_N, budget_N, eos, out):
   N, T = out.tokens_NxT.shape
   P = prompt_mask_BxP.shape[1]
   S = cache_slots(P, T)
   slots = jnp.arange(S)
-  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
-  cache = {k: rep(_pad_slots(k, v, S - P), axis=1) for k, v in prefix.items()}
-  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, S - P))))
-  prompt_len_N = rep(prompt_len_B)
-  token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
-  out = out.emit_column(0, token0_N, logp0_N, eos, budget_N)
+  cache = {k: jnp.repeat(_pad_slots(k, v, S - P), G, axis=1) for k, v in prefix.items()}
+  prefix_mask_NxS, prompt_len_N, token0_N, out = _static_start(
+      key, cfg, G, S, prompt_mask_BxP, prompt_len_B, logits_BxV, ids_N, budget_N, eos, out)
 
   def cond(carry):
     t, _, _, out = carry
@@ -257,19 +267,18 @@ def _static_blocks(model, key, cfg, G, prefix, prompt_mask_BxP, prompt_len_B, lo
   P = prompt_mask_BxP.shape[1]
   Sb, L = attn_lib.DECODE_BLOCK, model.cfg.num_layers
   n_blocks = cache_slots(P, T) // Sb
-  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)  # noqa: E731
   prompt_blocks = -(-P // Sb)
-  pre = {k: rep(_pad_slots(k, v, prompt_blocks * Sb - P), axis=1) for k, v in prefix.items()}
+  pre = {k: jnp.repeat(_pad_slots(k, v, prompt_blocks * Sb - P), G, axis=1)
+         for k, v in prefix.items()}
   k_blocks = [[pre['k'][l, ..., j * Sb:(j + 1) * Sb] for j in range(prompt_blocks)]
               for l in range(L)]
   v_blocks = [[pre['v'][l, :, :, j * Sb:(j + 1) * Sb] for j in range(prompt_blocks)]
               for l in range(L)]
   del pre
-  prefix_mask_NxS = rep(jnp.pad(prompt_mask_BxP, ((0, 0), (0, n_blocks * Sb - P))))
-  prompt_len_N = rep(prompt_len_B)
+  prefix_mask_NxS, prompt_len_N, token0_N, out = _static_start(
+      key, cfg, G, n_blocks * Sb, prompt_mask_BxP, prompt_len_B, logits_BxV, ids_N, budget_N,
+      eos, out)
   weights = model.layer_weights()
-  token0_N, logp0_N = sample_logits(rep(logits_BxV), token_keys(key, ids_N, jnp.int32(0)), cfg)
-  out = out.emit_column(0, token0_N, logp0_N, eos, budget_N)
   t, last_N = jnp.int32(1), token0_N
 
   # Token t is fed at slot P + t - 1: phase j runs the steps whose slot lies in block j.
