@@ -164,7 +164,7 @@ def test_the_cpu_block_buffer_rollout_equals_the_stacked_cache(model, P, T, monk
 def test_the_block_buffer_rollout_with_lora_adapters_and_on_a_batch_sharded_mesh(case,
                                                                                 monkeypatch):
   """The block buffers (rollout._static_blocks) with LoRA adapters on every
-  target (non-zero B: each adapter changes the logits), and with the batch
+  target (non-zero B: the adapters change the tokens), and with the batch
   split over a (data 4) mesh under the sampler's rules: the tokens are those
   of the stacked cache's decode in the same setting, and the sharded rollout
   is the one-device rollout."""
