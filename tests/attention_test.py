@@ -41,14 +41,20 @@ CASES = {
     'prefix of 13, continuation 29': dict(T=29, S=42, offset=13, pad=(4, 9)),
     'packed segments': dict(T=40, segments=True, pad=(0, 6)),
     'one key block': dict(T=11, pad=(2, 0)),
+    'prefix of 40 (past a block), continuation 23': dict(T=23, S=63, offset=40, pad=(3, 17)),
+    'prefix of 32 (on a block edge), 5 key blocks': dict(T=45, S=77, offset=32, pad=(0, 1)),
 }
 
 
+@pytest.mark.parametrize('causal_tiles', [True, False], ids=['causal tiles', 'all tiles'])
 @pytest.mark.parametrize('name', CASES)
-def test_blockwise_equals_dense_values_and_gradients(name):
+def test_blockwise_equals_dense_values_and_gradients(name, causal_tiles):
+  """Both blockwise forms: the causal tiles (a static query offset: query
+  chunks aligned to the key blocks, each reading the blocks up to its own)
+  and every tile (the form a traced offset takes)."""
   q, k, v, mask, q_valid = _case(**CASES[name])
   w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  block = lambda *a: at.blockwise(*a, block=16)  # noqa: E731
+  block = lambda *a: at.blockwise(*a, block=16, causal_tiles=causal_tiles)  # noqa: E731
   sel = q_valid[:, None, None, :, None]
   np.testing.assert_allclose(jnp.where(sel, block(q, k, v, mask), 0),
                              jnp.where(sel, at.dense(q, k, v, mask), 0), atol=1e-5, rtol=1e-5)

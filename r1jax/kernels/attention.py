@@ -120,27 +120,51 @@ def _recompute(body):
 
 
 def _forward(q, k, v, mask: Mask, block):
-  B, K, G, T, H = q.shape
+  T, H = q.shape[3:]
   scale = 1.0 / math.sqrt(H)
   qslots = mask.q_offset + jnp.arange(T, dtype=jnp.int32)
 
   def body(carry, xs):
-    m, l, acc = carry
     kj, vj, valid, slots, kseg = xs
-    s = _scores(q, kj, scale)
-    s = jnp.where(_allowed(valid, slots, qslots, mask.q_segment_BxT, kseg), s, NEG_INF)
-    m_new = jnp.maximum(m, s.max(axis=-1))
-    p = jnp.exp(s - m_new[..., None])
-    corr = jnp.exp(m - m_new)
-    l = l * corr + p.sum(axis=-1)
-    acc = acc * corr[..., None] + jnp.einsum('bkgts,bksh->bkgth', p.astype(q.dtype), vj,
-                                             preferred_element_type=jnp.float32)
-    return (m_new, l, acc), None
+    allowed = _allowed(valid, slots, qslots, mask.q_segment_BxT, kseg)
+    return _forward_tile(carry, q, kj, vj, allowed, scale), None
 
-  init = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
-          jnp.zeros((B, K, G, T, H), jnp.float32))
-  (m, l, acc), _ = jax.lax.scan(_recompute(body), init, _key_blocks(k, v, mask, block))
+  (m, l, acc), _ = jax.lax.scan(_recompute(body), _forward_init(q.shape),
+                                _key_blocks(k, v, mask, block))
   return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
+
+
+def _forward_init(shape):
+  """The online softmax's (max, sum, output) before any key block."""
+  return (jnp.full(shape[:-1], NEG_INF, jnp.float32), jnp.zeros(shape[:-1], jnp.float32),
+          jnp.zeros(shape, jnp.float32))
+
+
+def _forward_tile(carry, q, kj, vj, allowed, scale):
+  """One key block of the online softmax: the [T, block] tile."""
+  m, l, acc = carry
+  s = jnp.where(allowed, _scores(q, kj, scale), NEG_INF)
+  m_new = jnp.maximum(m, s.max(axis=-1))
+  p = jnp.exp(s - m_new[..., None])
+  corr = jnp.exp(m - m_new)
+  l = l * corr + p.sum(axis=-1)
+  acc = acc * corr[..., None] + jnp.einsum('bkgts,bksh->bkgth', p.astype(q.dtype), vj,
+                                           preferred_element_type=jnp.float32)
+  return m_new, l, acc
+
+
+def _backward_tile(q, kj, vj, allowed, lse, do, delta, scale):
+  """One [T, block] tile of FlashAttention's backward (q, do in f32): its
+  share of d q, and d k, d v of the key block."""
+  mm = dict(preferred_element_type=jnp.float32)
+  s = jnp.where(allowed, _scores(q, kj, scale), NEG_INF)
+  p = jnp.exp(s - lse[..., None])
+  dv = jnp.einsum('bkgts,bkgth->bksh', p, do, **mm)
+  dp = jnp.einsum('bkgth,bksh->bkgts', do, vj.astype(jnp.float32), **mm)
+  ds = jnp.where(allowed, p * (dp - delta[..., None]), 0.0) * scale
+  dq = jnp.einsum('bkgts,bksh->bkgth', ds, kj.astype(jnp.float32), **mm)
+  dk = jnp.einsum('bkgts,bkgth->bksh', ds, q, **mm)
+  return dq, dk, dv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -163,19 +187,13 @@ def _blockwise_bwd(block, res, d_out):
   qslots = mask.q_offset + jnp.arange(T, dtype=jnp.int32)
   do = d_out.astype(jnp.float32)
   delta = jnp.sum(do * out.astype(jnp.float32), axis=-1)  # [B, K, G, T]
-  mm = dict(preferred_element_type=jnp.float32)
+  q32 = q.astype(jnp.float32)
 
   def body(dq, xs):
     kj, vj, valid, slots, kseg = xs
     allowed = _allowed(valid, slots, qslots, mask.q_segment_BxT, kseg)
-    s = jnp.where(allowed, _scores(q, kj, scale), NEG_INF)
-    p = jnp.exp(s - lse[..., None])
-    dv = jnp.einsum('bkgts,bkgth->bksh', p, do, **mm)
-    dp = jnp.einsum('bkgth,bksh->bkgts', do, vj.astype(jnp.float32), **mm)
-    ds = jnp.where(allowed, p * (dp - delta[..., None]), 0.0) * scale
-    dq = dq + jnp.einsum('bkgts,bksh->bkgth', ds, kj.astype(jnp.float32), **mm)
-    dk = jnp.einsum('bkgts,bkgth->bksh', ds, q.astype(jnp.float32), **mm)
-    return dq, (dk, dv)
+    dq_j, dk, dv = _backward_tile(q32, kj, vj, allowed, lse, do, delta, scale)
+    return dq + dq_j, (dk, dv)
 
   dq, (dk, dv) = jax.lax.scan(_recompute(body), jnp.zeros((B, K, G, T, H), jnp.float32),
                               _key_blocks(k, v, mask, block))
@@ -188,6 +206,130 @@ def _blockwise_bwd(block, res, d_out):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
+# Causal tiles only. Where the query offset is static, the queries are cut
+# into chunks aligned to the key blocks (chunk c holds the queries in key
+# slots [c·block, (c+1)·block), padded at both ends), and chunk c reads key
+# blocks 0..c only: n(n+1)/2 tiles of n², the same tile size, two nested
+# loops (the inner one's trip count grows with c) whatever the length.
+
+
+def _chunks(q_offset: int, T: int, block: int):
+  """(front padding, first chunk's key block, query chunks)."""
+  front = q_offset % block
+  return front, q_offset // block, -(-(front + T) // block)
+
+
+def _query_chunks(x, mask: Mask, block, fill):
+  """[B, K, G, T, ...] -> [chunks, B, K, G, block, ...] on the chunk grid."""
+  front, _, nq = _chunks(mask.q_offset, x.shape[3], block)
+  widths = [(0, 0)] * x.ndim
+  widths[3] = (front, nq * block - front - x.shape[3])
+  return _blocks(jnp.pad(x, widths, constant_values=fill), block, 3, fill)
+
+
+def _chunk_masks(mask: Mask, T, block):
+  """Per chunk: the queries' key slots [chunks, block] and segments
+  [chunks, B, block] (padded queries: segment -2, which no key has)."""
+  front, c0, nq = _chunks(mask.q_offset, T, block)
+  qslots = (c0 * block + jnp.arange(nq * block, dtype=jnp.int32)).reshape(nq, block)
+  qseg = mask.q_segment_BxT
+  if qseg is not None:
+    qseg = _blocks(jnp.pad(qseg, ((0, 0), (front, nq * block - front - T)),
+                           constant_values=-2), block, 1, -2)
+  return qslots, qseg
+
+
+def _forward_causal(q, k, v, mask: Mask, block):
+  B, K, G, T, H = q.shape
+  scale = 1.0 / math.sqrt(H)
+  _, c0, nq = _chunks(mask.q_offset, T, block)
+  keys = _key_blocks(k, v, mask, block)
+  n = keys[0].shape[0]
+  qc = _query_chunks(q, mask, block, 0)
+  qslots, qseg = _chunk_masks(mask, T, block)
+
+  def chunk(i, outs):
+    qi = qc[i]
+    qseg_i = None if qseg is None else qseg[i]
+
+    def body(j, carry):
+      kj, vj, valid, slots, kseg = (None if x is None else x[j] for x in keys)
+      allowed = _allowed(valid, slots, qslots[i], qseg_i, kseg)
+      return _forward_tile(carry, qi, kj, vj, allowed, scale)
+
+    m, l, acc = jax.lax.fori_loop(0, jnp.minimum(c0 + i + 1, n), _recompute(body),
+                                  _forward_init(qi.shape))
+    out, lse = outs
+    return out.at[i].set((acc / l[..., None]).astype(q.dtype)), lse.at[i].set(m + jnp.log(l))
+
+  outs = (jnp.zeros((nq, B, K, G, block, H), q.dtype), jnp.zeros((nq, B, K, G, block), jnp.float32))
+  out, lse = jax.lax.fori_loop(0, nq, chunk, outs)
+  return _unchunk(out, mask, T, block), _unchunk(lse, mask, T, block)
+
+
+def _unchunk(x, mask: Mask, T, block):
+  """[chunks, B, K, G, block, ...] -> [B, K, G, T, ...]."""
+  front, _, _ = _chunks(mask.q_offset, T, block)
+  x = jnp.moveaxis(x, 0, 3)
+  return x.reshape(*x.shape[:3], -1, *x.shape[5:])[:, :, :, front:front + T]
+
+
+# The static query offset travels outside the mask (`q_offset=None` in it):
+# the mask's arrays are differentiable arguments with float0 cotangents.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _causal(q, k, v, mask, offset, block):
+  return _forward_causal(q, k, v, mask._replace(q_offset=offset), block)[0]
+
+
+def _causal_fwd(q, k, v, mask, offset, block):
+  out, lse = _forward_causal(q, k, v, mask._replace(q_offset=offset), block)
+  return out, (q, k, v, mask, out, lse)
+
+
+def _causal_bwd(offset, block, res, d_out):
+  """The blockwise backward over the causal tiles: per query chunk, its key
+  blocks; d q per chunk, d k and d v accumulated per key block."""
+  q, k, v, mask, out, lse = res
+  no_grad = jax.tree.map(lambda x: np.zeros(jnp.shape(x), jax.dtypes.float0), mask)
+  mask = mask._replace(q_offset=offset)
+  B, K, G, T, H = q.shape
+  S = k.shape[2]
+  scale = 1.0 / math.sqrt(H)
+  _, c0, nq = _chunks(mask.q_offset, T, block)
+  keys = _key_blocks(k, v, mask, block)
+  n = keys[0].shape[0]
+  do = d_out.astype(jnp.float32)
+  delta = jnp.sum(do * out.astype(jnp.float32), axis=-1)
+  qc, doc = (_query_chunks(x, mask, block, 0) for x in (q.astype(jnp.float32), do))
+  deltac, lsec = (_query_chunks(x, mask, block, 0) for x in (delta, lse))
+  qslots, qseg = _chunk_masks(mask, T, block)
+
+  def chunk(i, grads):
+    qi, doi, lsei, deltai = qc[i], doc[i], lsec[i], deltac[i]
+    qseg_i = None if qseg is None else qseg[i]
+
+    def body(j, carry):
+      dqi, dk, dv = carry
+      kj, vj, valid, slots, kseg = (None if x is None else x[j] for x in keys)
+      allowed = _allowed(valid, slots, qslots[i], qseg_i, kseg)
+      dq_j, dk_j, dv_j = _backward_tile(qi, kj, vj, allowed, lsei, doi, deltai, scale)
+      return dqi + dq_j, dk.at[j].add(dk_j), dv.at[j].add(dv_j)
+
+    dq, dk, dv = grads
+    dqi, dk, dv = jax.lax.fori_loop(0, jnp.minimum(c0 + i + 1, n), _recompute(body),
+                                    (jnp.zeros_like(qi), dk, dv))
+    return dq.at[i].set(dqi), dk, dv
+
+  zeros = jnp.zeros((n, B, K, block, H), jnp.float32)
+  dq, dk, dv = jax.lax.fori_loop(0, nq, chunk, (jnp.zeros_like(qc), zeros, zeros))
+  unblock = lambda x: jnp.moveaxis(x, 0, 2).reshape(B, K, -1, H)[:, :, :S]  # noqa: E731
+  return (_unchunk(dq, mask, T, block).astype(q.dtype), unblock(dk).astype(k.dtype),
+          unblock(dv).astype(v.dtype), no_grad)
+
+
+_causal.defvjp(_causal_fwd, _causal_bwd)
+
+
 def balanced_block(S: int, block: int) -> int:
   """The key block for S keys: as few blocks as `block` allows, of equal
   size (a multiple of 8), so the last is not mostly padding (544 keys: two
@@ -196,10 +338,14 @@ def balanced_block(S: int, block: int) -> int:
   return min(block, -(-(-(-S // n)) // 8) * 8)
 
 
-def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK) -> jax.Array:
+def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK,
+              causal_tiles: bool = True) -> jax.Array:
+  block = balanced_block(k_BxKxSxH.shape[2], block)
+  if causal_tiles and isinstance(mask.q_offset, int):
+    return _causal(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask._replace(q_offset=None),
+                   mask.q_offset, block)
   mask = mask._replace(q_offset=jnp.asarray(mask.q_offset, jnp.int32))
-  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask,
-                    balanced_block(k_BxKxSxH.shape[2], block))
+  return _blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, block)
 
 
 # ------------------------------------------------------------------- decode
