@@ -101,6 +101,9 @@ def base_config() -> ConfigDict:
   # Attention of the teacher-forced passes (r1jax/kernels/attention.py):
   # auto = splash on TPU, blockwise (linear memory) elsewhere, dense within a block.
   c.model.attention = 'auto'
+  # Sequences longer than this many positions run their MLP chunk by chunk
+  # (its [B, T, F] activations one chunk at a time); 0: whole.
+  c.model.mlp_chunk = 4096
   c.tokenizer = ''  # file or directory; default: the checkpoint directory
 
   # dcn_data: slices the data axis spans (multislice); 1 on a single slice.
@@ -246,6 +249,7 @@ _CHECKS: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ('model.dtype', _one_of(DTYPES)),
     ('model.remat', _BOOL),
     ('model.attention', _one_of(attention.IMPLS)),
+    ('model.mlp_chunk', (_int(0)[0], 'an integer >= 0 (0: the MLP over whole sequences)')),
     ('tokenizer', _STR),
     ('mesh.data', _AXIS),
     ('mesh.fsdp', _AXIS),

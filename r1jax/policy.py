@@ -48,12 +48,12 @@ def load(config, mesh: jax.sharding.Mesh) -> Policy:
     from r1jax import export  # pylint: disable=g-import-not-at-top
     model = (export.load if from_run else models.load_hf)(
         ckpt_path, m.param_dtype, compute_dtype=m.dtype, mesh=mesh, remat=m.remat,
-        attention=m.attention)
+        attention=m.attention, mlp_chunk=m.mlp_chunk)
   else:
     tok_path = config.tokenizer
     tok = tk.load_tokenizer(tok_path)
     cfg = models.get_preset(m.name, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                            attention=m.attention)
+                            attention=m.attention, mlp_chunk=m.mlp_chunk)
     if cfg.vocab_size < tok.vocab_size:
       cfg = cfg.replace(vocab_size=tok.vocab_size)
     model = models.create(cfg, seed=config.seed, mesh=mesh)

@@ -111,6 +111,7 @@ def test_prompt_and_completion_must_fit_the_models_positions(tmp_path):
     ('data_dir', ' '), ('rl.overlong_weight', float('nan')), ('reward_timeout_s', float('inf')),
     ('eval.temperature', float('nan')), ('task', 'gsm8k'),
     ('rl.epsilon_high', float('inf')), ('rl.dual_clip', float('inf')),
+    ('model.mlp_chunk', -1),
 ])
 def test_validation_rejects_non_finite_and_out_of_range(key, value):
   """Issue 10.7: these passed validation (b2 1.5 and temperature inf ran to exit 0)."""

@@ -18,11 +18,16 @@ padding) stay finite.
 Implementations (`model.attention`):
 
   dense      the [T, S] scores (the reference; decode steps use it: T = 1);
-  blockwise  pure JAX: a scan over key blocks with an online softmax; a
-             custom VJP recomputes each [T, block] tile from the saved
-             log-sum-exp (FlashAttention's backward), so forward and
-             backward memory is O(T·block) rather than O(T·S). CPU default
-             for sequences longer than one block;
+  blockwise  pure JAX: a loop over key blocks with an online softmax; a
+             custom VJP recomputes each tile from the saved log-sum-exp
+             (FlashAttention's backward), so memory is linear in T rather
+             than O(T·S). Where the query offset is static (the
+             teacher-forced passes) the queries go in chunks aligned to the
+             key blocks and each chunk reads only the key blocks up to its
+             own: the causal tiles, [block, block] each; a traced offset
+             (a prefill into a cache) reads every key block for all T
+             queries at once. CPU default for sequences longer than one
+             block;
   splash     the maintained Pallas TPU kernel
              (jax.experimental.pallas.ops.tpu.splash_attention), per device
              under jax.shard_map (attention_tpu.py);

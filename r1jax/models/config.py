@@ -44,6 +44,10 @@ class ModelConfig:
   # up to one block).
   attention: str = 'auto'
   attention_block: int = 512
+  # The MLP of sequences longer than this many positions runs over chunks of
+  # it, so its [B, T, F] activations exist one chunk at a time (forward and
+  # backward); 0 runs it whole.
+  mlp_chunk: int = 4096
   # LoRA (Hu et al. 2021): W x + (alpha / rank) B A x on the `lora_targets`
   # projections (q, k, v, o, gate, up, down); rank 0 is off. A is drawn
   # uniformly in ±1/sqrt(fan-in), B starts at zero (the base model exactly).
@@ -54,6 +58,8 @@ class ModelConfig:
   def __post_init__(self):
     if self.arch not in ('qwen2', 'qwen3', 'llama'):
       raise ValueError(f"model.arch: unsupported architecture {self.arch!r}")
+    if self.mlp_chunk < 0:
+      raise ValueError(f'model.mlp_chunk={self.mlp_chunk}: at least 0 (0: the MLP whole)')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f'model.num_heads={self.num_heads} is not a multiple of '

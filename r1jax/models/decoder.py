@@ -299,13 +299,46 @@ def _block(cfg: ModelConfig, w: dict[str, jax.Array], x_BxTxD: jax.Array,
   x = constrain(x_BxTxD + out, ('batch', 'length', 'act_embed'))
 
   h = rms_norm(x, w['post_attention_norm'], cfg.rms_norm_eps)
-  gate = project(h, w['gate_proj']) + _lora(cfg, w, 'gate', h, 'd', 'f')
-  up = project(h, w['up_proj']) + _lora(cfg, w, 'up', h, 'd', 'f')
-  act = constrain((jax.nn.silu(gate) * up).astype(dt), ('batch', 'length', 'act_mlp'))
-  out = (project(act, w['down_proj'])
-         + _lora(cfg, w, 'down', act, 'f', 'd')).astype(dt)
-  x = constrain(x + out, ('batch', 'length', 'act_embed'))
+  x = constrain(x + _mlp_chunks(cfg, w, h, drop), ('batch', 'length', 'act_embed'))
   return x, cache, (k_BxKxTxH, v_BxKxTxH)
+
+
+def _mlp(cfg: ModelConfig, w: dict[str, jax.Array], h_BxTxD: jax.Array, drop) -> jax.Array:
+  _lora = functools.partial(_lora_term, drop=drop)  # pylint: disable=redefined-outer-name
+  gate = project(h_BxTxD, w['gate_proj']) + _lora(cfg, w, 'gate', h_BxTxD, 'd', 'f')
+  up = project(h_BxTxD, w['up_proj']) + _lora(cfg, w, 'up', h_BxTxD, 'd', 'f')
+  act = constrain((jax.nn.silu(gate) * up).astype(h_BxTxD.dtype), ('batch', 'length', 'act_mlp'))
+  return (project(act, w['down_proj'])
+          + _lora(cfg, w, 'down', act, 'f', 'd')).astype(h_BxTxD.dtype)
+
+
+def _mlp_chunks(cfg: ModelConfig, w: dict[str, jax.Array], h_BxTxD: jax.Array, drop) -> jax.Array:
+  """The MLP, over chunks of `cfg.mlp_chunk` positions where the sequence is
+  longer: its [B, T, F] activations (gate and up in f32, their cotangents)
+  then exist one chunk at a time, in the forward and, each chunk
+  rematerialised, in the backward. At R1-Zero's 32,768 tokens they were
+  the largest buffers of the update pass (8.75 GiB each for Qwen2.5-1.5B's
+  8 sequences a chip). Under a remat'd layer the chunks' forward is not run
+  twice: only their inputs are kept, which are h's. LoRA dropout draws each
+  chunk's mask with the chunk's index folded into the key."""
+  B, T, D = h_BxTxD.shape
+  c = cfg.mlp_chunk
+  if not c or T <= c:
+    return _mlp(cfg, w, h_BxTxD, drop)
+  n = -(-T // c)
+  h = jnp.pad(h_BxTxD, ((0, 0), (0, n * c - T), (0, 0)))
+  h_NxBxCxD = jnp.moveaxis(h.reshape(B, n, c, D), 1, 0)
+
+  def body(_, xs):
+    i, h_BxCxD = xs
+    d = drop
+    if d is not None:
+      d = dict(d, key=jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(d['key']), i)))
+    return None, _mlp(cfg, w, constrain(h_BxCxD, ('batch', 'length', 'act_embed')), d)
+
+  body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  _, out = jax.lax.scan(body, None, (jnp.arange(n), h_NxBxCxD))
+  return jnp.moveaxis(out, 0, 1).reshape(B, n * c, D)[:, :T]
 
 
 class Decoder(nnx.Module):

@@ -86,7 +86,8 @@ def model_config(config) -> models.ModelConfig:
   """The policy's shape: the checkpoint's config.json, or the preset; with
   config.lora's adapters."""
   kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-            remat=config.model.remat, attention=config.model.attention)
+            remat=config.model.remat, attention=config.model.attention,
+            mlp_chunk=config.model.mlp_chunk)
   ckpt_config = os.path.join(wd.model_dir(rc.model_ckpt(config)), 'config.json')
   if rc.model_ckpt(config) and os.path.exists(ckpt_config):
     # The checkpoint's own shape (its config.json; no weights are read): a
@@ -167,7 +168,8 @@ def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.Model
     with open(path) as f:
       return models.config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
                                    dtype=config.model.dtype, remat=config.model.remat,
-                                   attention=config.model.attention)
+                                   attention=config.model.attention,
+                                   mlp_chunk=config.model.mlp_chunk)
   return policy_cfg.replace(lora_rank=0)
 
 
