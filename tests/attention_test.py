@@ -59,28 +59,58 @@ def test_blockwise_equals_dense_values_and_gradients(name, causal_tiles):
   np.testing.assert_allclose(jnp.where(sel, block(q, k, v, mask), 0),
                              jnp.where(sel, at.dense(q, k, v, mask), 0), atol=1e-5, rtol=1e-5)
   g_ref = jax.grad(_loss, argnums=(1, 2, 3))(at.dense, q, k, v, mask, q_valid, w)
-  g = jax.jit(jax.grad(_loss, argnums=(1, 2, 3)), static_argnums=0)(
-      block, q, k, v, mask, q_valid, w)
+  # The mask is closed over, not a jit argument: its static offset (what
+  # selects the causal tiles) would be traced otherwise.
+  g = jax.jit(jax.grad(lambda q, k, v: _loss(block, q, k, v, mask, q_valid, w),
+                       argnums=(0, 1, 2)))(q, k, v)
   for a, b, what in zip(g, g_ref, 'qkv'):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f'd{what}')
   assert all(np.isfinite(np.asarray(x)).all() for x in g)
 
 
-def test_blockwise_memory_grows_linearly_where_dense_grows_quadratically():
+@pytest.mark.parametrize('causal_tiles', [True, False], ids=['causal tiles', 'all tiles'])
+def test_blockwise_memory_grows_linearly_where_dense_grows_quadratically(causal_tiles):
   """Compiled temp bytes of forward + backward at T = 1k, 2k, 4k."""
   def temp(fn, T):
-    q, k, v, mask, q_valid = (jax.ShapeDtypeStruct((1, 2, 2, T, 32), jnp.float32),
-                              jax.ShapeDtypeStruct((1, 2, T, 32), jnp.float32),
-                              jax.ShapeDtypeStruct((1, 2, T, 32), jnp.float32),
-                              at.Mask(jax.ShapeDtypeStruct((1, T), bool), 0),
-                              jax.ShapeDtypeStruct((1, T), bool))
-    f = jax.jit(jax.grad(lambda q, k, v, m, qv: _loss(fn, q, k, v, m, qv, 1.0), argnums=(0, 1, 2)))
-    return f.lower(q, k, v, mask, q_valid).compile().memory_analysis().temp_size_in_bytes
+    q, k, v, valid, q_valid = (jax.ShapeDtypeStruct((1, 2, 2, T, 32), jnp.float32),
+                               jax.ShapeDtypeStruct((1, 2, T, 32), jnp.float32),
+                               jax.ShapeDtypeStruct((1, 2, T, 32), jnp.float32),
+                               jax.ShapeDtypeStruct((1, T), bool),
+                               jax.ShapeDtypeStruct((1, T), bool))
+    f = jax.jit(jax.grad(lambda q, k, v, valid, qv: _loss(fn, q, k, v, at.Mask(valid, 0), qv, 1.0),
+                         argnums=(0, 1, 2)))
+    return f.lower(q, k, v, valid, q_valid).compile().memory_analysis().temp_size_in_bytes
   dense = [temp(at.dense, T) for T in (1024, 2048, 4096)]
-  block = [temp(lambda *a: at.blockwise(*a, block=256), T) for T in (1024, 2048, 4096)]
+  block = [temp(lambda *a: at.blockwise(*a, block=256, causal_tiles=causal_tiles), T)
+           for T in (1024, 2048, 4096)]
   assert all(b / a <= 2.2 for a, b in zip(block, block[1:])), block
   assert all(b / a >= 3.5 for a, b in zip(dense, dense[1:])), dense
   assert block[-1] < dense[-1] / 8
+
+
+def test_causal_tiles_read_no_key_block_past_a_chunks_own():
+  """Keys in a block after the last query's (NaN there) reach every output
+  of the all-tiles form (p = 0 times NaN) and none of the causal tiles':
+  chunk c reads key blocks 0..c only, forward and backward."""
+  q, k, v, mask, q_valid = _case(T=29, S=64, offset=3, pad=(2, 0))  # queries in slots 3..31
+  poison = (jnp.arange(64) >= 32)[None, None, :, None]  # key blocks 2 and 3 of 16
+  k_nan, v_nan = (jnp.where(poison, jnp.nan, x) for x in (k, v))
+  w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+
+  def value_and_grads(causal_tiles, k, v):
+    block = lambda *a: at.blockwise(*a, block=16, causal_tiles=causal_tiles)  # noqa: E731
+    return jax.jit(jax.value_and_grad(lambda q, k, v: _loss(block, q, k, v, mask, q_valid, w),
+                                      argnums=(0, 1, 2)))(q, k, v)
+
+  assert np.isnan(value_and_grads(False, k_nan, v_nan)[0])
+  loss, grads = value_and_grads(True, k_nan, v_nan)
+  ref_loss, ref_grads = value_and_grads(True, k, v)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  for a, b in zip(grads, ref_grads):
+    np.testing.assert_allclose(jnp.where(poison[0], 0, a) if a.ndim == 4 else a,
+                               jnp.where(poison[0], 0, b) if b.ndim == 4 else b, rtol=1e-5,
+                               atol=1e-6)
+  assert all(np.isfinite(np.asarray(x)).all() for x in grads)
 
 
 def test_auto_is_dense_within_one_block_and_blockwise_beyond():

@@ -140,6 +140,23 @@ def test_mlp_over_chunks_gives_the_whole_mlps_values_and_grads(remat):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_mlp_chunks_draw_each_chunks_lora_dropout_mask_anew():
+  """Two chunks of the same inputs: without dropout the same outputs, with
+  dropout different ones (each chunk's key has its index folded in)."""
+  from r1jax.models import decoder, lora  # pylint: disable=g-import-not-at-top
+  cfg = models.get_preset('tiny', mlp_chunk=8)
+  model = lora.add(models.create(cfg, seed=0), 4, 8.0, ('gate', 'up', 'down'), seed=1)
+  w = {k: v[0] + (0.05 if k.endswith('lora_b') else 0.0)  # layer 0, non-zero B
+       for k, v in model.layers.weights().items()}
+  h = jnp.tile(jax.random.normal(jax.random.key(2), (1, 8, cfg.hidden_size)), (1, 2, 1))
+  drop = {'key': jax.random.key_data(jax.random.key(3)), 'keep': jnp.float32(0.5)}
+  plain = decoder._mlp_chunks(model.cfg, w, h, None)  # pylint: disable=protected-access
+  dropped = decoder._mlp_chunks(model.cfg, w, h, drop)  # pylint: disable=protected-access
+  np.testing.assert_allclose(plain[:, :8], plain[:, 8:], rtol=1e-6)
+  assert not np.allclose(dropped[:, :8], dropped[:, 8:], rtol=1e-3)
+  assert not np.allclose(dropped, plain, rtol=1e-3)
+
+
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('w_shape', [(8, 12), (8, 3, 4)])
 def test_projection_backward_equals_the_einsums(dtype, w_shape):

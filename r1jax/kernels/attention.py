@@ -346,6 +346,9 @@ def balanced_block(S: int, block: int) -> int:
 def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK,
               causal_tiles: bool = True) -> jax.Array:
   block = balanced_block(k_BxKxSxH.shape[2], block)
+  if isinstance(mask.q_offset, int) and mask.q_offset < 0:
+    raise ValueError(f'attention: query offset {mask.q_offset}; the first query is at a key '
+                     'slot >= 0')
   if causal_tiles and isinstance(mask.q_offset, int):
     return _causal(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask._replace(q_offset=None),
                    mask.q_offset, block)

@@ -315,17 +315,20 @@ def _mlp(cfg: ModelConfig, w: dict[str, jax.Array], h_BxTxD: jax.Array, drop) ->
 def _mlp_chunks(cfg: ModelConfig, w: dict[str, jax.Array], h_BxTxD: jax.Array, drop) -> jax.Array:
   """The MLP, over chunks of `cfg.mlp_chunk` positions where the sequence is
   longer: its [B, T, F] activations (gate and up in f32, their cotangents)
-  then exist one chunk at a time, in the forward and, each chunk
-  rematerialised, in the backward. At R1-Zero's 32,768 tokens they were
-  the largest buffers of the update pass (8.75 GiB each for Qwen2.5-1.5B's
-  8 sequences a chip). Under a remat'd layer the chunks' forward is not run
-  twice: only their inputs are kept, which are h's. LoRA dropout draws each
-  chunk's mask with the chunk's index folded into the key."""
+  then exist one chunk at a time in the forward. With `cfg.remat` each
+  chunk is also rematerialised in the backward, so the backward holds one
+  chunk's too; the remat'd layer's own recompute then skips the chunks'
+  forward (only their inputs, h, are kept), so this adds no work. Without
+  remat the chunks' activations are kept for the backward, as the whole
+  MLP's are. At R1-Zero's 32,768 tokens they were the largest buffers of
+  the update pass (8.75 GiB each for Qwen2.5-1.5B's 8 sequences a chip).
+  The chunks are of equal size (T = 4,097 in two of 2,049). LoRA dropout
+  draws each chunk's mask with the chunk's index folded into the key."""
   B, T, D = h_BxTxD.shape
-  c = cfg.mlp_chunk
-  if not c or T <= c:
+  if not cfg.mlp_chunk or T <= cfg.mlp_chunk:
     return _mlp(cfg, w, h_BxTxD, drop)
-  n = -(-T // c)
+  n = -(-T // cfg.mlp_chunk)
+  c = -(-T // n)
   h = jnp.pad(h_BxTxD, ((0, 0), (0, n * c - T), (0, 0)))
   h_NxBxCxD = jnp.moveaxis(h.reshape(B, n, c, D), 1, 0)
 
@@ -336,7 +339,9 @@ def _mlp_chunks(cfg: ModelConfig, w: dict[str, jax.Array], h_BxTxD: jax.Array, d
       d = dict(d, key=jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(d['key']), i)))
     return None, _mlp(cfg, w, constrain(h_BxCxD, ('batch', 'length', 'act_embed')), d)
 
-  body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  if cfg.remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable,
+                          prevent_cse=False)
   _, out = jax.lax.scan(body, None, (jnp.arange(n), h_NxBxCxD))
   return jnp.moveaxis(out, 0, 1).reshape(B, n * c, D)[:, :T]
 

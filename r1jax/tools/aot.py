@@ -168,8 +168,7 @@ def _reward_model_config(config, policy_cfg: models.ModelConfig) -> models.Model
     with open(path) as f:
       return models.config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
                                    dtype=config.model.dtype, remat=config.model.remat,
-                                   attention=config.model.attention,
-                                   mlp_chunk=config.model.mlp_chunk)
+                                   attention=config.model.attention)
   return policy_cfg.replace(lora_rank=0)
 
 
