@@ -5,12 +5,12 @@
     continuous: Z decode slots, a cache of Z rows × C slots; a slot whose sample
                 ends takes the next pending one (its prompt's KV copied in)
 
-C = P + T, rounded up to whole decode blocks of 64 slots when it spans more
-than one (`cache_slots`); a decode step reads the blocks up to its own slot
-only. On CPU the static batch keeps its cache as separate block buffers per
-layer, created as the decode reaches them (`_static_blocks`; XLA's CPU
-backend copies every block it reads out of a stacked [L, …] cache), with
-the same tokens.
+C = P + T, rounded up to whole 128 slots when it spans more than one
+64-slot decode block (`cache_slots`); a decode step reads the blocks (64
+slots on CPU, 128 elsewhere) up to its own slot only. On CPU the static
+batch keeps its cache as separate block buffers per layer, created as the
+decode reaches them (`_static_blocks`; XLA's CPU backend copies every block
+it reads out of a stacked [L, …] cache), with the same tokens.
 
 Row n = b·G + g of the outputs is sample g of prompt b, whichever way it was
 decoded. The static loop stops when every sequence has emitted an EOS id or
@@ -191,8 +191,8 @@ def cache_slots(P: int, T: int) -> int:
   rounded up to whole decode blocks when it spans more than one, so that the
   stacked decode (attn_lib.decode) and the block buffers read the same blocks
   and agree bit for bit."""
-  Sb = attn_lib.DECODE_BLOCK
-  return P + T if P + T <= Sb else -(-(P + T) // Sb) * Sb
+  Sb = attn_lib.ACCEL_DECODE_BLOCK  # a multiple of DECODE_BLOCK: whole blocks of both
+  return P + T if P + T <= attn_lib.DECODE_BLOCK else -(-(P + T) // Sb) * Sb
 
 
 def _block_phases(P: int, T: int) -> range:

@@ -358,11 +358,15 @@ def blockwise(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, block: int = BLOCK,
 
 # ------------------------------------------------------------------- decode
 
-# 64 rather than 128: 2.6 s instead of 3.1 s for the 512-token rollout of
-# benchmarks/grpo_step.py on CPU (block buffers; 32 and 48 were no faster).
-# One size on every platform (the stacked decode must read the block
-# buffers' blocks); on TPU and GPU its cost is not measured.
+# On CPU 64 rather than 128: 2.6 s instead of 3.1 s for the 512-token
+# rollout of benchmarks/grpo_step.py (block buffers; 32 and 48 were no
+# faster); the stacked decode there reads the block buffers' blocks. On TPU
+# and GPU 128: TPU tiles an array's minor axis (K's slots) by 128, and
+# slicing 64 slots out of it made XLA keep relaid-out copies of the whole
+# cache (the paper preset with decode slots: 61.78 GiB a chip instead of
+# 47.57). Caches are whole multiples of both (rollout.cache_slots).
 DECODE_BLOCK = 64
+ACCEL_DECODE_BLOCK = 128
 
 
 def _decode_init(q_BxKxGxTxH):
@@ -388,7 +392,17 @@ def _decode_block(carry, q_BxKxGxTxH, kj, vj, valid, slots, qslots):
 
 
 def decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset,
-           block: int = DECODE_BLOCK) -> jax.Array:
+           block: int | None = None) -> jax.Array:
+  """`_decode` in blocks of DECODE_BLOCK slots on CPU and ACCEL_DECODE_BLOCK
+  elsewhere (or of `block`), chosen when the computation is lowered."""
+  if block is not None:
+    return _decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset, block)
+  by = lambda b: functools.partial(_decode, block=b)  # noqa: E731
+  return jax.lax.platform_dependent(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset,
+                                    cpu=by(DECODE_BLOCK), default=by(ACCEL_DECODE_BLOCK))
+
+
+def _decode(q_BxKxGxTxH, k_all, v_all, layer, key_valid_BxS, q_offset, block: int) -> jax.Array:
   """A decode step over a KV cache that reads only the filled slots: key
   blocks up to the last query's slot (a dynamic trip count), each sliced from
   the stacked cache k_all [L, B, K, H, S] / v_all [L, B, K, S, H] at `layer`
