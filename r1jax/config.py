@@ -99,7 +99,8 @@ def base_config() -> ConfigDict:
   c.model.dtype = 'float32'
   c.model.remat = False
   # Attention of the teacher-forced passes (r1jax/kernels/attention.py):
-  # auto = splash on TPU, blockwise (linear memory) elsewhere, dense within a block.
+  # auto = splash on TPU, blockwise (linear memory) elsewhere, dense within a
+  # block; 'triton' = the Pallas flash kernel on GPU (not yet run on one).
   c.model.attention = 'auto'
   # Sequences longer than this many positions run their MLP chunk by chunk
   # (its [B, T, F] activations one chunk at a time); 0: whole.
@@ -448,6 +449,9 @@ def validate(config: ConfigDict) -> ConfigDict:
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
   model = config.model
+  if model.get('attention') == 'cudnn' and model.get('dtype') not in ('bfloat16', 'float16'):
+    raise ConfigError('model.attention', f"'cudnn' runs fp16/bf16 only (model.dtype is "
+                      f"{model.get('dtype')!r}); 'triton' and 'blockwise' run f32 on GPU")
   to_build = base_to_build(config) is not None
   ckpt = model_ckpt(config)
   if to_build and not wd.is_local(config.workdir):

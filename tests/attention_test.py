@@ -52,16 +52,21 @@ def test_blockwise_equals_dense_values_and_gradients(name, causal_tiles):
   """Both blockwise forms: the causal tiles (a static query offset: query
   chunks aligned to the key blocks, each reading the blocks up to its own)
   and every tile (the form a traced offset takes)."""
-  q, k, v, mask, q_valid = _case(**CASES[name])
+  _assert_equals_dense(lambda *a: at.blockwise(*a, block=16, causal_tiles=causal_tiles),
+                       *_case(**CASES[name]))
+
+
+def _assert_equals_dense(fn, q, k, v, mask, q_valid):
+  """fn's values and gradients equal the dense path's (f32, 1e-5) on the
+  queries that have an allowed key."""
   w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  block = lambda *a: at.blockwise(*a, block=16, causal_tiles=causal_tiles)  # noqa: E731
   sel = q_valid[:, None, None, :, None]
-  np.testing.assert_allclose(jnp.where(sel, block(q, k, v, mask), 0),
+  np.testing.assert_allclose(jnp.where(sel, fn(q, k, v, mask), 0),
                              jnp.where(sel, at.dense(q, k, v, mask), 0), atol=1e-5, rtol=1e-5)
   g_ref = jax.grad(_loss, argnums=(1, 2, 3))(at.dense, q, k, v, mask, q_valid, w)
   # The mask is closed over, not a jit argument: its static offset (what
-  # selects the causal tiles) would be traced otherwise.
-  g = jax.jit(jax.grad(lambda q, k, v: _loss(block, q, k, v, mask, q_valid, w),
+  # selects the causal tiles, or places a kernel's queries) would be traced.
+  g = jax.jit(jax.grad(lambda q, k, v: _loss(fn, q, k, v, mask, q_valid, w),
                        argnums=(0, 1, 2)))(q, k, v)
   for a, b, what in zip(g, g_ref, 'qkv'):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f'd{what}')
@@ -194,6 +199,60 @@ def test_splash_lowers_for_tpu_under_a_data_fsdp_tensor_mesh():
   assert 'in_shardings=[<@mesh, [{"data", "fsdp"}, {"tensor"}, {}, {}, {}]' in text
 
 
+GPU_CASES = {**CASES, 'prefix of 70, continuation 150 (two kernel blocks)':
+             dict(T=150, S=220, offset=70, pad=(9, 130), H=16)}
+
+
+@pytest.mark.parametrize('name', GPU_CASES)
+def test_gpu_flash_interpreted_equals_dense_values_and_gradients(name):
+  """The Pallas Triton kernel (model.attention='triton'), run interpreted:
+  queries placed at their key slots, padding and packed rows as segment
+  ids, GQA by repeated kv heads."""
+  from r1jax.kernels import attention_gpu
+  _assert_equals_dense(lambda *a: attention_gpu.flash(*a, interpret=True),
+                       *_case(**GPU_CASES[name]))
+
+
+def _trace_training_passes(cfg, rows: int, length: int, prompt: int):
+  """The gradient of the model's two teacher-forced passes, traced: the
+  full forward of `rows` sequences of `length` tokens, and the prompt-prefix
+  pass of their first `prompt` tokens (one prompt per two rows) continued by
+  the rest."""
+  from flax import nnx
+  from r1jax import models
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0))))
+
+  def loss(params, tokens, mask):
+    m = nnx.merge(graphdef, params)
+    last, cont = m.hidden_with_prefix(tokens[:rows // 2, :prompt], mask[:rows // 2, :prompt],
+                                      tokens[:, prompt:])
+    return jnp.sum(m.hidden(tokens, mask_BxT=mask)[0]) + jnp.sum(cont) + jnp.sum(last)
+  return jax.jit(jax.grad(loss)).trace(params, jax.ShapeDtypeStruct((rows, length), jnp.int32),
+                                       jax.ShapeDtypeStruct((rows, length), bool))
+
+
+def test_gpu_flash_lowers_for_cuda_per_device_under_a_mesh():
+  """model.attention='triton' in the model's update pass, lowered for CUDA
+  from this CPU host: the forward and the backward's kernels are Triton
+  calls, run per device (batch over data x fsdp, kv heads over tensor);
+  a traced offset (a prefill into a cache) takes blockwise."""
+  from r1jax import models, sharding as shd
+  cfg = models.get_preset('tiny', max_position_embeddings=2048, attention='triton',
+                          attention_block=256)
+  with shd.activation_rules(shd.make_mesh(2, 2, 2), shd.TRAIN_RULES):
+    traced = _trace_training_passes(cfg, rows=4, length=700, prompt=300)
+  text = traced.lower(lowering_platforms=('cuda',)).as_text()
+  assert text.count('__gpu$xla.gpu.triton') >= 6  # forward and backward kernels of both passes
+  # Per device: q [B, K, G, T, H] with batch over (data, fsdp), kv heads over tensor.
+  assert '<@mesh, [{"data", "fsdp"}, {"tensor"}, {}, {}, {}]>' in text
+  q = jax.ShapeDtypeStruct((2, 2, 2, 1, 16), jnp.float32)
+  kv = jax.ShapeDtypeStruct((2, 2, 300, 16), jnp.float32)
+  traced = jax.jit(lambda q, k, v, valid, i: at.attention(q, k, v, at.Mask(valid, i), 'triton'))
+  text = traced.trace(q, kv, kv, jax.ShapeDtypeStruct((2, 300), bool), 7).lower(
+      lowering_platforms=('cuda',)).as_text()
+  assert 'triton' not in text
+
+
 def test_splash_interpreted_equals_dense_on_tiny_shapes():
   from r1jax.kernels import attention_tpu
   q, k, v, mask, q_valid = _case(B=1, K=1, G=2, T=128, S=256, H=128, offset=128, pad=(7,))
@@ -262,17 +321,9 @@ def test_the_models_training_passes_lower_to_splash_on_tpu_with_auto():
   """`auto` picks splash when lowering for TPU: the full forward and the
   prompt-prefix pass of a 1,024-token sequence (beyond one block), with
   their backward; the CPU lowering has no kernel."""
-  from flax import nnx
   from r1jax import models
   cfg = models.get_preset('tiny', max_position_embeddings=2048, head_dim=128, attention_block=512)
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0))))
-
-  def loss(params, tokens, mask):
-    m = nnx.merge(graphdef, params)
-    last, cont = m.hidden_with_prefix(tokens[:1, :512], mask[:1, :512], tokens[:, 512:])
-    return jnp.sum(m.hidden(tokens, mask_BxT=mask)[0]) + jnp.sum(cont) + jnp.sum(last)
-  args = (params, jax.ShapeDtypeStruct((2, 1024), jnp.int32), jax.ShapeDtypeStruct((2, 1024), bool))
-  traced = jax.jit(jax.grad(loss)).trace(*args)
+  traced = _trace_training_passes(cfg, rows=2, length=1024, prompt=512)
   tpu = traced.lower(lowering_platforms=('tpu',)).as_text()
   assert tpu.count('tpu_custom_call') >= 6  # forward, dq, dkv of each pass (layers are scanned)
   assert 'tpu_custom_call' not in traced.lower(lowering_platforms=('cpu',)).as_text()

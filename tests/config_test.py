@@ -111,7 +111,7 @@ def test_prompt_and_completion_must_fit_the_models_positions(tmp_path):
     ('data_dir', ' '), ('rl.overlong_weight', float('nan')), ('reward_timeout_s', float('inf')),
     ('eval.temperature', float('nan')), ('task', 'gsm8k'),
     ('rl.epsilon_high', float('inf')), ('rl.dual_clip', float('inf')),
-    ('model.mlp_chunk', -1),
+    ('model.mlp_chunk', -1), ('model.attention', 'flash'),
 ])
 def test_validation_rejects_non_finite_and_out_of_range(key, value):
   """Issue 10.7: these passed validation (b2 1.5 and temperature inf ran to exit 0)."""
@@ -124,6 +124,20 @@ def test_validation_rejects_non_finite_and_out_of_range(key, value):
   with pytest.raises(rc.ConfigError, match=f'config.{key}') as e:
     rc.validate(c)
   assert e.value.key == key
+
+
+def test_cudnn_attention_needs_a_16_bit_dtype():
+  """cuDNN's fused attention takes fp16/bf16 only: an f32 model would fail
+  at its first compile on the GPU; the config names the key before."""
+  c = rc.base_config()
+  c.model.attention = 'cudnn'
+  with pytest.raises(rc.ConfigError, match="config.model.attention.*fp16/bf16") as e:
+    rc.validate(c)
+  assert e.value.key == 'model.attention'
+  c.model.dtype = 'bfloat16'
+  rc.validate(c)
+  c.model.attention, c.model.dtype = 'triton', 'float32'
+  rc.validate(c)
 
 
 @pytest.mark.parametrize('recipe', ['zero', 'sft'])

@@ -31,8 +31,16 @@ Implementations (`model.attention`):
   splash     the maintained Pallas TPU kernel
              (jax.experimental.pallas.ops.tpu.splash_attention), per device
              under jax.shard_map (attention_tpu.py);
-  cudnn      jax.nn.dot_product_attention(implementation='cudnn') (GPU; not
-             yet run here: no GPU was lent, so `auto` does not pick it);
+  triton     the Pallas Triton flash-attention kernel that ships with jax
+             (jax.experimental.pallas.ops.gpu.attention), per device under
+             jax.shard_map (attention_gpu.py): GPU, f32 or bf16, linear
+             memory; lowered for CUDA and run interpreted on CPU in the
+             tests, not yet run on a GPU (none was lent), so `auto` does not
+             pick it; blockwise when the query offset is not static;
+  cudnn      jax.nn.dot_product_attention(implementation='cudnn') (GPU,
+             fp16/bf16 only; not yet run: no GPU was lent). The mask goes
+             in dense, [B, 1, T, S]: cuDNN takes padding only as
+             right-aligned sequence lengths. Not linear in memory;
   auto       splash on TPU (blockwise when the query offset is not static),
              blockwise elsewhere, dense when the keys fit one block; chosen
              when the computation is lowered (jax.lax.platform_dependent), so
@@ -46,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'cudnn')
+IMPLS = ('auto', 'dense', 'blockwise', 'splash', 'triton', 'cudnn')
 BLOCK = 512
 NEG_INF = -1e30
 
@@ -481,11 +489,15 @@ def attention(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, impl: str = 'auto',
     return blockwise(*args, block=block)
   if impl == 'cudnn':
     return cudnn(*args)
+  fallback = functools.partial(blockwise, block=block)
+  offset = mask.q_offset
+  if impl == 'triton':
+    from r1jax.kernels import attention_gpu  # pylint: disable=g-import-not-at-top
+    # A traced cache index (a prefill into a cache): no static kernel mask.
+    return attention_gpu.flash(*args) if isinstance(offset, int) else fallback(*args)
   from r1jax.kernels import attention_tpu  # pylint: disable=g-import-not-at-top
   if impl == 'splash':
     return attention_tpu.splash(*args)
-  fallback = functools.partial(blockwise, block=block)
-  offset = mask.q_offset
   if not isinstance(offset, int):  # a traced cache index: no static splash mask
     return fallback(*args)
   # platform_dependent traces its operands, so the static offset is bound here.

@@ -1,0 +1,85 @@
+"""Flash attention on GPU (the Pallas Triton kernel that ships with jax,
+jax.experimental.pallas.ops.gpu.attention.mha) for `attention.Mask`.
+
+Why this kernel rather than cuDNN's (`model.attention='cudnn'`): it takes
+segment ids, so left padding and packed rows need no [T, S] mask (cuDNN
+through jax.nn.dot_product_attention expresses padding only as right-aligned
+sequence lengths, so `attention.cudnn` passes a dense mask), it runs in f32
+as well as bf16 (cuDNN's takes fp16/bf16 only), it has a fused backward,
+and it runs interpreted on CPU, where its values are tested against the
+dense path.
+
+The kernel's mask is causal over one index space shared by queries and keys
+(query i sees keys <= i) with one segment-id array for both. So each query
+is placed at its own key slot, q_offset + t, in a query array as long as
+the keys; the other slots get zero queries whose outputs are dropped (the
+continuation after a P-token prompt computes P extra rows: a few percent at
+R1's lengths). A slot's segment is its key's: a valid key has segment 1 (or
+its packed segment id + 1), padding 0, so a real query never sees padding
+and a padding slot's query sees at least its own key (no row is fully
+masked). A query's segment is the segment of its own slot's key, which holds
+for every mask the decoder builds (packed rows: one segment array for both;
+a continuation: every continuation key is valid). Keys are padded to a
+multiple of 128 (the kernel's block), and GQA repeats each kv head for its
+G query heads (memory stays linear in length).
+
+Per device, under `jax.shard_map` over the active mesh as splash is
+(attention_tpu.py): batch over the data axes, kv heads over 'tensor'.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+from jax.sharding import PartitionSpec as P
+
+BLOCK = 128  # the kernel's forward blocks (its default); the backward's are 32
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _local(q, k, v, segments, offset: int, interpret: bool):
+  """One device: q [B, K, G, T, H], k/v [B, K, S, H], segments [B, S]."""
+  B, K, G, T, H = q.shape
+  S = k.shape[2]
+  Sp = _round_up(S, BLOCK)
+  # [B, S', K·G, H]: query t at its key slot, head k·G + g (kv head k).
+  q_slots = jnp.pad(jnp.moveaxis(q.reshape(B, K * G, T, H), 1, 2).astype(k.dtype),
+                    ((0, 0), (offset, Sp - offset - T), (0, 0), (0, 0)))
+  kv = lambda x: jnp.repeat(jnp.pad(jnp.moveaxis(x, 1, 2), ((0, 0), (0, Sp - S), (0, 0), (0, 0))),  # noqa: E731
+                            G, axis=2)
+  segments = jnp.pad(segments, ((0, 0), (0, Sp - S)))
+  out = gpu_attention.mha(q_slots, kv(k), kv(v), segments, sm_scale=1.0 / np.sqrt(H),
+                          causal=True, interpret=interpret)
+  out = out[:, offset:offset + T]  # [B, T, K·G, H]
+  return jnp.moveaxis(out, 2, 1).reshape(B, K, G, T, H).astype(q.dtype)
+
+
+def flash(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, interpret: bool = False):
+  """`attention.Mask` semantics (see the module doc for the query's
+  segment); q_offset must be a Python int with q_offset + T <= S."""
+  from r1jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  offset = mask.q_offset
+  if not isinstance(offset, (int, np.integer)):
+    raise ValueError('GPU flash attention needs a static query offset')
+  T, S = q_BxKxGxTxH.shape[3], k_BxKxSxH.shape[2]
+  if not 0 <= offset <= S - T:
+    raise ValueError(f'GPU flash attention: queries at slots {offset}..{offset + T - 1} '
+                     f'lie outside the {S} keys')
+  ids = (jnp.ones(mask.key_valid_BxS.shape, jnp.int32) if mask.k_segment_BxS is None
+         else mask.k_segment_BxS.astype(jnp.int32) + 1)
+  segments = jnp.where(mask.key_valid_BxS, ids, 0)
+  local = functools.partial(_local, offset=int(offset), interpret=interpret)
+  active = getattr(shd._ACTIVE, 'current', None)  # pylint: disable=protected-access
+  if active is None:
+    return local(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, segments)
+  mesh, rules = active
+  spec = lambda names, x: shd.logical_to_spec(names, x.shape, mesh, rules)  # noqa: E731
+  q_spec = spec(('batch', 'act_kv_heads', None, None, None), q_BxKxGxTxH)
+  kv_spec = P(*q_spec[:2], None, None)
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0], None)),
+                       out_specs=q_spec, check_vma=False)(
+                           q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, segments)
