@@ -18,6 +18,22 @@ def test_topology_names():
       aot.parse_topology(bad)
 
 
+def test_the_verdicts_and_exit_status():
+  """The tool exits 1 when a program does not fit or does not compile."""
+  report = {'rm.peak_gib': 4.08, 'rl.compiled': True, 'rl.peak_gib': 47.75,
+            'rl.eval_compiled': True, 'rl.eval_peak_gib': 20.91}
+  lines, ok = aot.verdicts(report, 95)
+  assert ok and lines == ['rm step: peak 4.08 GiB per device of 95 GiB: fits',
+                          'rl step: peak 47.75 GiB per device of 95 GiB: fits',
+                          'rl evaluation sampler: peak 20.91 GiB per device of 95 GiB: fits']
+  lines, ok = aot.verdicts({'peak_gib': 96.0}, 95)
+  assert not ok and lines == ['step: peak 96.00 GiB per device of 95 GiB: DOES NOT FIT (OOM)']
+  lines, ok = aot.verdicts({'compiled': True, 'eval_compiled': False, 'eval_compile_error': 'x'},
+                           95)
+  assert not ok and lines == ['evaluation sampler: DID NOT COMPILE']
+  assert aot.verdicts({'compiled': True, 'peak_gib': 1e9}, None) == ([], True)  # --topology=cpu
+
+
 def test_step_compiles_and_reports_memory_per_device():
   c = zero_config('smoke')
   c.mesh.update(data=1, fsdp=4, tensor=2)

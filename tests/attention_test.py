@@ -125,9 +125,20 @@ def test_auto_is_dense_within_one_block_and_blockwise_beyond():
   np.testing.assert_array_equal(at.attention(q, k, v, mask, 'auto', block=16),
                                 at.blockwise(q, k, v, mask, block=16))
   # Traced twice with the same shapes (the TPU branch is traced on CPU too:
-  # a kernel cached across traces leaked the first trace's arrays).
-  for _ in range(2):
-    jax.jit(lambda q, k, v, m: at.attention(q, k, v, m, 'auto', block=16))(q, k, v, mask)
+  # a kernel cached across traces leaked the first trace's arrays). The mask
+  # is closed over: as a jit argument its offset would be traced, and a
+  # traced offset takes blockwise without tracing the TPU branch.
+  from r1jax.kernels import attention_tpu
+  calls = []
+  splash = attention_tpu.splash
+  attention_tpu.splash = lambda *a, **kw: calls.append(1) or splash(*a, **kw)
+  try:
+    for _ in range(2):
+      out = jax.jit(lambda q, k, v: at.attention(q, k, v, mask, 'auto', block=16))(q, k, v)
+      np.testing.assert_array_equal(out, at.blockwise(q, k, v, mask, block=16))
+  finally:
+    attention_tpu.splash = splash
+  assert len(calls) == 2
   with pytest.raises(ValueError, match='model.attention'):
     at.attention(q, k, v, mask, 'flash')
 
@@ -253,13 +264,14 @@ def test_gpu_flash_lowers_for_cuda_per_device_under_a_mesh():
   assert 'triton' not in text
 
 
-def test_splash_interpreted_equals_dense_on_tiny_shapes():
+@pytest.mark.parametrize('case', [
+    dict(B=1, K=1, G=2, T=128, S=256, H=128, offset=128, pad=(7,)),  # a prefix
+    dict(B=2, K=2, G=2, T=128, H=128, pad=(9, 0), segments=True),  # packed rows, GQA
+], ids=['prefix', 'packed segments, GQA'])
+def test_splash_interpreted_equals_dense_on_tiny_shapes(case):
+  """Values and gradients, f32."""
   from r1jax.kernels import attention_tpu
-  q, k, v, mask, q_valid = _case(B=1, K=1, G=2, T=128, S=256, H=128, offset=128, pad=(7,))
-  out = attention_tpu.splash(q, k, v, mask, interpret=True)
-  sel = q_valid[:, None, None, :, None]
-  np.testing.assert_allclose(jnp.where(sel, out, 0), jnp.where(sel, at.dense(q, k, v, mask), 0),
-                             atol=2e-5, rtol=2e-5)
+  _assert_equals_dense(lambda *a: attention_tpu.splash(*a, interpret=True), *_case(**case))
 
 
 @pytest.mark.parametrize('q_offset', [0, 15, 16, 47, 69])
@@ -275,8 +287,16 @@ def test_decode_over_the_filled_blocks_equals_dense(q_offset):
   valid = jnp.asarray((np.arange(S)[None] >= np.array([[3], [0]])) | (np.arange(S) == q_offset))
   mask = at.Mask(valid, q_offset)
   kT_all = jnp.swapaxes(k_all, 3, 4)  # the decoder's cache layout: K as [.., H, S]
-  out = jax.jit(at.decode, static_argnums=(6,))(q, kT_all, v_all, 1, valid, q_offset, 16)
+  decode = jax.jit(at.decode, static_argnums=(6,))
+  out = decode(q, kT_all, v_all, 1, valid, q_offset, 16)
   np.testing.assert_allclose(out, at.dense(q, k_all[1], v_all[1], mask), atol=1e-6, rtol=1e-6)
+  # The blocks past the query's are never read: NaN there changes nothing
+  # (a read would spread it: 0 x NaN is NaN).
+  unread = np.arange(S) >= -(-(q_offset + 1) // 16) * 16
+  poison = lambda x, axis: jnp.where(  # noqa: E731
+      np.expand_dims(unread, tuple(a for a in range(5) if a != axis)), jnp.nan, x)
+  np.testing.assert_array_equal(decode(q, poison(kT_all, 4), poison(v_all, 3), 1, valid,
+                                       q_offset, 16), out)
 
 
 def test_decode_over_block_buffers_equals_the_stacked_decode_bit_for_bit():
@@ -299,10 +319,12 @@ def test_decode_over_block_buffers_equals_the_stacked_decode_bit_for_bit():
     np.testing.assert_array_equal(out, stacked)
 
 
-def test_rollout_with_decode_blocks_equals_the_dense_rollout():
+@pytest.mark.parametrize('attention_block', [512, 8])
+def test_rollout_with_decode_blocks_equals_the_dense_rollout(attention_block):
+  """With blocks of 8 the 20-token prefill runs blockwise too."""
   from r1jax import models
   from r1jax.rollout import SamplingConfig, generate
-  cfg = models.get_preset('tiny', max_position_embeddings=256)
+  cfg = models.get_preset('tiny', max_position_embeddings=256, attention_block=attention_block)
   r = np.random.default_rng(0)
   prompt = jnp.asarray(r.integers(3, cfg.vocab_size, (3, 20)), jnp.int32)
   prompt_mask = jnp.asarray(np.arange(20)[None] >= np.array([[0], [5], [11]]))

@@ -6,9 +6,10 @@ from any machine: see the per-device memory (and OOMs) before launching.
 The step (rollouts, rewards callback, reference and policy log-probs, update)
 is traced on abstract values (nothing is allocated, no checkpoint is read),
 lowered for TPU on the config's mesh over the topology's devices, and
-compiled when a TPU compiler is installed (`pip install 'jax[tpu]'`: libtpu
-compiles for a topology without the chips); without one it is lowered only
-and the state's per-device bytes are reported. The evaluation sampler (k
+compiled by the TPU compiler (`pip install -e '.[tpu]'`: libtpu compiles for
+a topology without the chips; without it a TPU topology is refused with
+that advice). The exit status is 1 when a program does not compile or its
+peak exceeds the chip's memory. The evaluation sampler (k
 samples of eval.batch_size questions, sharded like the rollout) is compiled
 and reported the same way (`eval_*`). `--topology=cpu` uses this machine's
 devices instead (what the tests run).
@@ -78,7 +79,14 @@ def parse_topology(name: str) -> Topology:
 
 def topology_devices(topology: Topology) -> list:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  desc = topologies.get_topology_desc(platform='tpu', topology_name=topology.libtpu_name)
+  try:
+    desc = topologies.get_topology_desc(platform='tpu', topology_name=topology.libtpu_name)
+  except RuntimeError as e:
+    if 'TPU support not installed' not in str(e):
+      raise
+    raise SystemExit(f'[aot] a TPU topology ({topology.libtpu_name}) needs the TPU compiler: '
+                     "pip install -e '.[tpu]' (libtpu compiles for a topology without the "
+                     'chips), or --topology=cpu for this machine\'s devices') from e
   return list(desc.devices)
 
 
@@ -459,13 +467,30 @@ def main(argv):
   report = dispatch(config, devices)
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
-  for key, peak in report.items():
-    if hbm is not None and key.endswith('peak_gib'):
-      stage, _, name = key.rpartition('.')
-      what = 'evaluation sampler' if name.startswith('eval_') else 'step'
-      verdict = 'fits' if peak <= hbm else 'DOES NOT FIT (OOM)'
-      print(f'[aot] {stage + " " if stage else ""}{what}: peak {peak:.2f} GiB per device of '
-            f'{hbm} GiB: {verdict}')
+  lines, ok = verdicts(report, hbm)
+  for line in lines:
+    print(f'[aot] {line}')
+  return 0 if ok else 1
+
+
+def verdicts(report: dict, hbm: float | None) -> tuple[list[str], bool]:
+  """One line per compiled program (fits or not in `hbm` GiB a device), and
+  whether all fit and compiled: the tool's exit status is 1 otherwise, so
+  that a script or CI can gate a launch on it."""
+  lines, ok = [], True
+  for key, value in report.items():
+    stage, _, name = key.rpartition('.')
+    where = stage + ' ' if stage else ''
+    what = 'evaluation sampler' if name.startswith('eval_') else 'step'
+    if name.endswith('compiled') and value is False:
+      ok = False
+      lines.append(f'{where}{what}: DID NOT COMPILE')
+    if hbm is not None and name.endswith('peak_gib'):
+      fits = value <= hbm
+      ok &= fits
+      lines.append(f'{where}{what}: peak {value:.2f} GiB per device of {hbm} GiB: '
+                   f'{"fits" if fits else "DOES NOT FIT (OOM)"}')
+  return lines, ok
 
 
 if __name__ == '__main__':
