@@ -8,9 +8,9 @@ parameters) of Σ completion_logprobs — the update pass: a shared prompt of
 64 tokens, one completion of T tokens, the tiny preset (f32), chunked
 log-probs — compiled for this CPU (nothing runs, so the sizes are
 deterministic). Printed per length, with the ratio to the previous length:
-linear memory grows ≤ 2.2× per doubling, dense [T, S] scores ~4×. Then the
-same pass lowered for TPU with `attention='auto'` counts its Mosaic kernels
-(splash forward, dq, dkv and the log-prob kernels).
+linear memory grows ≤ 2.2× per doubling, dense [T, S] scores ~4×. (That
+the same pass lowers to the splash kernels on TPU is a test:
+tests/attention_test.py.)
 """
 import argparse
 

@@ -172,7 +172,7 @@ def test_decoder_with_blockwise_attention_matches_dense():
                              jnp.where(mask[..., None], logits_d, 0), atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(l_b, l_d, rtol=1e-5)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_b), jax.tree.leaves(g_d)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 # ------------------------------------------------------------------ splash
