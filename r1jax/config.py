@@ -442,6 +442,19 @@ def _check_context(config: ConfigDict, to_build: bool) -> None:
                       'use a model with a longer context')
 
 
+def validate_attention(model: ConfigDict) -> None:
+  """model.attention against model.dtype: cuDNN's fused attention takes
+  fp16/bf16 only, and an f32 model would fail at its first GPU compile."""
+  impl, dtype = model.get('attention'), model.get('dtype')
+  if impl is None:  # a recipe without the key: the model's default
+    return
+  if impl not in attention.IMPLS:
+    raise ConfigError('model.attention', f'must be one of {attention.IMPLS}, got {impl!r}')
+  if impl == 'cudnn' and dtype not in ('bfloat16', 'float16'):
+    raise ConfigError('model.attention', f"'cudnn' runs fp16/bf16 only (model.dtype is "
+                      f"{dtype!r}); 'blockwise' runs f32 on GPU")
+
+
 def validate(config: ConfigDict) -> ConfigDict:
   """Raises ConfigError naming the first bad key; returns the config."""
   for key, (ok, what) in _CHECKS:
@@ -449,9 +462,7 @@ def validate(config: ConfigDict) -> ConfigDict:
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
   model = config.model
-  if model.get('attention') == 'cudnn' and model.get('dtype') not in ('bfloat16', 'float16'):
-    raise ConfigError('model.attention', f"'cudnn' runs fp16/bf16 only (model.dtype is "
-                      f"{model.get('dtype')!r}); 'triton' and 'blockwise' run f32 on GPU")
+  validate_attention(model)
   to_build = base_to_build(config) is not None
   ckpt = model_ckpt(config)
   if to_build and not wd.is_local(config.workdir):

@@ -36,6 +36,7 @@ def validate(c) -> None:
   need(isinstance(c.batch_size, int) and c.batch_size >= 1, 'batch_size',
        f'{c.batch_size!r}: an integer >= 1')
   need(c.prompt in ('r1_zero', 'chat'), 'prompt', f"{c.prompt!r}: 'r1_zero' or 'chat'")
+  rc.validate_attention(c.model)
   need(c.decode_slots == 0 or c.decode_slots < c.batch_size * c.k, 'decode_slots',
        f'{c.decode_slots} slots for {c.batch_size * c.k} samples a batch (0: static)')
   steps = str(c.steps)

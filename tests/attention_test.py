@@ -224,6 +224,16 @@ def test_gpu_flash_interpreted_equals_dense_values_and_gradients(name):
                        *_case(**GPU_CASES[name]))
 
 
+def test_gpu_flash_blocks_fit_shared_memory():
+  """128-row forward blocks up to 256 bytes a row, smaller beyond (f32 at
+  head_dim 128 would need ~256 KiB of shared memory with 128-row blocks)."""
+  from r1jax.kernels import attention_gpu
+  sizes = lambda dtype, h: attention_gpu.block_sizes(dtype, h).block_q  # noqa: E731
+  assert sizes(jnp.bfloat16, 128) == 128 and sizes(jnp.float32, 64) == 128
+  assert sizes(jnp.float32, 128) == 64 and sizes(jnp.float32, 256) == 32
+  assert sizes(jnp.bfloat16, 64) == 128 and sizes(jnp.float32, 80) == 64  # 80 pads to 128
+
+
 def _trace_training_passes(cfg, rows: int, length: int, prompt: int):
   """The gradient of the model's two teacher-forced passes, traced: the
   full forward of `rows` sequences of `length` tokens, and the prompt-prefix

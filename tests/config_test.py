@@ -138,6 +138,14 @@ def test_cudnn_attention_needs_a_16_bit_dtype():
   rc.validate(c)
   c.model.attention, c.model.dtype = 'triton', 'float32'
   rc.validate(c)
+  # The evaluation command (configs/eval.py) refuses it too.
+  from conftest import config_file
+  from r1jax import eval_command
+  e = config_file('eval', 'bench=arithmetic::')
+  e.model.attention = 'cudnn'
+  with pytest.raises(rc.ConfigError, match='config.model.attention') as err:
+    eval_command.validate(e)
+  assert err.value.key == 'model.attention'
 
 
 @pytest.mark.parametrize('recipe', ['zero', 'sft'])

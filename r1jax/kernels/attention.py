@@ -33,10 +33,12 @@ Implementations (`model.attention`):
              under jax.shard_map (attention_tpu.py);
   triton     the Pallas Triton flash-attention kernel that ships with jax
              (jax.experimental.pallas.ops.gpu.attention), per device under
-             jax.shard_map (attention_gpu.py): GPU, f32 or bf16, linear
-             memory; lowered for CUDA and run interpreted on CPU in the
-             tests, not yet run on a GPU (none was lent), so `auto` does not
-             pick it; blockwise when the query offset is not static;
+             jax.shard_map (attention_gpu.py): GPU, linear memory, bf16
+             (f32 runs without tensor cores); a query's validity is its own
+             key slot's (see attention_gpu.py); lowered for CUDA and run
+             interpreted on CPU in the tests, not yet run on a GPU (none was
+             lent), so `auto` does not pick it; blockwise when the query
+             offset is not static;
   cudnn      jax.nn.dot_product_attention(implementation='cudnn') (GPU,
              fp16/bf16 only; not yet run: no GPU was lent). The mask goes
              in dense, [B, 1, T, S]: cuDNN takes padding only as
@@ -491,15 +493,16 @@ def attention(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask: Mask, impl: str = 'auto',
     return cudnn(*args)
   fallback = functools.partial(blockwise, block=block)
   offset = mask.q_offset
+  static = isinstance(offset, (int, np.integer))  # else a traced cache index (a prefill)
   if impl == 'triton':
     from r1jax.kernels import attention_gpu  # pylint: disable=g-import-not-at-top
-    # A traced cache index (a prefill into a cache): no static kernel mask.
-    return attention_gpu.flash(*args) if isinstance(offset, int) else fallback(*args)
+    return attention_gpu.flash(*args) if static else fallback(*args)
   from r1jax.kernels import attention_tpu  # pylint: disable=g-import-not-at-top
   if impl == 'splash':
     return attention_tpu.splash(*args)
-  if not isinstance(offset, int):  # a traced cache index: no static splash mask
+  if not static:  # no static splash mask
     return fallback(*args)
+  offset = int(offset)
   # platform_dependent traces its operands, so the static offset is bound here.
   with_offset = lambda f: lambda q, k, v, m: f(q, k, v, m._replace(q_offset=offset))  # noqa: E731
   return jax.lax.platform_dependent(*args, tpu=with_offset(attention_tpu.splash),

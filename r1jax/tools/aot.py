@@ -253,7 +253,7 @@ def check(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
       jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
       jax.ShapeDtypeStruct((e.batch_size * e.k,), jnp.int32, sharding=rows)).lower()
   report['eval_lower_seconds'] = round(time.time() - t0, 1)
-  report.update(_compile(lowered))  # without a TPU compiler both stay lowered only
+  report.update(_compile(lowered))
   report.update({f'eval_{k}': v for k, v in _compile(eval_lowered).items()})
   return report
 
