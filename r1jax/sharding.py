@@ -13,7 +13,7 @@ A dimension that a mesh axis does not divide stays replicated on that axis;
 import contextlib
 import math
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -188,3 +188,22 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   mesh, rules = active
   return jax.lax.with_sharding_constraint(
       x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+
+def per_device_attention(local: Callable, q_BxKxGxTxH: jax.Array, k_BxKxSxH: jax.Array,
+                         v_BxKxSxH: jax.Array, *rows: jax.Array) -> jax.Array:
+  """`local(q, k, v, *rows)` (an attention kernel's per-device call) under
+  `jax.shard_map` over the active mesh: batch over the data axes and kv heads
+  over 'tensor' where they divide, `rows` ([B, ...] arrays: masks, segment
+  ids) over the batch; called as it is outside `activation_rules`."""
+  active = getattr(_ACTIVE, 'current', None)
+  if active is None:
+    return local(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, *rows)
+  mesh, rules = active
+  q_spec = logical_to_spec(('batch', 'act_kv_heads', None, None, None), q_BxKxGxTxH.shape,
+                           mesh, rules)
+  kv_spec = P(*q_spec[:2], None, None)
+  row_specs = tuple(P(q_spec[0], *[None] * (r.ndim - 1)) for r in rows)
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, *row_specs),
+                       out_specs=q_spec, check_vma=False)(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, *rows)
+

@@ -38,11 +38,9 @@ Per device, under `jax.shard_map` over the active mesh as splash is
 """
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
-from jax.sharding import PartitionSpec as P
 
 BLOCK = 128  # keys are padded to a multiple of this (the largest forward block)
 
@@ -94,13 +92,4 @@ def flash(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, interpret: bool = False):
          else mask.k_segment_BxS.astype(jnp.int32) + 1)
   segments = jnp.where(mask.key_valid_BxS, ids, 0)
   local = functools.partial(_local, offset=int(offset), interpret=interpret)
-  active = getattr(shd._ACTIVE, 'current', None)  # pylint: disable=protected-access
-  if active is None:
-    return local(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, segments)
-  mesh, rules = active
-  spec = lambda names, x: shd.logical_to_spec(names, x.shape, mesh, rules)  # noqa: E731
-  q_spec = spec(('batch', 'act_kv_heads', None, None, None), q_BxKxGxTxH)
-  kv_spec = P(*q_spec[:2], None, None)
-  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0], None)),
-                       out_specs=q_spec, check_vma=False)(
-                           q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, segments)
+  return shd.per_device_attention(local, q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, segments)

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-from jax.sharding import PartitionSpec as P
 
 BLOCK = 512  # q and kv blocks (multiples of 128); smaller sequences use their padded length
 
@@ -88,14 +87,4 @@ def splash(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask, interpret: bool = False):
   q_seg = _segments(q_valid, mask.q_segment_BxT)
   kv_seg = _segments(mask.key_valid_BxS, mask.k_segment_BxS)
   local = functools.partial(_local, offset=int(offset), interpret=interpret)
-  active = getattr(shd._ACTIVE, 'current', None)  # pylint: disable=protected-access
-  if active is None:
-    return local(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, q_seg, kv_seg)
-  mesh, rules = active
-  spec = lambda names, x: shd.logical_to_spec(names, x.shape, mesh, rules)  # noqa: E731
-  q_spec = spec(('batch', 'act_kv_heads', None, None, None), q_BxKxGxTxH)
-  kv_spec = P(*q_spec[:2], None, None)
-  row_spec = P(q_spec[0], None)
-  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec),
-                       out_specs=q_spec, check_vma=False)(
-                           q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, q_seg, kv_seg)
+  return shd.per_device_attention(local, q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, q_seg, kv_seg)
