@@ -336,5 +336,7 @@ def main(argv):
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', 'configs/base_tiny.py', 'base model config')
-  app.run(main)
+  config_flags.DEFINE_config_file('config', None, 'configs/base_tiny.py[:r1]')
+  from r1jax import config as _rc  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=lambda argv: _rc.parse_flags(
+      argv, 'python -m r1jax.base --config=configs/base_tiny.py'))

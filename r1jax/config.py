@@ -7,9 +7,11 @@ from the installed package rather than a sibling file.
 import json
 import math
 import os
+import sys
 from typing import Any, Callable
 
 import ml_collections
+from absl import flags
 
 from r1jax import grpo, kernels, workdir as wd
 from r1jax.kernels import attention
@@ -600,3 +602,31 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
     raise ConfigError('eval.batch_size', f'{config.eval.batch_size} questions do not split '
                       f'over data x fsdp = {batch_shards} devices (evaluation is sharded '
                       'like the rollout)')
+
+
+def parse_flags(argv: list[str],
+                example: str = 'python -m r1jax.launch --config=configs/zero.py') -> list[str]:
+  """absl flag parsing with errors a user can act on, for every command that
+  takes --config (app.run's flags_parser): a missing --config, and an
+  override of a key the config does not have (config_flags raises a bare
+  AttributeError or KeyError) name the key."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections' message: the quoted key, then for a near miss a line
+    # with its suggestion (an AttributeError wraps the KeyError).
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    first, _, hint = str(e.args[0] if e.args else e).partition('\n')
+    bad = first.strip('"\'')
+    arg = next((a for a in argv if a.startswith('--config.')
+                and a.partition('=')[0].split('.')[-1] == bad), None)
+    key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
+    sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
+                 'keys the config already has (a typo? a reward the config does not name goes '
+                 'into the config file)' + (f'. {hint.strip()}' if hint.strip() else ''))
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  if flags.FLAGS.config is None:
+    sys.exit(f'FATAL: --config is required, e.g. {example}')
+  return rest

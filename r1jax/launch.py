@@ -358,26 +358,5 @@ def _summed(counts: dict[str, float]) -> dict[str, float]:
   return dict(zip(keys, np.asarray(total).sum(0).tolist()))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with errors a user can act on: a missing --config, and
-  an override of a key the config does not have (config_flags raises a bare
-  AttributeError or KeyError) name the key."""
-  try:
-    rest = flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    bad = str(e).strip('"\'')
-    arg = next((a for a in argv if a.startswith('--config.')
-                and a.partition('=')[0].split('.')[-1] == bad), None)
-    key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
-    sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
-             'keys the config already has (a typo? a reward the config does not name goes '
-             'into the config file)')
-  except flags.Error as e:
-    sys.exit(f'FATAL Flags parsing error: {e}')
-  if flags.FLAGS.config is None:
-    sys.exit('FATAL: --config is required, e.g. python -m r1jax.launch --config=configs/zero.py')
-  return rest
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=rc.parse_flags)

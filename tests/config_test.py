@@ -167,14 +167,30 @@ def test_every_field_has_a_check(recipe):
 
 def test_unknown_override_names_the_key(capsys):
   """`--config.rewards.foo=1` gave a bare AttributeError: "'foo'"."""
-  from r1jax import launch
+  from r1jax import launch  # noqa: F401  (defines --config)
   argv = ['prog', f'--config={ZERO}', '--config.rewards.foo=1']
   saved, sys.argv = sys.argv, argv
   try:
     with pytest.raises(SystemExit, match='config.rewards.foo: no such key'):
-      launch.parse_flags(argv)
+      rc.parse_flags(argv)
   finally:
     sys.argv = saved
+
+
+def test_a_near_miss_key_is_named_with_the_suggestion():
+  """ml_collections' KeyError for a near miss carries a second line (its
+  suggestion): the message names the key and keeps the hint, unescaped."""
+  from r1jax import launch  # noqa: F401  (defines --config)
+  argv = ['prog', f'--config={ZERO}', '--config.model.attention_block=8']
+  saved, sys.argv = sys.argv, argv
+  try:
+    with pytest.raises(SystemExit) as e:
+      rc.parse_flags(argv)
+  finally:
+    sys.argv = saved
+  msg = str(e.value)
+  assert msg.startswith('FATAL: config.model.attention_block: no such key'), msg
+  assert 'Did you mean "attention"' in msg and '\\' not in msg, msg
 
 
 @pytest.mark.parametrize('task,rewards,bad', [

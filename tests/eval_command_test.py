@@ -174,6 +174,12 @@ def test_the_command_line(tmp_path, tfds_dir):
                         f'--config={ROOT}/configs/eval.py', '--config.k=0'],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert bad.returncode == 1 and 'FATAL: config.k: 0' in bad.stderr
+  # A key the config does not have: named, without a traceback.
+  typo = subprocess.run([sys.executable, '-m', 'r1jax.evaluate',
+                         f'--config={ROOT}/configs/eval.py', '--config.batch_sizes=8'],
+                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert typo.returncode == 1 and 'Traceback' not in typo.stderr, typo.stderr[-2000:]
+  assert 'FATAL: config.batch_sizes: no such key' in typo.stderr, typo.stderr[-2000:]
 
 
 def test_the_aot_tool_checks_the_evaluation_sampler():

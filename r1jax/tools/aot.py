@@ -497,4 +497,5 @@ if __name__ == '__main__':
   # Flags only when run as a program (r1jax.launch defines its own --config).
   config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=False)
   flags.DEFINE_string('topology', 'v5p-64', "e.g. v5p-64, v5e-256, v6e-16, v4-32, or 'cpu'")
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: rc.parse_flags(
+      argv, 'python -m r1jax.tools.aot --config=configs/zero.py --topology=v5p-64'))
