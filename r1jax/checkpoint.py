@@ -428,6 +428,13 @@ class Checkpointer:
     finally:
       if self.pending is None:  # a save still running would block close()
         try:
+          # The manager's start-up sweep of temporary directories runs on a
+          # thread that close() does not wait for: a command that only listed
+          # the steps and exits would leave it to fail at interpreter exit
+          # (orbax logs its traceback). Awaited first; no public API does.
+          sweep = getattr(self.manager, '_cleanup_tmp_directory_future', None)
+          if sweep is not None:
+            sweep.result()
           self.manager.close()
         except Exception as e:  # pylint: disable=broad-except
           logging.warning('closing the checkpoint manager: %s', e)  # reported by finish()

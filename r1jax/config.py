@@ -425,21 +425,29 @@ def _check_context(config: ConfigDict, to_build: bool) -> None:
   model = config.model
   ckpt = model_ckpt(config)
   if ckpt and not to_build:
-    path = os.path.join(wd.model_dir(ckpt), 'config.json')
-    try:
-      with open(path) as f:
-        limit = json.load(f).get('max_position_embeddings')
-    except (OSError, ValueError):
-      return  # the loader names the problem with the checkpoint
-    where = path
+    check_context(ckpt, config.rl.max_prompt_len, config.rl.max_new_tokens, 'rl.')
   elif model.name in PRESETS:
     limit, where = PRESETS[model.name].max_position_embeddings, f'preset {model.name!r}'
-  else:
+    _check_total(limit, where, config.rl.max_prompt_len, config.rl.max_new_tokens, 'rl.')
+
+
+def check_context(ckpt: str, max_prompt_len: int, max_new_tokens: int, prefix: str = '') -> None:
+  """Prompt and completion lengths against the checkpoint's positions (its
+  config.json; an unreadable one is left to the loader to name)."""
+  path = os.path.join(wd.model_dir(ckpt), 'config.json')
+  try:
+    with open(path) as f:
+      limit = json.load(f).get('max_position_embeddings')
+  except (OSError, ValueError):
     return
-  total = config.rl.max_prompt_len + config.rl.max_new_tokens
+  _check_total(limit, path, max_prompt_len, max_new_tokens, prefix)
+
+
+def _check_total(limit, where: str, max_prompt_len: int, max_new_tokens: int, prefix: str):
+  total = max_prompt_len + max_new_tokens
   if isinstance(limit, int) and total > limit:
-    raise ConfigError('rl.max_new_tokens', f'rl.max_prompt_len ({config.rl.max_prompt_len}) + '
-                      f'rl.max_new_tokens ({config.rl.max_new_tokens}) = {total} exceeds the '
+    raise ConfigError(f'{prefix}max_new_tokens', f'{prefix}max_prompt_len ({max_prompt_len}) + '
+                      f'{prefix}max_new_tokens ({max_new_tokens}) = {total} exceeds the '
                       f'model\'s max_position_embeddings ({limit}, {where}); lower them, or '
                       'use a model with a longer context')
 
@@ -457,12 +465,19 @@ def validate_attention(model: ConfigDict) -> None:
                       f"{dtype!r}); 'blockwise' runs f32 on GPU")
 
 
-def validate(config: ConfigDict) -> ConfigDict:
-  """Raises ConfigError naming the first bad key; returns the config."""
+def check_keys(config: ConfigDict, keys=None) -> None:
+  """The table's checks of `keys` (default all) that the config has."""
   for key, (ok, what) in _CHECKS:
+    if keys is not None and key not in keys:
+      continue
     present, value = _get(config, key)
     if present and not ok(value):
       raise ConfigError(key, f'must be {what}, got {value!r}')
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+  """Raises ConfigError naming the first bad key; returns the config."""
+  check_keys(config)
   model = config.model
   validate_attention(model)
   to_build = base_to_build(config) is not None
@@ -607,11 +622,17 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
 def parse_flags(argv: list[str],
                 example: str = 'python -m r1jax.launch --config=configs/zero.py') -> list[str]:
   """absl flag parsing with errors a user can act on, for every command that
-  takes --config (app.run's flags_parser): a missing --config, and an
-  override of a key the config does not have (config_flags raises a bare
-  AttributeError or KeyError) name the key."""
+  takes --config (app.run's flags_parser), each one FATAL line: a missing
+  --config or config file, a bad `:arg` of the config file (ml_collections
+  wraps the config's own ValueError in a traceback), an override of a key the
+  config does not have (config_flags raises a bare AttributeError or
+  KeyError), and a stray argument (`config.steps=5` without its dashes would
+  otherwise be ignored)."""
   try:
     rest = flags.FLAGS(argv)
+    config = flags.FLAGS.config
+    if config is not None:
+      _ = 'workdir' in config  # a config file that failed to load raises on use
   except (AttributeError, KeyError) as e:
     # ml_collections' message: the quoted key, then for a near miss a line
     # with its suggestion (an AttributeError wraps the KeyError).
@@ -623,10 +644,49 @@ def parse_flags(argv: list[str],
                 and a.partition('=')[0].split('.')[-1] == bad), None)
     key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
     sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
-                 'keys the config already has (a typo? a reward the config does not name goes '
-                 'into the config file)' + (f'. {hint.strip()}' if hint.strip() else ''))
-  except flags.Error as e:
-    sys.exit(f'FATAL Flags parsing error: {e}')
-  if flags.FLAGS.config is None:
+             'keys the config already has (a typo? a reward the config does not name goes '
+             'into the config file)' + (f'. {hint.strip()}' if hint.strip() else ''))
+  except (flags.Error, OSError, ValueError) as e:
+    sys.exit(f'FATAL: {_config_file_error(e, argv)}')
+  if config is None:
     sys.exit(f'FATAL: --config is required, e.g. {example}')
+  if len(rest) > 1:
+    sys.exit(f'FATAL: unexpected argument {rest[1]!r}: flags take two dashes, e.g. '
+             '--config.KEY=VALUE')
   return rest
+
+
+def _config_file_error(e: BaseException, argv: list[str]) -> str:
+  """What went wrong in parsing: the innermost error of a config file's
+  loading (its own ValueError for a bad `:arg`, or the file's OSError), with
+  the --config argument; else absl's message, which names its flag."""
+  arg = next((a for a in argv if a.startswith('--config=')), '--config')
+  chain = []
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  last_line = lambda x: str(x).strip().splitlines()[-1].strip()  # noqa: E731
+  if any(type(x) is OSError or isinstance(x, FileNotFoundError) for x in chain):
+    return f'{arg}: cannot load the config file: {last_line(chain[-1])}'
+  if any('Error whilst parsing config file' in str(x) for x in chain):
+    return f'{arg}: {last_line(chain[-1])}'
+  return str(chain[0])
+
+
+def make_mesh(config):
+  """The config's mesh (sharding.make_mesh), a size the devices cannot hold
+  named as config.mesh."""
+  from r1jax import sharding  # pylint: disable=g-import-not-at-top
+  try:
+    return sharding.make_mesh(**config.mesh)
+  except ValueError as e:
+    raise ConfigError('mesh', str(e).removeprefix('mesh: ')) from None
+
+
+def load_data(key: str, task: str, split: str, data_dir: str | None):
+  """data.load_split, a missing or unreadable file named as config.<key>."""
+  from r1jax.data import load_split  # pylint: disable=g-import-not-at-top
+  try:
+    return load_split(task, split, data_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(key, str(e)) from None

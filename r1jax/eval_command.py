@@ -36,7 +36,14 @@ def validate(c) -> None:
   need(isinstance(c.batch_size, int) and c.batch_size >= 1, 'batch_size',
        f'{c.batch_size!r}: an integer >= 1')
   need(c.prompt in ('r1_zero', 'chat'), 'prompt', f"{c.prompt!r}: 'r1_zero' or 'chat'")
+  # The keys these commands share with training configs, checked alike.
+  rc.check_keys(c, ('seed', 'distributed', 'model.name', 'model.ckpt', 'model.param_dtype',
+                    'model.dtype', 'model.attention', 'tokenizer', 'mesh.data', 'mesh.fsdp',
+                    'mesh.tensor', 'mesh.dcn_data', 'data_dir', 'reward_timeout_s',
+                    'reward_workers'))
   rc.validate_attention(c.model)
+  need(isinstance(c.decode_slots, int) and c.decode_slots >= 0, 'decode_slots',
+       f'{c.decode_slots!r}: an integer >= 0 (0: a static batch)')
   need(c.decode_slots == 0 or c.decode_slots < c.batch_size * c.k, 'decode_slots',
        f'{c.decode_slots} slots for {c.batch_size * c.k} samples a batch (0: static)')
   steps = str(c.steps)
@@ -170,9 +177,12 @@ def prepare(c, log, default_out: Callable[[str, bool], str]):
   path, steps, tok_path = checkpoint(c)
   from_run = steps != [None]
   out = wd.absolute(c.out or default_out(path, from_run))
-  if jax.process_index() == 0:
-    out.mkdir(parents=True, exist_ok=True)
-  log.to(out)
+  try:
+    if jax.process_index() == 0:
+      out.mkdir(parents=True, exist_ok=True)
+    log.to(out)
+  except OSError as e:
+    raise rc.ConfigError('out', f'{out}: {e.strerror or e}') from None
   try:
     tokenizer = tk.load_tokenizer(tok_path)
   except FileNotFoundError as e:
@@ -180,6 +190,7 @@ def prepare(c, log, default_out: Callable[[str, bool], str]):
   data_dir = c.data_dir or os.fspath((epath.Path(path) if from_run else out) / 'tfds')
   benches = load_benchmarks(c, tok_path, data_dir)
   c.max_prompt_len = _prompt_len(c, tokenizer, benches)
+  rc.check_context(path, c.max_prompt_len, c.max_new_tokens)
   return mesh, path, steps, tokenizer, benches, out
 
 

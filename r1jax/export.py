@@ -183,16 +183,42 @@ def export_hf(workdir: epath.PathLike, step: int | None = None) -> epath.Path:
   return hf_dir
 
 
+def check_flags(out: str, step: int, dtype: str) -> str:
+  """What is wrong with the command's flags ('' when nothing), before any
+  weights load: a dtype it cannot write, a step that is not one, an output
+  that is a file or on a disk it cannot write."""
+  from r1jax import config as rc  # pylint: disable=g-import-not-at-top
+  if dtype not in ('', *rc.DTYPES):
+    return f'--dtype: {dtype!r}: one of {rc.DTYPES} or empty (as trained)'
+  if step < -1:
+    return f'--step: {step}: a checkpoint step, or -1 for the newest'
+  if os.path.exists(out) and not os.path.isdir(out):
+    return f'--out: {out} is a file; export into a new directory'
+  parent = os.path.abspath(out)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    return f'--out: {out}: {parent} is not a directory this process can write'
+  return ''
+
+
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from r1jax import metrics  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  problem = check_flags(f.out, f.step, f.dtype)
+  if problem:
+    sys.exit(f'FATAL: {problem}')
   log = metrics.LibraryLog()  # library INFO kept off the console
   try:
     out = export(f.workdir, f.out, None if f.step < 0 else f.step, f.dtype)
-  except (models.CheckpointError, FileExistsError, FileNotFoundError) as e:
-    sys.exit(f'FATAL: {e}')
+  except models.CheckpointError as e:
+    sys.exit(f'FATAL: --workdir: {e}')
+  except FileExistsError as e:
+    sys.exit(f'FATAL: --out: {e}')
+  except FileNotFoundError as e:
+    sys.exit(f'FATAL: --workdir: {e}')
   finally:
     log.close()
   print(f'[r1jax] exported {f.workdir} (step {"newest" if f.step < 0 else f.step}) to {out}: '

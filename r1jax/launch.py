@@ -30,7 +30,7 @@ from r1jax import config as rc, export, metrics, policy, sharding as shd, train_
 from r1jax import loop, workdir as wd
 from r1jax.loop import eta
 from r1jax.checkpoint import Checkpointer, Mismatch, SaveError, config_diff
-from r1jax.data import check_prompt_lengths, load_split, make_prompt
+from r1jax.data import check_prompt_lengths, make_prompt
 from r1jax.data.iterator import Mixture
 from r1jax.data.tasks import VERIFIERS
 from r1jax.rewards import programs
@@ -91,6 +91,10 @@ def init_distributed(config) -> None:
 
 def run(config) -> dict:
   """Runs the config; returns the final evaluation metrics."""
+  if 'benchmarks' in config:  # configs/eval.py, configs/rejection.py: commands of their own
+    command = 'r1jax.rejection' if 'keep' in config else 'r1jax.evaluate'
+    raise rc.ConfigError('benchmarks', f'this is a config of python -m {command}, not of '
+                         f'r1jax.launch: run python -m {command} --config=...')
   if 'pipeline' in config:  # configs/r1.py, configs/distill.py: stages of these runs
     from r1jax import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.run(config, run)
@@ -101,12 +105,15 @@ def run(config) -> dict:
     closing.callback(log.close)
     init_distributed(config)
     workdir = epath.Path(config.workdir)
-    if jax.process_index() == 0:
-      workdir.mkdir(parents=True, exist_ok=True)
-    log_path = log.to(workdir)
+    try:  # a file in the way, a read-only disk: said before anything loads
+      if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+      log_path = log.to(workdir)
+      lock = wd.Lock(workdir)
+    except OSError as e:
+      raise rc.ConfigError('workdir', f'{workdir}: {e.strerror or e}') from None
     if not wd.is_local(workdir):
       print(f'[r1jax] library log: {log_path}', flush=True)
-    lock = wd.Lock(workdir)
     closing.callback(lock.release)
     if 'sft' in config:  # configs/sft.py: supervised fine-tuning
       from r1jax import sft  # pylint: disable=g-import-not-at-top
@@ -119,7 +126,7 @@ def run(config) -> dict:
 
 def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStack) -> dict:
   # -------------------------------------------------------------------- mesh
-  mesh = shd.make_mesh(**config.mesh)
+  mesh = rc.make_mesh(config)
   rc.validate_for_mesh(config, mesh)
 
   # ---------------------------------------------------------------- policy
@@ -142,8 +149,9 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
 
   # -------------------------------------------------------------------- data
   data_dir = rc.data_dir(config)
-  train = load_split(config.task, 'train', data_dir)
-  test = load_split(config.task, 'test', data_dir)
+  data_key = 'data_dir' if config.task == 'local' or data_dir else 'task'
+  train = rc.load_data(data_key, config.task, 'train', data_dir)
+  test = rc.load_data(data_key, config.task, 'test', data_dir)
   evaluated = [dict(test[i]) for i in range(min(config.eval.num_questions, len(test)))]
   try:  # once here, rather than when a batch draws the prompt
     for split, source in (('train', train), ('test', evaluated)):
@@ -152,7 +160,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
     raise rc.ConfigError('rl.max_prompt_len', str(e)) from None
   attempts = config.rl.dynamic_sampling_attempts
   g = config.general
-  general_train = load_split(g.task, 'train', data_dir) if g.task else None
+  general_train = rc.load_data('general.task', g.task, 'train', data_dir) if g.task else None
   if general_train is not None:
     try:
       check_prompt_lengths(general_train, tok, config.rl.max_prompt_len, f'{g.task} train')
@@ -241,7 +249,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
 
   general_eval = rm_scorer = None
   if g.task:  # the general prompts' own evaluation: the rule, and the reward model's score
-    g_test = load_split(g.task, 'test', data_dir)
+    g_test = rc.load_data('general.task', g.task, 'test', data_dir)
     general_eval = policy.TaskEval(
         config, graphdef, tok, eos_ids, mesh, scorer,
         [dict(g_test[i]) for i in range(min(e.num_questions, len(g_test)))],

@@ -105,10 +105,28 @@ def validate(config) -> list[str]:
     raise rc.ConfigError('pipeline.base', 'the base model the recipe starts from: a HF directory '
                          'or r1jax workdir (the config arg ckpt=...)')
   for name, path in config.pipeline.get('sources', {}).items():
-    users = [st for st, _, src in config.pipeline.inputs if src == name and st in names]
-    if users and not os.path.exists(path):
+    uses = [(st, key) for st, key, src in config.pipeline.inputs if src == name and st in names]
+    if uses and not os.path.exists(path):
       raise rc.ConfigError(f'pipeline.sources.{name}', f'{path!r} does not exist (stage '
-                           f'{users[0]} reads it)')
+                           f'{uses[0][0]} reads it)')
+    if (uses and uses[0][1].endswith('ckpt') and os.path.isdir(path)
+        and wd.checkpoint_ref(path) is None and not os.path.exists(os.path.join(path,
+                                                                                'config.json'))):
+      raise rc.ConfigError(f'pipeline.sources.{name}', f'{path!r} is neither a HF directory '
+                           f'(config.json) nor an r1jax workdir (stage {uses[0][0]} loads it '
+                           'as a model)')
+  # A stage's input from a stage neither run before nor selected ahead of it.
+  for i, stage in enumerate(names):
+    for st, key, source in config.pipeline.inputs:
+      if st != stage or _get(config[stage], key):  # an input the user set is kept
+        continue
+      for src in str(source).split(','):
+        if src == 'base' or src in config.pipeline.get('sources', {}) or src in names[:i]:
+          continue
+        if not (wd.absolute(config.workdir) / src / DONE).exists():
+          raise rc.ConfigError('stages', f'stage {stage} reads its {key} from stage {src}, '
+                               f'which has not run in {wd.absolute(config.workdir)}: add '
+                               f'{src} to stages (or set {stage}.{key})')
   for stage in names:
     kind = config.pipeline.kinds[stage]
     c = wired(config, stage, placeholder=True)
@@ -258,9 +276,9 @@ def _check_unchanged(config, stage: str, root: epath.Path) -> None:
   changes = _changes(json.loads(saved.read_text()), _settings(config, stage, root))
   if changes:
     shown = '; '.join(changes[:5]) + (f'; and {len(changes) - 5} more' if len(changes) > 5 else '')
-    raise ValueError(
-        f'stage {stage} finished with other settings or inputs than this run gives it ({shown}). '
-        f'Restore them to keep its result, or remove {root / stage} to run it again.')
+    raise rc.ConfigError(
+        stage, f'stage {stage} finished with other settings or inputs than this run gives it '
+        f'({shown}). Restore them to keep its result, or remove {root / stage} to run it again.')
 
 
 def check_finished(config, names: list[str], root: epath.Path) -> None:
@@ -272,8 +290,9 @@ def check_finished(config, names: list[str], root: epath.Path) -> None:
     if (root / stage / DONE).exists():
       rerun = [src for src in _reads(config, stage) if src in will_run]
       if rerun:
-        raise ValueError(f'stage {stage} finished, but {rerun[0]}, which it reads, runs again '
-                         f'now: remove {root / stage} too, or run only the stages after it')
+        raise rc.ConfigError('stages', f'stage {stage} finished, but {rerun[0]}, which it reads, '
+                             f'runs again now: remove {root / stage} too, or run only the '
+                             'stages after it')
       _check_unchanged(config, stage, root)
     else:
       will_run.add(stage)
@@ -295,7 +314,10 @@ def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
       continue
     print(f'[r1jax] ---- stage {stage} ({kind}) ----', flush=True)
     t0 = time.time()
-    result = _run_stage(config, stage, launch_run)
+    try:
+      result = _run_stage(config, stage, launch_run)
+    except rc.ConfigError as e:  # named as the pipeline's key
+      raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
     record = {'name': stage, 'kind': kind, 'output': output_of(config, stage),
               'minutes': (time.time() - t0) / 60,
               'metrics': _final_metrics(root / stage, kind, result)}

@@ -46,9 +46,12 @@ def load(config, mesh: jax.sharding.Mesh) -> Policy:
       print(f'[r1jax] starting from the tiny base shipped with r1jax ({ckpt_path}; '
             f'{base.describe(ckpt_path)})', flush=True)
     from r1jax import export  # pylint: disable=g-import-not-at-top
-    model = (export.load if from_run else models.load_hf)(
-        ckpt_path, m.param_dtype, compute_dtype=m.dtype, mesh=mesh, remat=m.remat,
-        attention=m.attention, mlp_chunk=m.mlp_chunk)
+    try:
+      model = (export.load if from_run else models.load_hf)(
+          ckpt_path, m.param_dtype, compute_dtype=m.dtype, mesh=mesh, remat=m.remat,
+          attention=m.attention, mlp_chunk=m.mlp_chunk)
+    except models.CheckpointError as e:
+      raise rc.ConfigError('model.ckpt', str(e)) from None
   else:
     tok_path = config.tokenizer
     tok = tk.load_tokenizer(tok_path)

@@ -221,4 +221,6 @@ if __name__ == '__main__':
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'configs/rejection.py[:ckpt=DIR,…]',
                                   lock_config=True)
-  app.run(main)
+  from r1jax import config as _rc  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=lambda argv: _rc.parse_flags(
+      argv, 'python -m r1jax.rejection --config=configs/rejection.py:ckpt=DIR'))

@@ -361,7 +361,7 @@ def validate(config, mesh) -> None:
 def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStack) -> dict:
   """Trains the reward model (r1jax.launch runs it for a config with an `rm`
   section); returns the summary with the held-out pairwise accuracy."""
-  mesh = shd.make_mesh(**config.mesh)
+  mesh = rc.make_mesh(config)
   validate(config, mesh)
   r = config.rm
   pol = policy.load(config, mesh)

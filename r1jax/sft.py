@@ -425,7 +425,7 @@ def run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitStac
   """The SFT loop (r1jax.launch runs it for a config with an `sft` section)."""
   from r1jax.rewards import CORRECTNESS, RewardScorer  # pylint: disable=g-import-not-at-top
   validate(config)
-  mesh = shd.make_mesh(**config.mesh)
+  mesh = rc.make_mesh(config)
   validate_for_mesh(config, mesh)
   s, e = config.sft, config.eval
   pol = policy.load(config, mesh)

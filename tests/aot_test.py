@@ -18,6 +18,29 @@ def test_topology_names():
       aot.parse_topology(bad)
 
 
+def test_bad_configs_and_topologies_are_one_fatal_line_before_any_compile(monkeypatch, capsys):
+  """main validates every stage of a pipeline before compiling its first
+  (a bad key of the last stage was found after the first had compiled), and
+  a bad topology or preset is a FATAL line with exit status 1, not a
+  traceback."""
+  from absl import flags
+  compiled = []
+  monkeypatch.setattr(aot, 'dispatch', lambda *a, **k: compiled.append(a) or {})
+  r1 = config_file('r1', None)
+  r1.reasoning_rl.rl.beta = -1.0
+  eval_cfg = config_file('eval', None)
+  eval_cfg.model.name = 'nope'
+  for config, topology, message in [
+      (r1, 'cpu', 'config.reasoning_rl.rl.beta: must be a finite number >= 0'),
+      (zero_config(None), 'v9x-3', "--topology: expected e.g. v5p-64 or v5e-16, got 'v9x-3'"),
+      (zero_config('model=qwen2.5-1.5b'), 'v5p-3', 'not a power-of-two slice'),
+      (eval_cfg, 'cpu', "config.model.name: unknown preset 'nope'")]:
+    monkeypatch.setattr(flags, 'FLAGS', type('F', (), {'config': config, 'topology': topology}))
+    assert aot.main(['aot']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('FATAL: ') and message in err and not compiled, err
+
+
 def test_the_verdicts_and_exit_status():
   """The tool exits 1 when a program does not fit or does not compile."""
   report = {'rm.peak_gib': 4.08, 'rl.compiled': True, 'rl.peak_gib': 47.75,

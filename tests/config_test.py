@@ -279,3 +279,28 @@ def test_object_store_paths_that_cannot_work_are_refused():
   c.workdir, c.base.rebuild = 'gs://bucket/run', True
   with pytest.raises(rc.ConfigError, match='config.base.rebuild: .*local disk'):
     rc.validate(c)
+
+
+@pytest.mark.parametrize('args,message', [
+    ([f'--config={ZERO}:paper=maybe'], f"FATAL: --config={ZERO}:paper=maybe: config arg: "
+                                       "paper='maybe' is not a boolean"),
+    (['--config=/nonexistent/zero.py'], 'FATAL: --config=/nonexistent/zero.py: cannot load the '
+                                        'config file: [Errno 2] No such file or directory'),
+    ([f'--config={ZERO}', 'config.steps=5'], "FATAL: unexpected argument 'config.steps=5'"),
+])
+def test_config_file_arguments_and_stray_words_are_one_fatal_line(args, message):
+  """A bad `:arg` (a traceback through ml_collections), a missing file (a
+  traceback when first used) and an argument without dashes (ignored: the
+  run went on with the defaults) each end the command with one line."""
+  from absl import flags
+  from r1jax import launch  # noqa: F401  (defines --config)
+  argv = ['prog', *args]
+  saved, sys.argv = sys.argv, argv
+  try:
+    with pytest.raises(SystemExit) as e:
+      rc.parse_flags(argv)
+  finally:
+    sys.argv = saved
+    flags.FLAGS.unparse_flags()
+  assert str(e.value).startswith(message), str(e.value)
+  assert 'Traceback' not in str(e.value)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from r1jax import config as rc, eval_command, evaluate as ev, metrics
+from r1jax import base, config as rc, eval_command, evaluate as ev, metrics
 from r1jax.data import tasks
 
 
@@ -158,6 +158,24 @@ def test_bad_configs_fail_naming_the_key(tmp_path, tfds_dir):
     eval_command.run(_config(tmp_path, tfds_dir, steps='all'))
   with pytest.raises(rc.ConfigError, match='config.prompt: .*no chat template'):
     eval_command.run(_config(tmp_path, tfds_dir, prompt='chat'))
+  # Keys shared with the training configs are checked as there (a negative
+  # reward timeout scored every sample 0 and exited 0).
+  for key, value, match in [('reward_timeout_s', -1.0, 'a finite number > 0'),
+                            ('reward_workers', -3, 'an integer >= 0'),
+                            ('decode_slots', -4, 'an integer >= 0')]:
+    with pytest.raises(rc.ConfigError, match=f'config.{key}: .*{match}'):
+      eval_command.run(_config(tmp_path, tfds_dir, **{key: value}))
+  c = _config(tmp_path, tfds_dir)
+  c.model.param_dtype = 'fp8'
+  with pytest.raises(rc.ConfigError, match='config.model.param_dtype: must be one of'):
+    eval_command.run(c)
+  # Past the model's positions (the shipped base has 512), and an output
+  # path that is a file.
+  with pytest.raises(rc.ConfigError, match=r'config.max_new_tokens: .* = \d+ exceeds the model'):
+    eval_command.run(_config(tmp_path, tfds_dir, max_new_tokens=1000))
+  (tmp_path / 'afile').write_text('')
+  with pytest.raises(rc.ConfigError, match='config.out: .*afile: File exists'):
+    eval_command.run(_config(tmp_path, tfds_dir, out='afile'))
 
 
 def test_the_command_line(tmp_path, tfds_dir):
@@ -180,6 +198,19 @@ def test_the_command_line(tmp_path, tfds_dir):
                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert typo.returncode == 1 and 'Traceback' not in typo.stderr, typo.stderr[-2000:]
   assert 'FATAL: config.batch_sizes: no such key' in typo.stderr, typo.stderr[-2000:]
+  # A workdir with no checkpoint yet: the FATAL line alone (orbax's sweep of
+  # temporary directories, left running, logged a traceback at exit).
+  empty = tmp_path / 'empty-run'
+  (empty / 'model').mkdir(parents=True)
+  (empty / 'checkpoints').mkdir()
+  (empty / 'model' / 'config.json').write_bytes(
+      open(os.path.join(base.SHIPPED, 'config.json'), 'rb').read())
+  none = subprocess.run([sys.executable, '-m', 'r1jax.evaluate',
+                         f'--config={ROOT}/configs/eval.py:ckpt={empty}',
+                         f'--config.out={tmp_path / "none"}'],
+                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert none.returncode == 1 and none.stderr.strip().splitlines() == [
+      f'FATAL: config.ckpt: {empty}/checkpoints: no checkpoint yet'], none.stderr[-2000:]
 
 
 def test_the_aot_tool_checks_the_evaluation_sampler():

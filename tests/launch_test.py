@@ -92,3 +92,45 @@ def test_a_checkpoint_without_a_tokenizer_says_to_set_config_tokenizer(tmp_path,
   with pytest.raises(rc.ConfigError, match=r'config.tokenizer: .*hf_qwen2_tiny: no '
                      r'tokenizer.json or tokenizer.model .*set --config.tokenizer'):
     launch.run(c)
+
+
+def test_bad_paths_meshes_data_and_checkpoints_are_named_not_tracebacks(tmp_path, tfds_dir):
+  """Each fails with a ConfigError naming its key before anything compiles
+  (they were FileExistsError, ValueError, FileNotFoundError and
+  CheckpointError tracebacks)."""
+  from conftest import FIXTURES, config_file
+  from r1jax import config as rc
+  (tmp_path / 'afile').write_text('')
+  bad = tmp_path / 'bad'
+  bad.mkdir()
+  (bad / 'train.jsonl').write_text('{"question": "1+1", "answer": "2"}\nnot json\n')
+  (bad / 'test.jsonl').write_text('{"question": "1+1", "answer": "2"}\n')
+  broken = tmp_path / 'broken'  # a HF directory whose config.json does not parse
+  broken.mkdir()
+  for f in os.listdir(os.path.join(FIXTURES, 'hf_qwen2_tiny')):
+    (broken / f).write_bytes(open(os.path.join(FIXTURES, 'hf_qwen2_tiny', f), 'rb').read())
+  (broken / 'config.json').write_text('{"model_type": ')
+
+  def fails(key, match, **changes):
+    c = _config(tmp_path, tfds_dir)
+    for k, v in changes.items():
+      node = c
+      *path, last = k.split('.')
+      for p in path:
+        node = node[p]
+      node[last] = v
+    with pytest.raises(rc.ConfigError, match=rf'^config\.{key}: {match}'):
+      launch.run(c)
+
+  fails('workdir', '.*afile: File exists', workdir=str(tmp_path / 'afile'))
+  fails('workdir', '.*afile/run: Not a directory', workdir=str(tmp_path / 'afile' / 'run'))
+  fails('mesh', r"sizes .* need 24 devices, 8 available", **{'mesh.fsdp': 3})
+  fails('data_dir', r"split 'train': need exactly one of", task='local',
+        data_dir=str(tmp_path / 'nothing'))
+  fails('data_dir', r'.*train.jsonl:2: not valid JSON', task='local', data_dir=str(bad))
+  from r1jax import base
+  fails('model.ckpt', r'.*config.json: not valid JSON', **{'model.ckpt': str(broken),
+                                                          'tokenizer': base.SHIPPED})
+  # A config of another command.
+  with pytest.raises(rc.ConfigError, match='config of python -m r1jax.evaluate'):
+    launch.run(config_file('eval', None))

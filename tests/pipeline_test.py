@@ -79,6 +79,19 @@ def test_bad_settings_are_named_with_their_stage_before_anything_runs(tmp_path, 
   d = config_file('distill', 'smoke,teacher=' + str(tmp_path / 'no-teacher'))
   with pytest.raises(rc.ConfigError, match='pipeline.sources.teacher'):
     launch.run(d)
+  # A teacher that is a directory but no model; stages whose inputs come from
+  # stages that have not run (both were found only once a stage had started).
+  (tmp_path / 'not-a-model').mkdir()
+  d = config_file('distill', 'smoke,teacher=' + str(tmp_path / 'not-a-model'))
+  with pytest.raises(rc.ConfigError, match='pipeline.sources.teacher: .*neither a HF directory'):
+    launch.run(d)
+  with pytest.raises(rc.ConfigError, match='config.stages: stage rs reads its ckpt from stage '
+                     'reasoning_rl, which has not run'):
+    launch.run(_r1(tmp_path / 'r1', tfds_dir, stages='rs,sft'))
+  with pytest.raises(rc.ConfigError, match='config.stages: stage rl reads its model.ckpt from '
+                     'stage sft, which has not run'):
+    launch.run(_r1(tmp_path / 'r1', tfds_dir, stages='rm,rl'))
+  assert not (tmp_path / 'r1').exists()  # nothing ran, nothing was written
 
 
 def test_r1_smoke_runs_every_stage_skips_them_when_done_and_resumes_inside_one(

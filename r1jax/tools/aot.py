@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 
 import jax
@@ -59,16 +60,20 @@ class Topology:
   libtpu_name: str
 
 
+class TopologyError(ValueError):
+  """A --topology this tool cannot build."""
+
+
 def parse_topology(name: str) -> Topology:
   """'v5p-64' → 32 chips in a 2x4x4 cube; 'v5e-16' → 16 chips in 4x4."""
   m = re.fullmatch(r'(v4|v5p|v5e|v5litepod|v6e)-(\d+)', name)
   if not m:
-    raise ValueError(f'--topology: expected e.g. v5p-64 or v5e-16, got {name!r}')
+    raise TopologyError(f'--topology: expected e.g. v5p-64 or v5e-16, got {name!r}')
   kind, count = m.group(1), int(m.group(2))
   prefix, per_chip, hbm, _ = _TPUS[kind]
   chips = count // per_chip
   if chips < 1 or chips * per_chip != count or chips & (chips - 1):
-    raise ValueError(f'--topology: {name!r} is not a power-of-two slice')
+    raise TopologyError(f'--topology: {name!r} is not a power-of-two slice')
   dims = 3 if prefix in ('v4', 'v5p') else 2
   shape = [1] * dims
   for i in range(int(math.log2(chips))):  # grow the smallest dimension first
@@ -371,6 +376,34 @@ def check_pipeline(config, devices) -> dict:
   return report
 
 
+def validate(config) -> None:
+  """The checks `dispatch` runs before compiling, of every stage of a
+  pipeline first: a bad key of its last stage is not found after its first
+  has compiled."""
+  if 'pipeline' in config:
+    config = rc.ConfigDict(config.to_dict())
+    placeholder = '' if config.pipeline.base else 'aot: the preset'
+    config.pipeline.base = config.pipeline.base or placeholder
+    from r1jax import pipeline  # pylint: disable=g-import-not-at-top
+    for stage in pipeline.stage_names(config):
+      try:
+        validate(stage_config(config, stage, placeholder))
+      except rc.ConfigError as e:
+        raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+  elif 'benchmarks' in config:
+    from r1jax import eval_command  # pylint: disable=g-import-not-at-top
+    eval_command.validate(config)
+    name = config.model.get('name')
+    if name and name not in models.PRESETS:
+      raise rc.ConfigError('model.name', f'unknown preset {name!r}; known: '
+                           f'{sorted(models.PRESETS)}')
+  else:
+    rc.validate(config)
+    if 'sft' in config:
+      from r1jax import sft  # pylint: disable=g-import-not-at-top
+      sft.validate(config)
+
+
 def dispatch(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
   """The check a config's kind needs."""
   if 'pipeline' in config:
@@ -396,7 +429,10 @@ def check_eval(config, devices) -> dict:
             attention=config.model.attention)
   ckpt_config = os.path.join(wd.model_dir(config.ckpt), 'config.json') if config.ckpt else ''
   if config.model.get('name'):
-    cfg = models.get_preset(config.model.name, **kw)
+    try:
+      cfg = models.get_preset(config.model.name, **kw)
+    except ValueError as e:
+      raise rc.ConfigError('model.name', str(e).removeprefix('model: ')) from None
   elif ckpt_config and os.path.exists(ckpt_config):
     with open(ckpt_config) as f:
       cfg = models.config_from_hf(json.load(f), **kw)
@@ -457,14 +493,19 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   name = flags.FLAGS.topology
-  if name == 'cpu':
-    devices, hbm = jax.devices(), None
-  else:
-    topology = parse_topology(name)
-    devices, hbm = topology_devices(topology), topology.hbm_gib
-    print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
-          f'{topology.hbm_gib} GiB HBM each')
-  report = dispatch(config, devices)
+  try:  # a bad config or topology: one FATAL line, before any compile
+    validate(config)
+    if name == 'cpu':
+      devices, hbm = jax.devices(), None
+    else:
+      topology = parse_topology(name)
+      devices, hbm = topology_devices(topology), topology.hbm_gib
+      print(f'[aot] {name}: {topology.chips} chips ({topology.libtpu_name}), '
+            f'{topology.hbm_gib} GiB HBM each')
+    report = dispatch(config, devices)
+  except (rc.ConfigError, models.CheckpointError, TopologyError) as e:
+    print(f'FATAL: {e}', file=sys.stderr, flush=True)
+    return 1
   for k, v in report.items():
     print(f'[aot] {k}: {v:.2f}' if isinstance(v, float) else f'[aot] {k}: {v}')
   lines, ok = verdicts(report, hbm)
