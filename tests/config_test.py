@@ -165,30 +165,31 @@ def test_every_field_has_a_check(recipe):
   assert not missing
 
 
-def test_unknown_override_names_the_key(capsys):
-  """`--config.rewards.foo=1` gave a bare AttributeError: "'foo'"."""
+def _parse_fails(*args) -> str:
+  """The message of the SystemExit that rc.parse_flags ends `prog *args` with."""
+  from absl import flags
   from r1jax import launch  # noqa: F401  (defines --config)
-  argv = ['prog', f'--config={ZERO}', '--config.rewards.foo=1']
-  saved, sys.argv = sys.argv, argv
-  try:
-    with pytest.raises(SystemExit, match='config.rewards.foo: no such key'):
-      rc.parse_flags(argv)
-  finally:
-    sys.argv = saved
-
-
-def test_a_near_miss_key_is_named_with_the_suggestion():
-  """ml_collections' KeyError for a near miss carries a second line (its
-  suggestion): the message names the key and keeps the hint, unescaped."""
-  from r1jax import launch  # noqa: F401  (defines --config)
-  argv = ['prog', f'--config={ZERO}', '--config.model.attention_block=8']
+  argv = ['prog', *args]
   saved, sys.argv = sys.argv, argv
   try:
     with pytest.raises(SystemExit) as e:
       rc.parse_flags(argv)
   finally:
     sys.argv = saved
-  msg = str(e.value)
+    flags.FLAGS.unparse_flags()
+  return str(e.value)
+
+
+def test_unknown_override_names_the_key():
+  """`--config.rewards.foo=1` gave a bare AttributeError: "'foo'"."""
+  assert 'config.rewards.foo: no such key' in _parse_fails(f'--config={ZERO}',
+                                                           '--config.rewards.foo=1')
+
+
+def test_a_near_miss_key_is_named_with_the_suggestion():
+  """ml_collections' KeyError for a near miss carries a second line (its
+  suggestion): the message names the key and keeps the hint, unescaped."""
+  msg = _parse_fails(f'--config={ZERO}', '--config.model.attention_block=8')
   assert msg.startswith('FATAL: config.model.attention_block: no such key'), msg
   assert 'Did you mean "attention"' in msg and '\\' not in msg, msg
 
@@ -292,15 +293,5 @@ def test_config_file_arguments_and_stray_words_are_one_fatal_line(args, message)
   """A bad `:arg` (a traceback through ml_collections), a missing file (a
   traceback when first used) and an argument without dashes (ignored: the
   run went on with the defaults) each end the command with one line."""
-  from absl import flags
-  from r1jax import launch  # noqa: F401  (defines --config)
-  argv = ['prog', *args]
-  saved, sys.argv = sys.argv, argv
-  try:
-    with pytest.raises(SystemExit) as e:
-      rc.parse_flags(argv)
-  finally:
-    sys.argv = saved
-    flags.FLAGS.unparse_flags()
-  assert str(e.value).startswith(message), str(e.value)
-  assert 'Traceback' not in str(e.value)
+  msg = _parse_fails(*args)
+  assert msg.startswith(message) and 'Traceback' not in msg, msg
