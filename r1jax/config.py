@@ -497,6 +497,11 @@ def validate(config: ConfigDict) -> ConfigDict:
     if not os.path.exists(os.path.join(wd.model_dir(ckpt), 'config.json')):
       raise ConfigError('model.ckpt', f'{ckpt!r} has no config.json (neither a HF directory '
                         'nor an r1jax workdir or <workdir>/checkpoints/<step>)')
+    ref = wd.checkpoint_ref(ckpt)
+    if ref and ref[1] is not None and not (ref[0] / wd.CHECKPOINTS / str(ref[1])).exists():
+      have = sorted(int(p.name) for p in (ref[0] / wd.CHECKPOINTS).iterdir() if p.name.isdigit())
+      raise ConfigError('model.ckpt', f'{ckpt!r}: no checkpoint {ref[1]} in {ref[0]} '
+                        f'(steps: {have})')
   elif not ckpt and model.name not in PRESETS:
     raise ConfigError('model.name', f'unknown preset {model.name!r}; '
                       f'known: {sorted(PRESETS)}')

@@ -94,6 +94,9 @@ def checkpoint(c) -> tuple[str, list[int | None], str]:
   if not have:
     raise rc.ConfigError('ckpt', f'{workdir}/{wd.CHECKPOINTS}: no checkpoint yet')
   if step is not None:
+    if step not in have:
+      raise rc.ConfigError('ckpt', f'{workdir}/{wd.CHECKPOINTS}: no checkpoint {step} (steps: '
+                           f'{have})')
     if c.steps != 'latest':
       raise rc.ConfigError('steps', f'{path} is one checkpoint (step {step}); give the workdir '
                            f'{workdir} to choose steps')

@@ -63,8 +63,8 @@ def checkpoint_ref(path: epath.PathLike) -> tuple[epath.Path, int | None] | None
   p = epath.Path(path)
   if (p / MODEL / 'config.json').exists() and (p / CHECKPOINTS).exists():
     return p, None
-  if p.name.isdigit() and p.parent.name == CHECKPOINTS and p.exists() and (
-      p.parent.parent / MODEL / 'config.json').exists():
+  if p.name.isdigit() and p.parent.name == CHECKPOINTS and (
+      p.parent.parent / MODEL / 'config.json').exists():  # a missing step: the loader says so
     return p.parent.parent, int(p.name)
   return None
 

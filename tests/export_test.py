@@ -87,7 +87,8 @@ def test_a_workdir_or_a_step_is_a_model_ckpt(done, tmp_path):
   for k, v in _params(sharded).items():
     np.testing.assert_array_equal(v, p2[k], err_msg=k)
   c.model.ckpt = os.path.join(done.workdir, wd.CHECKPOINTS, '99')
-  with pytest.raises(rc.ConfigError, match='config.model.ckpt: .*has no config.json'):
+  with pytest.raises(rc.ConfigError, match=r'config.model.ckpt: .*no checkpoint 99 in .* '
+                     r'\(steps: \[1, 2, 3\]\)'):
     rc.validate(c)
   with pytest.raises(models.CheckpointError, match='no checkpoint 99'):
     export.export(done.workdir, str(tmp_path / 'x'), step=99)

@@ -131,6 +131,14 @@ def test_bad_paths_meshes_data_and_checkpoints_are_named_not_tracebacks(tmp_path
   from r1jax import base
   fails('model.ckpt', r'.*config.json: not valid JSON', **{'model.ckpt': str(broken),
                                                           'tokenizer': base.SHIPPED})
+  # A step the run does not have (read as "no config.json" before).
+  run = tmp_path / 'old-run'
+  (run / 'model').mkdir(parents=True)
+  (run / 'model' / 'config.json').write_bytes(
+      open(os.path.join(base.SHIPPED, 'config.json'), 'rb').read())
+  (run / 'checkpoints' / '20').mkdir(parents=True)
+  fails('model.ckpt', r".*no checkpoint 99 in .*old-run \(steps: \[20\]\)",
+        **{'model.ckpt': str(run / 'checkpoints' / '99')})
   # A config of another command.
   with pytest.raises(rc.ConfigError, match='config of python -m r1jax.evaluate'):
     launch.run(config_file('eval', None))
