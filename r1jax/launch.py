@@ -39,6 +39,10 @@ from r1jax.rewards import CORRECTNESS, MODEL_REWARD, RewardScorer, load_reward
 
 config_flags.DEFINE_config_file('config', None, 'a configs/*.py file', lock_config=True)
 
+# Config keys whose change on resume matters most (shown first).
+_WEIGHTY = ('task', 'rewards', 'reward_fns', 'reward_model', 'rl.', 'model.', 'general.',
+            'data_dir', 'optim.', 'lora.')
+
 # Errors that end a run with one FATAL line (they say what to do), not a traceback.
 FATAL = (rc.ConfigError, Mismatch, SaveError, wd.Busy)
 
@@ -87,6 +91,16 @@ def init_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
   print(f'[r1jax] process {jax.process_index()} of {jax.process_count()}: '
         f'{jax.local_device_count()} local devices, {jax.device_count()} in all', flush=True)
+
+
+def shown_changes(changed: list[str], limit: int = 10) -> str:
+  """The first `limit` config differences, those that change what the run
+  computes (task, rewards, the loss) first and the tiny base's build
+  settings last, and how many more."""
+  rank = lambda d: 0 if d.startswith(_WEIGHTY) else 2 if d.startswith('base.') else 1  # noqa: E731
+  ordered = sorted(changed, key=rank)
+  more = f'; and {len(ordered) - limit} more' if len(ordered) > limit else ''
+  return '; '.join(ordered[:limit]) + more
 
 
 def run(config) -> dict:
@@ -202,12 +216,12 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
       data.restore(meta['data'])
     except ValueError as e:  # another seed or data set: the order would not continue
       raise Mismatch(f'checkpoint {ckpt.directory}/{start} is of another run: {e}; the saved '
-                     'config differs in: ' + '; '.join(changed[:10])) from None
+                     'config differs in: ' + shown_changes(changed)) from None
     counters = metrics.Counters(meta.get('counters'))
     print(f'[r1jax] resumed from {ckpt.directory}/{start}', flush=True)
     if changed:
       print('[r1jax] WARNING: the config differs from the checkpoint\'s in: ' +
-            '; '.join(changed[:10]), flush=True)
+            shown_changes(changed), flush=True)
   if restored is not None and start >= config.steps:  # rerunning a finished run
     print(f'[r1jax] {workdir} holds a finished run ({start} of {config.steps} steps); nothing '
           'to do (raise --config.steps to train on)', flush=True)

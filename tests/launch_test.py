@@ -142,3 +142,15 @@ def test_bad_paths_meshes_data_and_checkpoints_are_named_not_tracebacks(tmp_path
   # A config of another command.
   with pytest.raises(rc.ConfigError, match='config of python -m r1jax.evaluate'):
     launch.run(config_file('eval', None))
+
+
+def test_a_resumed_runs_warning_shows_the_differences_that_matter_first():
+  """Resuming another recipe's checkpoint listed only the tiny base's build
+  settings (the first 10 differences), hiding the task and rewards."""
+  changed = [f'base.setting{i}: 1 -> 2' for i in range(12)] + [
+      "task: 'arithmetic' -> 'countdown'", 'rewards.countdown: None -> 1.0', 'eval_every: 5 -> 10']
+  shown = launch.shown_changes(changed)
+  assert shown.startswith("task: 'arithmetic' -> 'countdown'; rewards.countdown: None -> 1.0; "
+                          'eval_every: 5 -> 10; base.setting0')
+  assert shown.endswith('; and 5 more')
+  assert launch.shown_changes(changed[:3]) == '; '.join(changed[:3])
