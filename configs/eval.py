@@ -34,9 +34,11 @@ from r1jax import config as rc
 from r1jax.data import benchmarks as bm
 
 
-def _benchmark(fmt: str, path: str, limit: int = 0) -> dict:
+def _benchmark(spec: str, fmt: str, path: str, limit: int = 0) -> dict:
   if fmt not in bm.FORMATS:
-    raise ValueError(f'config arg bench: format {fmt!r}; expected one of {sorted(bm.FORMATS)}')
+    raise ValueError(f'config arg bench: {spec!r}: format {fmt!r} is not one of '
+                     f'{sorted(bm.FORMATS)}; a benchmark is name:format:path, e.g. '
+                     'aime24:math:/data/aime24.jsonl (the path empty for a built-in task)')
   return {'format': fmt, 'path': path, 'fields': dict(bm.FORMATS[fmt].fields), 'limit': limit,
           'prompt': ''}
 
@@ -69,7 +71,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   for spec in filter(None, arg.bench.split(';')):
     name, fmt, path = (spec.split(':', 2) + ['', ''])[:3]
     fmt = fmt or name
-    c.benchmarks[name] = _benchmark(fmt, path, 256 if (fmt, path) == ('arithmetic', '') else 0)
+    c.benchmarks[name] = _benchmark(spec, fmt, path,
+                                    256 if (fmt, path) == ('arithmetic', '') else 0)
   if arg.r1:
     # 32 questions x 64 samples a batch, decoded continuously in 512 slots
     # (per batch shard: 16 slots of 33k tokens on each of 32 chips, ~15 GB

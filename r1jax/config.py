@@ -55,8 +55,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
       try:
         out[key] = type(default)(value)
       except ValueError as e:
-        raise ValueError(f'config arg: {key}={value!r} is not a '
-                         f'{type(default).__name__}') from e
+        what = {int: 'an integer', float: 'a number'}.get(type(default), type(default).__name__)
+        raise ValueError(f'config arg: {key}={value!r} is not {what}') from e
     else:
       out[key] = value
   return out
@@ -673,8 +673,9 @@ def _config_file_error(e: BaseException, argv: list[str]) -> str:
   last_line = lambda x: str(x).strip().splitlines()[-1].strip()  # noqa: E731
   if any(type(x) is OSError or isinstance(x, FileNotFoundError) for x in chain):
     return f'{arg}: cannot load the config file: {last_line(chain[-1])}'
-  if any('Error whilst parsing config file' in str(x) for x in chain):
-    return f'{arg}: {last_line(chain[-1])}'
+  wrappers = [i for i, x in enumerate(chain) if 'Error whilst parsing config file' in str(x)]
+  if wrappers:  # the config's own error: the one the innermost wrapper holds
+    return f'{arg}: {last_line(chain[min(wrappers[-1] + 1, len(chain) - 1)])}'
   return str(chain[0])
 
 

@@ -30,7 +30,7 @@ def test_parse_arg_types_and_errors():
   assert (a.model, a.runlocal, a.steps, a.lr) == ('qwen2.5-1.5b', True, 3, 0.5)
   with pytest.raises(ValueError, match="unknown key 'bogus'"):
     rc.parse_arg('bogus=1', model='tiny')
-  with pytest.raises(ValueError, match="steps='x' is not a int"):
+  with pytest.raises(ValueError, match="steps='x' is not an integer"):
     rc.parse_arg('steps=x', steps=1)
 
 
