@@ -167,7 +167,11 @@ def _walk(root: epath.Path, prefix: str = ''):
 class Checkpointer:
   """Keeps the last `keep` checkpoints; saves asynchronously."""
 
-  def __init__(self, workdir: epath.PathLike, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: epath.PathLike, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """read_only: a reader (evaluation, export, a reward model's load) that
+    neither creates the directory nor sweeps its temporary directories,
+    which may be the saves in flight of a run training there."""
     # Orbax's tensorstore writes need absolute local paths (a relative one,
     # like the default workdir, fails the first save).
     self.directory = wd.absolute(workdir) / 'checkpoints'
@@ -185,13 +189,20 @@ class Checkpointer:
       finally:
         logging.set_verbosity(verbosity)
       _HANDLER_SET = True
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'meta': ocp.JsonCheckpointHandler()},  # known before a save
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=True))
+    verbosity = logging.get_verbosity()
+    if read_only:  # orbax warns that a reader is one, and what it set for it
+      logging.set_verbosity(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          item_handlers={'state': ocp.StandardCheckpointHandler(),
+                         'meta': ocp.JsonCheckpointHandler()},  # known before a save
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=None if read_only else keep, enable_async_checkpointing=async_save,
+              create=not read_only, cleanup_tmp_directories=not read_only,
+              save_interval_steps=0 if read_only else 1, read_only=read_only))
+    finally:
+      logging.set_verbosity(verbosity)
     self.pending = None  # the step being saved in the background
     self.stuck = False  # a save did not finish in its time: exit without waiting
 
@@ -429,12 +440,15 @@ class Checkpointer:
       if self.pending is None:  # a save still running would block close()
         try:
           # The manager's start-up sweep of temporary directories runs on a
-          # thread that close() does not wait for: a command that only listed
-          # the steps and exits would leave it to fail at interpreter exit
-          # (orbax logs its traceback). Awaited first; no public API does.
+          # thread that close() does not wait for: a run that stops before
+          # its first save would leave it to fail at interpreter exit (orbax
+          # logs its traceback). Awaited first; no public API does.
           sweep = getattr(self.manager, '_cleanup_tmp_directory_future', None)
           if sweep is not None:
-            sweep.result()
+            sweep.result(timeout=timeout_s)
+        except Exception as e:  # pylint: disable=broad-except
+          logging.warning('the sweep of temporary checkpoint directories: %s', e)
+        try:
           self.manager.close()
         except Exception as e:  # pylint: disable=broad-except
           logging.warning('closing the checkpoint manager: %s', e)  # reported by finish()

@@ -625,66 +625,79 @@ def validate_for_mesh(config: ConfigDict, mesh) -> None:
 
 
 def parse_flags(argv: list[str],
-                example: str = 'python -m r1jax.launch --config=configs/zero.py') -> list[str]:
-  """absl flag parsing with errors a user can act on, for every command that
-  takes --config (app.run's flags_parser), each one FATAL line: a missing
-  --config or config file, a bad `:arg` of the config file (ml_collections
-  wraps the config's own ValueError in a traceback), an override of a key the
-  config does not have (config_flags raises a bare AttributeError or
-  KeyError), and a stray argument (`config.steps=5` without its dashes would
-  otherwise be ignored)."""
+                example: str = 'python -m r1jax.launch --config=configs/zero.py',
+                needs_config: bool = True) -> list[str]:
+  """absl flag parsing with errors a user can act on, for every command
+  (app.run's flags_parser), each one FATAL line: a missing --config or config
+  file, a bad `:arg` of the config file (ml_collections wraps the config's
+  own ValueError in a traceback), an override of a key the config does not
+  have (config_flags raises a bare AttributeError or KeyError), a bad flag
+  value, and a stray argument (`config.steps=5` without its dashes would
+  otherwise be ignored). A bug inside a config file keeps its traceback."""
   try:
     rest = flags.FLAGS(argv)
-    config = flags.FLAGS.config
+    config = flags.FLAGS.config if needs_config else None
     if config is not None:
       _ = 'workdir' in config  # a config file that failed to load raises on use
   except (AttributeError, KeyError) as e:
     # ml_collections' message: the quoted key, then for a near miss a line
     # with its suggestion (an AttributeError wraps the KeyError).
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    first, _, hint = str(e.args[0] if e.args else e).partition('\n')
+    inner = e
+    while inner.args and isinstance(inner.args[0], BaseException):
+      inner = inner.args[0]
+    first, _, hint = str(inner.args[0] if inner.args else inner).partition('\n')
     bad = first.strip('"\'')
     arg = next((a for a in argv if a.startswith('--config.')
                 and a.partition('=')[0].split('.')[-1] == bad), None)
-    key = arg.partition('=')[0][2:] if arg else f'config.{bad}'
-    sys.exit(f'FATAL: {key}: no such key in the config file; --config.KEY=VALUE overrides '
-             'keys the config already has (a typo? a reward the config does not name goes '
-             'into the config file)' + (f'. {hint.strip()}' if hint.strip() else ''))
+    if arg is None:  # not an override's: raised inside the config file
+      raise
+    sys.exit(f'FATAL: {arg.partition("=")[0][2:]}: no such key in the config file; '
+             '--config.KEY=VALUE overrides keys the config already has (a typo? a reward the '
+             'config does not name goes into the config file)'
+             + (f'. {hint.strip()}' if hint.strip() else ''))
   except (flags.Error, OSError, ValueError) as e:
-    sys.exit(f'FATAL: {_config_file_error(e, argv)}')
-  if config is None:
+    message = _flag_error(e, argv)
+    if message is None:
+      raise
+    sys.exit(f'FATAL: {message}')
+  if needs_config and config is None:
     sys.exit(f'FATAL: --config is required, e.g. {example}')
   if len(rest) > 1:
     sys.exit(f'FATAL: unexpected argument {rest[1]!r}: flags take two dashes, e.g. '
-             '--config.KEY=VALUE')
+             + ('--config.KEY=VALUE' if needs_config else '--name=value'))
   return rest
 
 
-def _config_file_error(e: BaseException, argv: list[str]) -> str:
-  """What went wrong in parsing: the innermost error of a config file's
-  loading (its own ValueError for a bad `:arg`, or the file's OSError), with
-  the --config argument; else absl's message, which names its flag."""
+def _flag_error(e: BaseException, argv: list[str]) -> str | None:
+  """What went wrong in parsing, or None for a bug in a config file (its
+  traceback is the message): the config file's own error for a bad `:arg`
+  (the one ml_collections' wrapper holds), the file's OSError, else absl's
+  message, which names its flag."""
   arg = next((a for a in argv if a.startswith('--config=')), '--config')
   chain = []
   while e is not None and e not in chain:
     chain.append(e)
     e = e.__cause__ or e.__context__
-  last_line = lambda x: str(x).strip().splitlines()[-1].strip()  # noqa: E731
+  last_line = lambda x: (str(x).strip().splitlines() or [repr(x)])[-1].strip()  # noqa: E731
+  wrappers = [i for i, x in enumerate(chain) if 'Error whilst parsing config file' in str(x)]
+  if wrappers:
+    inner = chain[min(wrappers[-1] + 1, len(chain) - 1)]
+    if isinstance(inner, ValueError) and str(inner).startswith('config'):
+      return f'{arg}: {last_line(inner)}'  # rc.parse_arg's or a ConfigError
+    if isinstance(inner, FileNotFoundError):
+      return f'{arg}: cannot load the config file: {last_line(inner)}'
+    return None
   if any(type(x) is OSError or isinstance(x, FileNotFoundError) for x in chain):
     return f'{arg}: cannot load the config file: {last_line(chain[-1])}'
-  wrappers = [i for i, x in enumerate(chain) if 'Error whilst parsing config file' in str(x)]
-  if wrappers:  # the config's own error: the one the innermost wrapper holds
-    return f'{arg}: {last_line(chain[min(wrappers[-1] + 1, len(chain) - 1)])}'
-  return str(chain[0])
+  return str(chain[0]).removeprefix('flag ')
 
 
-def make_mesh(config):
+def make_mesh(config, devices=None):
   """The config's mesh (sharding.make_mesh), a size the devices cannot hold
   named as config.mesh."""
   from r1jax import sharding  # pylint: disable=g-import-not-at-top
   try:
-    return sharding.make_mesh(**config.mesh)
+    return sharding.make_mesh(**config.mesh, devices=devices)
   except ValueError as e:
     raise ConfigError('mesh', str(e).removeprefix('mesh: ')) from None
 

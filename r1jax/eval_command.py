@@ -86,7 +86,7 @@ def checkpoint(c) -> tuple[str, list[int | None], str]:
     return path, [None], tok
   workdir, step = ref
   from r1jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  ckpt = Checkpointer(workdir, async_save=False)
+  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
   try:
     have = sorted(ckpt.manager.all_steps())
   finally:
@@ -169,10 +169,7 @@ def prepare(c, log, default_out: Callable[[str, bool], str]):
   """(mesh, checkpoint path, steps, tokenizer, benchmarks, out directory) of
   a sampling command's config; `default_out(path, from_run)` when c.out is
   empty. The library log goes to out/log.txt."""
-  try:
-    mesh = shd.make_mesh(**c.mesh)
-  except ValueError as e:
-    raise rc.ConfigError('mesh', str(e)) from None
+  mesh = rc.make_mesh(c)
   shards = mesh.shape['data'] * mesh.shape['fsdp']
   if c.batch_size % shards:
     raise rc.ConfigError('batch_size', f'{c.batch_size} prompts do not split over data x fsdp '
@@ -200,9 +197,12 @@ def prepare(c, log, default_out: Callable[[str, bool], str]):
 def _load(path: str, step, c, mesh):
   kw = dict(compute_dtype=c.model.dtype, mesh=mesh, attention=c.model.attention,
             rules=shd.SAMPLE_RULES)
-  if step is None:
-    return models.load_hf(path, c.model.param_dtype, **kw)
-  return export.load(path, c.model.param_dtype, step=step, **kw)
+  try:
+    if step is None:
+      return models.load_hf(path, c.model.param_dtype, **kw)
+    return export.load(path, c.model.param_dtype, step=step, **kw)
+  except models.CheckpointError as e:
+    raise rc.ConfigError('ckpt', str(e)) from None
 
 
 class Sampled:

@@ -52,7 +52,7 @@ def write_model_dir(workdir: epath.PathLike, cfg: models.ModelConfig, tokenizer_
     ref = wd.checkpoint_ref(base)
     if ref is not None and ref[1] is None:
       from r1jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-      ckpt = Checkpointer(ref[0], async_save=False)
+      ckpt = Checkpointer(ref[0], async_save=False, read_only=True)
       try:
         base = ref[0] / wd.CHECKPOINTS / str(ckpt.latest_step())
       finally:
@@ -120,7 +120,7 @@ def load(path: epath.PathLike, dtype: str = 'float32', *, compute_dtype: str | N
     shardings = shd.state_shardings(abs_state, mesh, rules)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abs_state, shardings)
-  ckpt = Checkpointer(workdir, async_save=False)
+  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None or step not in ckpt.manager.all_steps():
@@ -142,12 +142,13 @@ def export(workdir: epath.PathLike, out: str, step: int | None = None,
   a HF directory; returns `out`. `dtype`: the weights' dtype ('' : as trained).
   A LoRA run's: the merged weights, and the adapters alone in PEFT's layout
   in `out/adapter` (adapter_config.json + adapter_model.safetensors)."""
-  workdir = epath.Path(workdir)
   if os.path.isdir(out) and os.listdir(out):
     raise FileExistsError(f'{out} is not empty; export into a new directory')
-  if wd.checkpoint_ref(workdir) is None:
+  ref = wd.checkpoint_ref(workdir)
+  if ref is None:
     raise models.CheckpointError(f'{workdir}: not an r1jax workdir (no {wd.MODEL}/config.json '
                                  f'or {wd.CHECKPOINTS}/)')
+  workdir, step = ref[0], ref[1] if step is None else step  # <workdir>/checkpoints/<step> too
   saved = json.loads((workdir / wd.MODEL / 'config.json').read_text())
   model = load(workdir, dtype or saved.get('torch_dtype', 'float32'), step=step)
   if model.cfg.lora_rank:  # the merged weights; the adapters alone in PEFT's layout too
@@ -221,7 +222,9 @@ def main(argv):
     sys.exit(f'FATAL: --workdir: {e}')
   finally:
     log.close()
-  print(f'[r1jax] exported {f.workdir} (step {"newest" if f.step < 0 else f.step}) to {out}: '
+  ref = wd.checkpoint_ref(f.workdir)
+  step = f.step if f.step >= 0 else ref[1] if ref and ref[1] is not None else 'newest'
+  print(f'[r1jax] exported {f.workdir} (step {step}) to {out}: '
         f'{", ".join(sorted(os.listdir(out)))}', flush=True)
 
 
@@ -231,4 +234,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('step', -1, 'checkpoint step; -1: the newest')
   flags.DEFINE_string('out', None, 'the HF directory to write (new or empty)', required=True)
   flags.DEFINE_string('dtype', '', "weights' dtype (float32, bfloat16); '': as trained")
-  app.run(main)
+  from r1jax import config as _rc  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=lambda argv: _rc.parse_flags(argv, needs_config=False))

@@ -163,7 +163,7 @@ def _run(config, workdir: epath.Path, lock: wd.Lock, closing: contextlib.ExitSta
 
   # -------------------------------------------------------------------- data
   data_dir = rc.data_dir(config)
-  data_key = 'data_dir' if config.task == 'local' or data_dir else 'task'
+  data_key = 'data_dir' if config.task == 'local' or config.get('data_dir') else 'task'
   train = rc.load_data(data_key, config.task, 'train', data_dir)
   test = rc.load_data(data_key, config.task, 'test', data_dir)
   evaluated = [dict(test[i]) for i in range(min(config.eval.num_questions, len(test)))]

@@ -125,7 +125,7 @@ def validate(config) -> list[str]:
           continue
         if not (wd.absolute(config.workdir) / src / DONE).exists():
           raise rc.ConfigError('stages', f'stage {stage} reads its {key} from stage {src}, '
-                               f'which has not run in {wd.absolute(config.workdir)}: add '
+                               f'which has not finished in {wd.absolute(config.workdir)}: add '
                                f'{src} to stages (or set {stage}.{key})')
   for stage in names:
     kind = config.pipeline.kinds[stage]
@@ -200,9 +200,13 @@ def run(config, launch_run) -> dict:
   summary written to <workdir>/summary.json."""
   names = validate(config)
   root = wd.absolute(config.workdir)
-  root.mkdir(parents=True, exist_ok=True)
   log = metrics.LibraryLog()  # the pipeline's own library chatter (exports): <workdir>/log.txt
-  log.to(root)
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    log.to(root)
+  except OSError as e:
+    log.close()
+    raise rc.ConfigError('workdir', f'{root}: {e.strerror or e}') from None
   try:
     return _run(config, names, root, launch_run)
   finally:

@@ -291,7 +291,7 @@ def load(workdir: str, tok, mesh: jax.sharding.Mesh, dtype: str = 'float32',
   target = {'backbone': jax.tree.map(like, abs_state, shardings),
             'head': {'w': jax.ShapeDtypeStruct((cfg.hidden_size,), jnp.float32, sharding=rep),
                      'b': jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)}}
-  ckpt = Checkpointer(root, async_save=False)
+  ckpt = Checkpointer(root, async_save=False, read_only=True)
   try:
     step = ckpt.latest_step()
     if step is None:

@@ -63,7 +63,7 @@ def checkpoint_ref(path: epath.PathLike) -> tuple[epath.Path, int | None] | None
   p = epath.Path(path)
   if (p / MODEL / 'config.json').exists() and (p / CHECKPOINTS).exists():
     return p, None
-  if p.name.isdigit() and p.parent.name == CHECKPOINTS and (
+  if p.name.isdigit() and p.parent.name == CHECKPOINTS and p.parent.exists() and (
       p.parent.parent / MODEL / 'config.json').exists():  # a missing step: the loader says so
     return p.parent.parent, int(p.name)
   return None

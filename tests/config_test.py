@@ -295,3 +295,24 @@ def test_config_file_arguments_and_stray_words_are_one_fatal_line(args, message)
   run went on with the defaults) each end the command with one line."""
   msg = _parse_fails(*args)
   assert msg.startswith(message) and 'Traceback' not in msg, msg
+
+
+def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
+  """Only a user's override is a 'no such key' line: an AttributeError or a
+  ValueError raised by the config file's own code propagates (its file and
+  line are the message)."""
+  from absl import flags
+  from r1jax import launch  # noqa: F401  (defines --config)
+  for body, error in [('  return rc.get_zero_typo()', AttributeError),
+                      ('  raise ValueError', ValueError)]:
+    path = tmp_path / f'{error.__name__}.py'
+    path.write_text(f'from r1jax import config as rc\n\n\ndef get_config(arg=None):\n{body}\n')
+    argv = ['prog', f'--config={path}']
+    saved, sys.argv = sys.argv, argv
+    try:
+      with pytest.raises((error, flags.Error)) as e:  # absl wraps a ValueError
+        rc.parse_flags(argv)
+    finally:
+      sys.argv = saved
+      flags.FLAGS.unparse_flags()
+    assert error.__name__ in str(e.value) or isinstance(e.value, error), e.value

@@ -106,3 +106,14 @@ def test_export_command(done, tmp_path):
   assert not re.search(r'^I\d{4} ', run.stderr + run.stdout, re.M), run.stderr[-2000:]
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 1 and 'FATAL: ' in again.stderr and 'is not empty' in again.stderr
+
+
+def test_the_export_commands_flags_are_checked_before_loading(tmp_path):
+  (tmp_path / 'afile').write_text('')
+  assert export.check_flags(str(tmp_path / 'new' / 'hf'), -1, '') == ''
+  assert export.check_flags(str(tmp_path / 'hf'), 2, 'bfloat16') == ''
+  assert export.check_flags(str(tmp_path / 'hf'), -1, 'fp8').startswith("--dtype: 'fp8'")
+  assert export.check_flags(str(tmp_path / 'hf'), -5, '').startswith('--step: -5')
+  assert export.check_flags(str(tmp_path / 'afile'), -1, '').startswith('--out: ')
+  assert 'is not a directory this process can write' in export.check_flags(
+      str(tmp_path / 'afile' / 'hf'), -1, '')

@@ -86,12 +86,17 @@ def test_bad_settings_are_named_with_their_stage_before_anything_runs(tmp_path, 
   with pytest.raises(rc.ConfigError, match='pipeline.sources.teacher: .*neither a HF directory'):
     launch.run(d)
   with pytest.raises(rc.ConfigError, match='config.stages: stage rs reads its ckpt from stage '
-                     'reasoning_rl, which has not run'):
+                     'reasoning_rl, which has not finished'):
     launch.run(_r1(tmp_path / 'r1', tfds_dir, stages='rs,sft'))
   with pytest.raises(rc.ConfigError, match='config.stages: stage rl reads its model.ckpt from '
-                     'stage sft, which has not run'):
+                     'stage sft, which has not finished'):
     launch.run(_r1(tmp_path / 'r1', tfds_dir, stages='rm,rl'))
   assert not (tmp_path / 'r1').exists()  # nothing ran, nothing was written
+  # Once the stage it reads has finished, the subset is accepted.
+  done = _r1(tmp_path / 'r1', tfds_dir, stages='rs,sft')
+  (tmp_path / 'r1' / 'reasoning_rl').mkdir(parents=True)
+  (tmp_path / 'r1' / 'reasoning_rl' / pipeline.DONE).write_text('{}')
+  assert pipeline.validate(done) == ['rs', 'sft']
 
 
 def test_r1_smoke_runs_every_stage_skips_them_when_done_and_resumes_inside_one(

@@ -211,7 +211,7 @@ def check(config, devices, rm_view: tuple[bool, int] = (True, 2048)) -> dict:
   on the general prompts' responses, its parameters an argument."""
   from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   rc.validate(config)
-  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  mesh = rc.make_mesh(config, devices)
   rc.validate_for_mesh(config, mesh)
   state, graphdef, step_cfg, optimizer, frozen = abstract_state(config, mesh)
   R = len(step_cfg.reward_names) + step_cfg.reward_model  # + which prompts the RM scores
@@ -270,7 +270,7 @@ def check_sft(config, devices) -> dict:
   from r1jax import sft  # pylint: disable=g-import-not-at-top
   rc.validate(config)
   sft.validate(config)
-  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  mesh = rc.make_mesh(config, devices)
   sft.validate_for_mesh(config, mesh)
   cfg = model_config(config)
   s = config.sft
@@ -305,7 +305,7 @@ def check_rm(config, devices) -> dict:
   axes; the backbone's shape as the GRPO check reads the policy's."""
   from r1jax import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   rc.validate(config)
-  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  mesh = rc.make_mesh(config, devices)
   rm_lib.validate(config, mesh)
   r = config.rm
   graphdef, params = abstract_rm_params(model_config(config), mesh)
@@ -424,7 +424,7 @@ def check_eval(config, devices) -> dict:
   config.json, or the preset `model.name` (no weights are read)."""
   from r1jax import eval_command  # pylint: disable=g-import-not-at-top
   eval_command.validate(config)
-  mesh = shd.make_mesh(**config.mesh, devices=devices)
+  mesh = rc.make_mesh(config, devices)
   kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
             attention=config.model.attention)
   ckpt_config = os.path.join(wd.model_dir(config.ckpt), 'config.json') if config.ckpt else ''
