@@ -30,6 +30,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.benchmarks = {'arithmetic': {'format': 'arithmetic', 'path': '', 'fields': {},
                                    'limit': arg.limit, 'prompt': '', 'split': 'train'}}
   c.k = arg.k
+  if arg.r1:
+    # eval's r1 batches 32 questions x 64 samples into its 512 decode slots;
+    # with k samples a question, as many samples a batch (whole multiples of
+    # 32 questions, one per batch shard of a v5p-64's 32 chips).
+    c.batch_size = max(32, 2048 // c.k // 32 * 32)
   c.pass_k = (1,)
   c.temperature = 1.0 if not arg.r1 else 0.6
   c.top_p = 1.0 if not arg.r1 else 0.95

@@ -41,6 +41,23 @@ def test_bad_configs_and_topologies_are_one_fatal_line_before_any_compile(monkey
     assert err.startswith('FATAL: ') and message in err and not compiled, err
 
 
+@pytest.mark.parametrize('name,arg', [
+    ('zero', None), ('zero', 'model=qwen2.5-1.5b,paper'), ('zero', 'model=qwen2.5-7b,paper'),
+    ('r1', None), ('r1', 'model=qwen2.5-1.5b,paper'), ('distill', None),
+    ('distill', 'model=qwen2.5-1.5b'), ('distill', 'model=qwen2.5-1.5b,paper'),
+    ('eval', 'r1'), ('rejection', None), ('rejection', 'r1'), ('rejection', 'r1,k=3'),
+    ('sft', None), ('rm', None)])
+def test_every_shipped_recipe_passes_validation(name, arg):
+  """The recipes as shipped, at the paper's settings too, pass the checks
+  the commands run before compiling (configs/rejection.py:r1 kept eval's r1
+  batch of 32 questions for 512 decode slots with k 4: 128 samples, refused,
+  and so was configs/distill.py for a real teacher)."""
+  c = config_file(name, arg)
+  if name == 'eval':
+    c.model.name = 'qwen2.5-1.5b'
+  aot.validate(c)
+
+
 def test_the_verdicts_and_exit_status():
   """The tool exits 1 when a program does not fit or does not compile."""
   report = {'rm.peak_gib': 4.08, 'rl.compiled': True, 'rl.peak_gib': 47.75,
