@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import ml_collections
 from absl import flags
+from etils import epath
 
 from r1jax import grpo, kernels, workdir as wd
 from r1jax.kernels import attention
@@ -709,3 +710,13 @@ def load_data(key: str, task: str, split: str, data_dir: str | None):
     return load_split(task, split, data_dir)
   except (OSError, ValueError) as e:
     raise ConfigError(key, str(e)) from None
+
+
+def check_inputs(config) -> None:
+  """What a run reads that validation leaves alone (the AOT tool checks
+  pipelines whose earlier stages have not run): a reward model's workdir
+  must exist before the policy loads."""
+  ckpt = config.get('reward_model', {}).get('ckpt')
+  if MODEL_REWARD in config.get('rewards', {}) and ckpt and not epath.Path(ckpt).exists():
+    raise ConfigError('reward_model.ckpt', f'{ckpt!r} does not exist (the workdir of '
+                      'python -m r1jax.launch --config=configs/rm.py)')

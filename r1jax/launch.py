@@ -114,6 +114,7 @@ def run(config) -> dict:
     return pipeline.run(config, run)
   # ------------------------------------------------------------------ config
   rc.validate(config)
+  rc.check_inputs(config)
   with contextlib.ExitStack() as closing:  # runs on every way out, in reverse
     log = metrics.LibraryLog()  # library INFO to <workdir>/log.txt, not the console
     closing.callback(log.close)

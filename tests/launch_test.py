@@ -139,6 +139,9 @@ def test_bad_paths_meshes_data_and_checkpoints_are_named_not_tracebacks(tmp_path
   (run / 'checkpoints' / '20').mkdir(parents=True)
   fails('model.ckpt', r".*no checkpoint 99 in .*old-run \(steps: \[20\]\)",
         **{'model.ckpt': str(run / 'checkpoints' / '99')})
+  # A reward model that is not there (found once the policy had loaded).
+  fails('reward_model.ckpt', "'/nonexistent/rm' does not exist",
+        **{'rewards.reward_model': 1.0, 'reward_model.ckpt': '/nonexistent/rm'})
   # A config of another command.
   with pytest.raises(rc.ConfigError, match='config of python -m r1jax.evaluate'):
     launch.run(config_file('eval', None))
