@@ -23,6 +23,7 @@ What a checkpoint directory promises, and how each promise is kept:
 Restoring takes an abstract state whose leaves carry the target shardings,
 so a checkpoint restores onto any mesh or process count.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -164,6 +165,17 @@ def _walk(root: epath.Path, prefix: str = ''):
       yield relative, path
 
 
+@contextlib.contextmanager
+def _errors_only():
+  """absl logging at ERROR inside (orbax's expected warnings)."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints; saves asynchronously."""
 
@@ -180,19 +192,13 @@ class Checkpointer:
     # first save here). It pays only across hosts, and only for big arrays.
     global _HANDLER_SET
     if not _HANDLER_SET:
-      verbosity = logging.get_verbosity()
-      logging.set_verbosity(logging.ERROR)  # orbax warns that it overrides its default
-      try:
+      with _errors_only():  # orbax warns that it overrides its default
         ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
             use_replica_parallel=jax.process_count() > 1,
             min_slice_bytes_for_replica_parallel=1 << 20), override=True)
-      finally:
-        logging.set_verbosity(verbosity)
       _HANDLER_SET = True
-    verbosity = logging.get_verbosity()
-    if read_only:  # orbax warns that a reader is one, and what it set for it
-      logging.set_verbosity(logging.ERROR)
-    try:
+    # A reader: orbax warns that it is one, and what it set for it.
+    with _errors_only() if read_only else contextlib.nullcontext():
       self.manager = ocp.CheckpointManager(
           self.directory,
           item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -201,8 +207,6 @@ class Checkpointer:
               max_to_keep=None if read_only else keep, enable_async_checkpointing=async_save,
               create=not read_only, cleanup_tmp_directories=not read_only,
               save_interval_steps=0 if read_only else 1, read_only=read_only))
-    finally:
-      logging.set_verbosity(verbosity)
     self.pending = None  # the step being saved in the background
     self.stuck = False  # a save did not finish in its time: exit without waiting
 

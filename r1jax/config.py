@@ -28,7 +28,11 @@ class ConfigError(ValueError):
 
   def __init__(self, key: str, message: str):
     super().__init__(f'config.{key}: {message}')
-    self.key = key
+    self.key, self.message = key, message
+
+  def within(self, section: str) -> 'ConfigError':
+    """The same error named from the enclosing config (a pipeline's stage)."""
+    return ConfigError(f'{section}.{self.key}', self.message)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:

@@ -140,7 +140,7 @@ def validate(config) -> list[str]:
           from r1jax import sft  # pylint: disable=g-import-not-at-top
           sft.validate(c)
     except rc.ConfigError as e:
-      raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+      raise e.within(stage) from None
   return names
 
 
@@ -321,7 +321,7 @@ def _run(config, names: list[str], root: epath.Path, launch_run) -> dict:
     try:
       result = _run_stage(config, stage, launch_run)
     except rc.ConfigError as e:  # named as the pipeline's key
-      raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+      raise e.within(stage) from None
     record = {'name': stage, 'kind': kind, 'output': output_of(config, stage),
               'minutes': (time.time() - t0) / 60,
               'metrics': _final_metrics(root / stage, kind, result)}

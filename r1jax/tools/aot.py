@@ -360,20 +360,26 @@ def check_pipeline(config, devices) -> dict:
   configs/distill.py) with its inputs wired as the pipeline would, stages
   not run yet standing in by their shapes (the base's, or the preset's);
   rejection sampling is checked as its sampler. Keys: '<stage>.<key>'."""
-  from r1jax import pipeline  # pylint: disable=g-import-not-at-top
-  config = rc.ConfigDict(config.to_dict())
-  placeholder = '' if config.pipeline.base else 'aot: the preset'
-  config.pipeline.base = config.pipeline.base or placeholder
   report = {}
-  for stage in pipeline.stage_names(config):
-    c = stage_config(config, stage, placeholder)
+  for stage, c in _stage_configs(config):
     print(f'[aot] stage {stage} ({config.pipeline.kinds[stage]})', flush=True)
     try:
       part = dispatch(c, devices, rm_view=_stage_rm_view(config))
     except rc.ConfigError as e:
-      raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+      raise e.within(stage) from None
     report.update({f'{stage}.{k}': v for k, v in part.items()})
   return report
+
+
+def _stage_configs(config):
+  """(stage, its config) of each selected stage, wired as stage_config
+  does, with the preset standing in for a base the config does not give."""
+  from r1jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = rc.ConfigDict(config.to_dict())
+  placeholder = '' if config.pipeline.base else 'aot: the preset'
+  config.pipeline.base = config.pipeline.base or placeholder
+  for stage in pipeline.stage_names(config):
+    yield stage, stage_config(config, stage, placeholder)
 
 
 def validate(config) -> None:
@@ -381,15 +387,11 @@ def validate(config) -> None:
   pipeline first: a bad key of its last stage is not found after its first
   has compiled."""
   if 'pipeline' in config:
-    config = rc.ConfigDict(config.to_dict())
-    placeholder = '' if config.pipeline.base else 'aot: the preset'
-    config.pipeline.base = config.pipeline.base or placeholder
-    from r1jax import pipeline  # pylint: disable=g-import-not-at-top
-    for stage in pipeline.stage_names(config):
+    for stage, c in _stage_configs(config):
       try:
-        validate(stage_config(config, stage, placeholder))
+        validate(c)
       except rc.ConfigError as e:
-        raise rc.ConfigError(f'{stage}.{e.key}', str(e).split(': ', 1)[1]) from None
+        raise e.within(stage) from None
   elif 'benchmarks' in config:
     from r1jax import eval_command  # pylint: disable=g-import-not-at-top
     eval_command.validate(config)
