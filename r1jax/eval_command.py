@@ -24,6 +24,8 @@ def validate(c) -> None:
   def need(ok, key, message):
     if not ok:
       raise rc.ConfigError(key, message)
+  need('benchmarks' in c, 'benchmarks', 'none: a training config (run it with python -m '
+       'r1jax.launch); this command takes configs/eval.py or configs/rejection.py')
   need(isinstance(c.k, int) and c.k >= 1, 'k', f'{c.k!r}: samples per question, an integer >= 1')
   need(all(isinstance(j, int) and 1 <= j <= c.k for j in c.pass_k), 'pass_k',
        f'{c.pass_k!r}: integers from 1 to k = {c.k}')

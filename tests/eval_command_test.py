@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, config_file
 from r1jax import base, config as rc, eval_command, evaluate as ev, metrics
 from r1jax.data import tasks
 
@@ -173,6 +173,8 @@ def test_bad_configs_fail_naming_the_key(tmp_path, tfds_dir):
   # path that is a file.
   with pytest.raises(rc.ConfigError, match=r'config.max_new_tokens: .* = \d+ exceeds the model'):
     eval_command.run(_config(tmp_path, tfds_dir, max_new_tokens=1000))
+  with pytest.raises(rc.ConfigError, match='config.benchmarks: none: a training config'):
+    eval_command.run(config_file('zero', None))  # another command's config
   (tmp_path / 'afile').write_text('')
   with pytest.raises(rc.ConfigError, match='config.out: .*afile: File exists'):
     eval_command.run(_config(tmp_path, tfds_dir, out='afile'))
