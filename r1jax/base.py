@@ -30,6 +30,7 @@ the answer forced without thinking and with the chain started.
 import json
 import os
 import random
+import re
 import time
 from typing import Callable
 
@@ -39,7 +40,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from r1jax import models, sft
+from r1jax import config as rc, models, sft
 from r1jax.data import tasks
 from r1jax.data.templates import NO_THINKING, TAGS, r1_zero_prompt
 from r1jax.rollout import SamplingConfig, generate
@@ -192,14 +193,12 @@ def greedy_accuracy(graphdef, params, tokenizer, examples, max_new: int,
                         for x, t, e in zip(ends, texts, examples)]))
 
 
-def build(c: ml_collections.ConfigDict) -> str:
-  """Builds the base into c.dir unless it is there; returns c.dir."""
-  if not c.dir or not c.data_dir:
-    raise ValueError(f'base.dir and base.data_dir must be set, got {c.dir!r}, {c.data_dir!r}')
+def build(c: ml_collections.ConfigDict, section: str = 'base') -> str:
+  """Builds the base into c.dir unless it is there; returns c.dir. Bad
+  settings raise config.ConfigError, their keys named under `section`."""
+  rc.check_base(c, section)
   if os.path.exists(os.path.join(c.dir, 'base_report.json')):
     return c.dir
-  if c.task != 'arithmetic':
-    raise ValueError(f'base.task: only arithmetic has imperfect solutions, got {c.task!r}')
   t0 = time.time()
   print(f'[base] building the tiny base model into {c.dir} (once; up to {c.max_steps} steps '
         f'or {c.max_minutes} min, a progress line every {c.eval_every} steps): tokenizer and '
@@ -237,14 +236,21 @@ def build(c: ml_collections.ConfigDict) -> str:
   corpus = [prompts[i] + chain_completion(train_ex[i]['question']) for i in sample]
   if general_ex:
     corpus += [''.join(general_row(True)) for _ in range(int(len(sample) * c.general_fraction))]
-  _train_tokenizer(corpus, tok_path, c.vocab_size, c.number_symbols)
+  try:
+    _train_tokenizer(corpus, tok_path, c.vocab_size, c.number_symbols)
+  except RuntimeError as e:  # sentencepiece's: too small a vocabulary for the corpus
+    need = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
+    if not need:
+      raise
+    raise rc.ConfigError(f'{section}.vocab_size' if section else 'vocab_size',
+                         f'{c.vocab_size} is smaller than the {need[1]} pieces the tokenizer '
+                         'must hold (its reserved pieces and every character of the corpus)'
+                         ) from None
   os.replace(tok_path + '.model', os.path.join(c.dir, 'tokenizer.model'))
   os.remove(tok_path + '.vocab')
   from r1jax.tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
   tok = SentencePieceTokenizer(os.path.join(c.dir, 'tokenizer.model'))
 
-  if c.arch not in ('qwen2', 'llama'):
-    raise ValueError(f"base.arch: 'qwen2' or 'llama', got {c.arch!r}")
   cfg = models.ModelConfig(arch=c.arch, vocab_size=tok.vocab_size, qkv_bias=c.arch == 'qwen2',
                            tie_embeddings=True, max_position_embeddings=512,
                            eos_token_id=tok.eos_id, **c.model)
@@ -322,13 +328,16 @@ def describe(directory: str) -> str:
 
 def main(argv):
   del argv
+  import sys  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from r1jax import metrics  # pylint: disable=g-import-not-at-top
   log = metrics.LibraryLog()  # library INFO to a file, not the console
   try:
     print(f'[base] library log: {log.to(tempfile.mkdtemp(prefix="r1jax-base-"))}', flush=True)
-    build(flags.FLAGS.config)
+    build(flags.FLAGS.config, section='')
+  except rc.ConfigError as e:
+    sys.exit(f'FATAL: {e}')
   finally:
     log.close()
 
@@ -337,6 +346,5 @@ if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'configs/base_tiny.py[:r1]')
-  from r1jax import config as _rc  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=lambda argv: _rc.parse_flags(
+  app.run(main, flags_parser=lambda argv: rc.parse_flags(
       argv, 'python -m r1jax.base --config=configs/base_tiny.py'))

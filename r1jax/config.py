@@ -17,7 +17,8 @@ from etils import epath
 from r1jax import grpo, kernels, workdir as wd
 from r1jax.kernels import attention
 from r1jax.data.tasks import TASKS, VERIFIERS
-from r1jax.models.config import PRESETS
+from r1jax.data.templates import TAGS
+from r1jax.models.config import PRESETS, ModelConfig
 from r1jax.rewards import CORRECTNESS, MODEL_REWARD, REWARDS, load_reward
 
 ConfigDict = ml_collections.ConfigDict
@@ -413,6 +414,36 @@ def model_ckpt(config: ConfigDict) -> str:
   return built.dir if built is not None else base.SHIPPED
 
 
+def check_base(c: ConfigDict, section: str = 'base') -> None:
+  """A tiny base build's settings (r1jax/base.py), before it prepares data
+  or trains: the table's checks, then what they need of each other. Keys are
+  named under `section` ('base' in a training config; '' for python -m
+  r1jax.base, whose config is the section itself)."""
+  def error(key: str, message: str) -> ConfigError:
+    return ConfigError(f'{section}.{key}' if section else key, message)
+  try:
+    check_keys(ConfigDict({'base': c.to_dict()}))
+  except ConfigError as e:
+    raise error(e.key.removeprefix('base.'), e.message) from None
+  for key, what in (('dir', 'where the base is built'), ('data_dir', 'where TFDS prepares its task')):
+    if not c[key]:
+      raise error(key, f'must be set: {what}')
+  if c.task != 'arithmetic':
+    raise error('task', f"only 'arithmetic' has the imperfect solutions a base learns from, "
+                f'got {c.task!r}')
+  # The tokenizer holds 3 special pieces, the tags and the numbers 10 .. N-1
+  # as pieces of their own, then every character of the corpus (~45).
+  reserved = 3 + len(TAGS) + max(0, c.number_symbols - 10)
+  if c.vocab_size <= reserved:
+    raise error('vocab_size', f'{c.vocab_size} leaves no room for the corpus: {reserved} pieces '
+                f'are reserved (3 special, {len(TAGS)} tags, the numbers 10..'
+                f'{c.number_symbols - 1}); raise it or lower number_symbols')
+  try:
+    ModelConfig(arch=c.arch, vocab_size=c.vocab_size, **c.model)
+  except (TypeError, ValueError) as e:
+    raise error('model', str(e)) from None
+
+
 def _get(config: ConfigDict, key: str) -> tuple[bool, Any]:
   node = config
   for part in key.split('.'):
@@ -485,7 +516,10 @@ def validate(config: ConfigDict) -> ConfigDict:
   check_keys(config)
   model = config.model
   validate_attention(model)
-  to_build = base_to_build(config) is not None
+  built = base_to_build(config)
+  to_build = built is not None
+  if to_build:
+    check_base(built)
   ckpt = model_ckpt(config)
   if to_build and not wd.is_local(config.workdir):
     raise ConfigError('base.rebuild', f'the tiny base is built on local disk; with the workdir '

@@ -1,5 +1,7 @@
 """Configs: the :arg parser, overrides, and validation that names the key."""
 import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -316,3 +318,41 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
       sys.argv = saved
       flags.FLAGS.unparse_flags()
     assert error.__name__ in str(e.value) or isinstance(e.value, error), e.value
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('lr', -1.0, 'lr: must be a finite number > 0'),  # trained 1.7 min with the wrong sign
+    ('dir', '', 'dir: must be set'),
+    ('task', 'countdown', "task: only 'arithmetic'"),
+    ('arch', 'gpt', "arch: must be 'qwen2' or 'llama'"),
+    ('vocab_size', 96, 'vocab_size: 96 leaves no room for the corpus: 97 pieces'),
+    ('model.num_heads', 3, 'model: model.num_heads=3 is not a multiple of model.num_kv_heads=2'),
+])
+def test_a_bad_base_build_setting_is_named_before_any_data_or_training(key, value, message):
+  """The tiny base's build (python -m r1jax.base, or a run's base.rebuild)
+  checks its settings before it prepares data: a negative learning rate
+  trained for minutes, the others were tracebacks from sentencepiece, the
+  model or the build."""
+  from conftest import config_file, zero_config
+  c = config_file('base_tiny', None)
+  c.update_from_flattened_dict({key: value})
+  with pytest.raises(rc.ConfigError, match=f'^config.{re.escape(message)}'):
+    rc.check_base(c, section='')
+  run = zero_config(None)
+  run.base.rebuild = True
+  run.base.update_from_flattened_dict({key: value})
+  if key != 'dir':  # a run sets <workdir>/base
+    with pytest.raises(rc.ConfigError, match=f'^config.base.{re.escape(message)}'):
+      rc.validate(run)
+
+
+def test_the_base_command_ends_a_bad_setting_with_one_line(tmp_path):
+  """Also what sentencepiece alone knows: the corpus's characters."""
+  done = subprocess.run(
+      [sys.executable, '-m', 'r1jax.base', f'--config={ROOT}/configs/base_tiny.py',
+       f'--config.dir={tmp_path}/b', f'--config.data_dir={tmp_path}/tfds',
+       '--config.vocab_size=120'], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      'FATAL: config.vocab_size: 120 is smaller than the 140 pieces'), done.stderr
+  assert not (tmp_path / 'b' / 'model.safetensors').exists()
