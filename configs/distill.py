@@ -14,7 +14,7 @@ the same student trained by R1-Zero RL alone is the comparison.
 Default — teacher: the final policy of configs/r1.py's default run
 (workdir/r1-tiny/rl, pass@1 0.932; run that first); student: the smaller
 base shipped for this (r1jax/assets/base-tiny-student: Llama-shaped, 3
-layers of width 96, 0.4M parameters, its own 256-piece tokenizer,
+layers of width 96, 0.32M parameters, its own 256-piece tokenizer,
 pretrained on the R1-Zero corpus); the built-in arithmetic task; 2 CPU
 cores. Time: about 11 min (rs 1.0, student 5.6 measured 2026-12-07; rl_only
 4.4 on 2026-12-04). Result (held-out pass@1, 256 questions x 4 at T 0.6):

@@ -7,7 +7,7 @@ smallest or largest first: the right response chosen, a plausible wrong one
 rejected), scoring the summary (after </think>), on a CPU:
   python -m r1jax.launch --config=configs/rm.py
   Hardware: 2 CPU cores. Time and result (measured 2026-12-07; configs/r1.py's
-  rm stage is this run): 4.5 min (16,384 pairs, 512 steps), held-out
+  rm stage is this run): 4.9 min (16,384 pairs, 512 steps), held-out
   pairwise accuracy 0.930 (256 pairs). On 500 test questions, one wrong
   form each: 0.902 (sort 0.90, largest first 0.90; by wrong form: the
   numbers as given 1.00, the other order 1.00, a neighbouring pair swapped

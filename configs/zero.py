@@ -2,7 +2,7 @@
 
 Default — the tiny base shipped with r1jax + the built-in arithmetic task, on a CPU:
   python -m r1jax.launch --config=configs/zero.py
-  Hardware: 2 CPU cores. Time: about 3 min (60 GRPO steps: 32 prompts x 8
+  Hardware: 2 CPU cores. Time: about 2 min (60 GRPO steps: 32 prompts x 8
   samples, up to 32 new tokens; no base build: r1jax/assets/base-tiny ships).
   Result (measured, see README): held-out pass@1 (256 questions, T 0.6,
   top-p 0.95, k 4) 0.585 at step 0 -> 0.826 at step 60 (0.83 by step 20);
@@ -72,8 +72,8 @@ def get_config(arg: str | None = None):
                 # (7.8 TB in bf16 for Qwen2.5-1.5B) does not fit a v5p-64's
                 # HBM, an eighth at a time (31 GB a chip) does; each update's
                 # 512 completions in 2 micro-batches. Qwen2.5-1.5B on v5p-64
-                # (r1jax.tools.aot): 91.74 GiB a chip of 95 (47.55 with
-                # decode_slots=512, pack=True).
+                # (r1jax.tools.aot): 46.20 GiB a chip of 95 (47.57 with
+                # decode_slots=512, pack=True; README).
                 rollout_chunks=8, grad_accum=2)
     c.steps = 650
     c.eval_every = 25

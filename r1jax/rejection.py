@@ -134,6 +134,9 @@ def summarize(counts: dict) -> dict:
 
 def validate(c) -> None:
   eval_command.validate(c)
+  if 'filters' not in c:
+    raise rc.ConfigError('filters', 'none: an evaluation config (run it with python -m '
+                         'r1jax.evaluate); this command takes configs/rejection.py')
   f = c.filters
   for key, ok, what in (
       ('keep', c.keep in ('one', 'all'), "'one' or 'all'"),

@@ -175,6 +175,9 @@ def test_bad_configs_fail_naming_the_key(tmp_path, tfds_dir):
     eval_command.run(_config(tmp_path, tfds_dir, max_new_tokens=1000))
   with pytest.raises(rc.ConfigError, match='config.benchmarks: none: a training config'):
     eval_command.run(config_file('zero', None))  # another command's config
+  from r1jax import rejection  # pylint: disable=g-import-not-at-top
+  with pytest.raises(rc.ConfigError, match='config.filters: none: an evaluation config'):
+    rejection.run(_config(tmp_path, tfds_dir))  # an AttributeError traceback before
   (tmp_path / 'afile').write_text('')
   with pytest.raises(rc.ConfigError, match='config.out: .*afile: File exists'):
     eval_command.run(_config(tmp_path, tfds_dir, out='afile'))
