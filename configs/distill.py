@@ -16,8 +16,9 @@ Default — teacher: the final policy of configs/r1.py's default run
 base shipped for this (r1jax/assets/base-tiny-student: Llama-shaped, 3
 layers of width 96, 0.32M parameters, its own 256-piece tokenizer,
 pretrained on the R1-Zero corpus); the built-in arithmetic task; 2 CPU
-cores. Time: about 11 min (rs 1.0, student 5.6 measured 2026-12-07; rl_only
-4.4 on 2026-12-04). Result (held-out pass@1, 256 questions x 4 at T 0.6):
+cores. Time: 15.7 min measured 2026-12-07 (rs 1.0, student 5.6, rl_only
+9.1 while it shared the cores with a test run; rl_only alone took 4.4 on
+2026-12-04, README). Result (held-out pass@1, 256 questions x 4 at T 0.6):
 the student 0.397 -> 0.902 on 10,888 traces of 12,288 prompts, 2 epochs
 (97% of the teacher's 0.932); RL alone 0.397 -> 0.509 in about the same
 time: distilling beats RL on the small model.

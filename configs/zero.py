@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
     # <workdir>/base with --config.base.rebuild=True (configs/base_tiny.py).
     c.base = base.default_config()
     c.task = 'arithmetic'
-    # Held-out pass@1 flattens by step 20-40 (README); 60 steps leave room.
+    # Held-out pass@1 flattens by step 20-30 (README); 60 steps leave room.
     c.steps = 60
     c.eval_every = 20
     c.checkpoint_every = 20

@@ -58,7 +58,7 @@ def validate(c) -> None:
          f'{b.get("format")!r}: one of {sorted(bm.FORMATS)}')
     builtin = b['format'] in ('arithmetic', 'countdown', 'general') and not b.get('path')
     need(builtin or b.get('path'), f'{key}.path', 'a .jsonl or .parquet file (only the '
-         'built-in tasks arithmetic and countdown have none)')
+         'built-in tasks arithmetic, countdown and general have none)')
     if not builtin:
       need(str(b['path']).endswith(('.jsonl', '.parquet')), f'{key}.path',
            f'{b["path"]}: a .jsonl or .parquet file')
