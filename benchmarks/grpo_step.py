@@ -1,7 +1,7 @@
 """Speed of one GRPO step on this machine, as a fraction of its own matmul peak.
 
   python benchmarks/grpo_step.py [--steps 3] [--prompts 8 --group 8 --new-tokens 64]
-      [--attention auto|dense|blockwise] [--grad-accum A]
+      [--attention auto|dense|blockwise] [--grad-accum A] [--dtype float32|bfloat16]
       [--compare [--baseline 714ff0e|dense|trl|trl-no-ckpt [--trl-python PY]]]
 
 Model: Qwen2-shaped, 4 layers, width 256, 4 heads, 2 KV heads, MLP 768, vocab
@@ -130,7 +130,8 @@ def compare(args):
   import tempfile  # pylint: disable=g-import-not-at-top
   shape = [f'--steps={args.steps}', f'--prompts={args.prompts}', f'--group={args.group}',
            f'--new-tokens={args.new_tokens}']
-  new = [sys.executable, __file__, '--json', *shape, f'--grad-accum={args.grad_accum}']
+  new = [sys.executable, __file__, '--json', *shape, f'--grad-accum={args.grad_accum}',
+         f'--dtype={args.dtype}']
   with tempfile.TemporaryDirectory() as tmp:
     if args.baseline == 'dense':
       old = [sys.executable, __file__, '--json', *shape, '--attention=dense']
@@ -172,6 +173,9 @@ def main():
   parser.add_argument('--attention', default='auto')
   parser.add_argument('--grad-accum', type=int, default=1,
                       help='micro-batches per update (rl.grad_accum): activations of B/A prompts')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help="the matmuls' dtype (model.dtype; weights stay f32); with --compare, "
+                           "this checkout's runs only")
   parser.add_argument('--compare', action='store_true')
   parser.add_argument('--baseline', default=BASELINE,
                       help="--compare's baseline: a commit of this repository, 'dense', or "
@@ -184,7 +188,8 @@ def main():
   if args.compare:
     return compare(args)
   B, G, T = args.prompts, args.group, args.new_tokens
-  CFG = CFG.replace(attention=args.attention, max_position_embeddings=max(4096, P + T))
+  CFG = CFG.replace(attention=args.attention, dtype=args.dtype,
+                    max_position_embeddings=max(4096, P + T))
 
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   sampling = SamplingConfig(max_new_tokens=T, temperature=1.0, eos_ids=())
