@@ -68,7 +68,8 @@ def test_summarize_by_hand():
   rates = np.array([0.5, 0.25, 0.0])
   assert m['pass@1'] == pytest.approx(rates.mean())
   assert m['pass@1_stderr'] == pytest.approx(rates.std(ddof=1) / math.sqrt(3))
-  assert m['pass@2'] == pytest.approx((est.pass_at_k(4, 2, 2) + est.pass_at_k(4, 1, 2)) / 3)
+  # pass@2 = 1 - C(n-c, 2)/C(n, 2): q0 1 - 1/6, q1 1 - 3/6, q2 0.
+  assert m['pass@2'] == pytest.approx((5 / 6 + 1 / 2 + 0) / 3)
   assert m['pass@4'] == pytest.approx(2 / 3)
   # cons@2: q0 tie 0-1 -> candidate 0 (correct); q1 tie -> candidate 0 (wrong); q2 no answer.
   assert m['cons@2'] == pytest.approx(1 / 3)

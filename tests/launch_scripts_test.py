@@ -27,14 +27,24 @@ def test_scripts_exist_and_pass_shellcheck():
   subprocess.run([shellcheck, '--severity=style', *SCRIPTS], check=True, timeout=120)
 
 
+def _shell_words(line):
+  """The words bash makes of `line` (one round of unquoting)."""
+  return subprocess.run(['bash', '-c', f"printf '%s\\n' {line}"], capture_output=True, text=True,
+                        check=True).stdout.splitlines()
+
+
 def test_tpu_vm_dry_run():
   out = dry_run('tpu_vm.sh', '--tpu', 'pod-a', '--zone', 'us-east5-a').splitlines()
   assert out[0].startswith('git -C') and 'archive' in out[0]
   assert all('--worker=all' in line for line in out if line.startswith('gcloud'))
   run = next(line for line in out if 'r1jax.launch' in line)
   assert 'R1JAX_DISTRIBUTED=1' in run
-  # The launch arguments survive two rounds of quoting (local shell, ssh).
-  assert 'run\\\\\\ 1' in run or "run\\ 1" in run
+  # The launch arguments survive two rounds of quoting: the local shell's
+  # (the words gcloud gets) and the workers' (the command ssh runs).
+  words = _shell_words(run)
+  remote = words[words.index('--command') + 1]
+  passed = remote.split('python -m r1jax.launch ', 1)[1].split(' 2>&1', 1)[0]
+  assert _shell_words(passed) == ARGS
   assert out[-1].startswith('gcloud compute tpus tpu-vm scp pod-a:r1jax-')
 
 
@@ -49,11 +59,8 @@ def test_slurm_dry_run():
   out = dry_run('slurm.sh', '--nodes', '4', '--partition', 'gpu')
   assert '#SBATCH --nodes=4' in out and '#SBATCH --partition=gpu' in out
   srun = next(line for line in out.splitlines() if line.startswith('srun '))
-  quoted = srun.removeprefix('srun python -m r1jax.launch ')
   # What the batch script's shell will pass to the launcher: the arguments as given.
-  args = subprocess.run(['bash', '-c', f"printf '%s\\n' {quoted}"], capture_output=True,
-                        text=True, check=True).stdout.splitlines()
-  assert args == ARGS
+  assert _shell_words(srun.removeprefix('srun python -m r1jax.launch ')) == ARGS
   assert out.rstrip().endswith('sbatch logs/r1jax-slurm.sbatch')
 
 

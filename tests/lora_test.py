@@ -107,7 +107,7 @@ def test_bad_lora_settings_are_refused():
     models.get_preset('tiny', lora_rank=4)
 
 
-def test_a_lora_run_trains_resumes_and_exports_merged_and_peft(tmp_path, tfds_dir):
+def test_a_lora_run_trains_resumes_and_exports_merged_and_peft(tmp_path, tfds_dir, capsys):
   """configs/zero.py:smoke with lora.rank=4 on a (data 2, fsdp 2, tensor 2)
   mesh: the checkpoints hold the adapters only, a rerun resumes, and the
   export is the merged model plus the adapters in PEFT's layout."""
@@ -123,12 +123,22 @@ def test_a_lora_run_trains_resumes_and_exports_merged_and_peft(tmp_path, tfds_di
   spec = json.load(open(tmp_path / 'run' / 'model' / 'lora.json'))
   assert spec['rank'] == 4 and spec['base'] == rc.model_ckpt(c)
   c.steps = 3
+  capsys.readouterr()
   launch.run(c)  # resumes from the adapters' checkpoint
+  assert f"resumed from {tmp_path / 'run' / 'checkpoints'}/2" in capsys.readouterr().out
   rows = metrics.read_jsonl(str(tmp_path / 'run' / 'metrics.jsonl'))
   assert [r['step'] for r in rows if 'reward/total' in r] == [1, 2, 3]
+  # The checkpoint's parameters are the adapters, and all of them.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  tree = ocp.PyTreeCheckpointer().metadata(
+      str(tmp_path / 'run' / 'checkpoints' / '3' / 'state')).item_metadata.tree['params']
+  names = ['/'.join(str(getattr(k, 'key', k)) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  assert names and all('_lora_' in n for n in names), names
   out = str(tmp_path / 'hf')
   export.export(str(tmp_path / 'run'), out)
   model = export.load(str(tmp_path / 'run'))
+  assert len(names) == len(jax.tree.leaves(lora.split(model)[1]))
   tokens = _tokens(model.cfg)
   want = np.asarray(model(tokens))
   np.testing.assert_allclose(np.asarray(models.load_hf(out)(tokens)), want, atol=1e-4)

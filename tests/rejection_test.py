@@ -71,7 +71,7 @@ def test_each_filter_drops_what_it_names_and_the_summary_counts_them():
   assert len(everything) == 9 and counts['kept'] == 9  # sample 3's text is sample 0's
 
 
-def test_a_run_writes_traces_the_sft_trainer_reads(tmp_path, tfds_dir):
+def test_a_run_writes_traces_the_sft_trainer_reads(tmp_path, tfds_dir, capsys):
   c = config_file('rejection', 'limit=16,k=2')
   c.out = str(tmp_path / 'rs')
   c.data_dir = tfds_dir
@@ -86,4 +86,6 @@ def test_a_run_writes_traces_the_sft_trainer_reads(tmp_path, tfds_dir):
   assert len({r['provenance']['id'] for r in records}) == len(records)  # one per prompt
   pairs = [sft.record_text(r, 'none') for r in records]
   assert pairs[0] == (records[0]['prompt'], records[0]['completion'])
+  capsys.readouterr()
   assert rejection.run(c) == summary  # done: read back, nothing sampled
+  assert 'is done (summary.json); nothing to do' in capsys.readouterr().out

@@ -56,9 +56,11 @@ def test_accuracy():
   assert acc('<answer></answer>', '17') == 0.0
   assert acc('<answer>17</answer> wait, <answer>18</answer>', '17') == 0.0
   assert acc('<answer>18</answer> wait, <answer>17</answer>', '17') == 1.0
-  for bad in ['<answer><answer>17</answer>', '</answer>17<answer>', '\\boxed{\\frac{1}{',
-              '<answer>\\frac{</answer>', '<answer>}}}{{</answer>']:
-    assert acc(bad, '17') in (0.0, 1.0)
+  # Malformed: scored, never a crash; the innermost closed pair counts.
+  assert acc('<answer><answer>17</answer>', '17') == 1.0
+  for bad in ['</answer>17<answer>', '\\boxed{\\frac{1}{', '<answer>\\frac{</answer>',
+              '<answer>}}}{{</answer>']:
+    assert acc(bad, '17') == 0.0, bad
 
 
 def test_accuracy_off_main_thread():

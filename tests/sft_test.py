@@ -180,6 +180,7 @@ def test_a_lora_step_trains_only_the_adapters_and_dropout_draws_from_the_step():
                             attention_block=8)
   model = lora.add(models.create(cfg, seed=0), 4, 8.0, ('q', 'v', 'down'))
   graphdef, adapters, frozen = lora.split(model)
+  frozen_before = jax.tree.map(np.array, frozen)
   rows = sft.pack_rows(_encoded(n=40), 16)
   rows = sft.PackedRows(*(x[:8] for x in rows))._asdict()
   optimizer = optax.adam(1e-2)
@@ -205,9 +206,11 @@ def test_a_lora_step_trains_only_the_adapters_and_dropout_draws_from_the_step():
   diff = lambda x, y: max(np.abs(a - b).max() for a, b in zip(  # noqa: E731
       jax.tree.leaves(x), jax.tree.leaves(y)))
   assert diff(dropped, plain) > 0 and diff(dropped, again) == 0 and diff(dropped, other) > 0
-  # The frozen base is an argument: the step never changed it.
-  np.testing.assert_array_equal(jax.tree.leaves(frozen)[0],
-                                jax.tree.leaves(lora.split(model)[2])[0])
+  # The state is the adapters only; the frozen base is an argument the
+  # steps neither donate (a donated array could not be read now) nor change.
+  names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(plain)]
+  assert names and all('_lora_' in n for n in names), names
+  jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.asarray, frozen))
 
 
 def test_cosine_schedule_decays_to_the_final_ratio():
@@ -279,7 +282,7 @@ def test_a_lora_sft_run_exports_the_merged_model_and_the_adapters(tmp_path, tfds
     rc.validate(c2)
 
 
-def test_an_sft_run_on_a_records_file_resumes_exactly_and_exports(tmp_path, tfds_dir):
+def test_an_sft_run_on_a_records_file_resumes_exactly_and_exports(tmp_path, tfds_dir, capsys):
   from r1jax import launch  # pylint: disable=g-import-not-at-top
   data = tmp_path / 'traces.jsonl'
   r = np.random.default_rng(0)
@@ -307,8 +310,12 @@ def test_an_sft_run_on_a_records_file_resumes_exactly_and_exports(tmp_path, tfds
   launch.run(cut)
   shutil.rmtree(tmp_path / 'cut' / 'checkpoints' / '4')
   shutil.rmtree(tmp_path / 'cut' / 'hf')
+  capsys.readouterr()
   again = launch.run(cut)
   assert again['steps'] == 4
+  # Restored, not retrained: a fresh start would give the same weights too.
+  assert f"resumed from {tmp_path / 'cut' / 'checkpoints'}/2" in capsys.readouterr().out
+  assert not list((tmp_path / 'cut').glob('metrics.jsonl.*.old'))  # a fresh start's move
   resumed = models.load_hf(str(tmp_path / 'cut' / 'hf'))
   for a, b in zip(jax.tree.leaves(nnx.state(exported)), jax.tree.leaves(nnx.state(resumed))):
     np.testing.assert_array_equal(a, b)
@@ -318,3 +325,4 @@ def test_an_sft_run_on_a_records_file_resumes_exactly_and_exports(tmp_path, tfds
       x['sft/loss'] for x in rows if 'sft/loss' in x]
   # A finished run rerun does nothing.
   assert launch.run(cut)['eval/loss'] == again['eval/loss']
+  assert 'holds a finished run (4 of 4 steps); nothing to do' in capsys.readouterr().out

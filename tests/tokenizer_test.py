@@ -112,9 +112,12 @@ def test_batch_left_padding_and_decoding_skips_padding(kind, sp_model, hf_dir):
 
 
 def test_r1_zero_template_is_the_papers_text():
-  prompt = r1_zero_prompt('What is 2+2?')
-  assert prompt.startswith('A conversation between User and Assistant. The user asks a '
-                           'question, and the Assistant solves it.')
-  assert ('i.e., <think> reasoning process here </think> <answer> answer here '
-          '</answer>. User: What is 2+2?. Assistant:') in prompt
+  # Table 1 of arXiv 2501.12948, word for word ('prompt' is the question).
+  paper = ('A conversation between User and Assistant. The user asks a question, and the '
+           'Assistant solves it. The assistant first thinks about the reasoning process in the '
+           'mind and then provides the user with the answer. The reasoning process and answer '
+           'are enclosed within <think> </think> and <answer> </answer> tags, respectively, '
+           'i.e., <think> reasoning process here </think> <answer> answer here </answer>. '
+           'User: prompt. Assistant:')
+  assert r1_zero_prompt('What is 2+2?') == paper.replace('User: prompt.', 'User: What is 2+2?.')
   assert R1_ZERO_TEMPLATE.count('{question}') == 1

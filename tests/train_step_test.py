@@ -388,7 +388,8 @@ def _lora_run(mesh):
 def test_a_lora_step_trains_only_the_adapters_and_equals_one_device_on_a_mesh():
   m1, s1, base_before, base_after = _lora_run(None)
   # The state holds the adapters (and their optimizer state) only; the base
-  # is an argument the step leaves as it was.
+  # is an argument the step does not donate (a donated array could not be
+  # read after it) and leaves as it was.
   names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(s1.params)[0]}
   assert names and all('_lora_' in n for n in names)
   jax.tree.map(np.testing.assert_array_equal, base_before, base_after)
