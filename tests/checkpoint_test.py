@@ -121,3 +121,32 @@ def test_a_full_disk_names_the_step_and_the_intact_checkpoint(tmp_path):
   assert str(e.value).startswith(f'no space left on {ckpt.directory} while saving step 2; '
                                  'checkpoint 1 is intact')
   ckpt.close()
+
+
+def test_a_full_disk_while_writing_metrics_names_the_step_and_the_intact_checkpoint(tmp_path):
+  """The metrics' write (loop.safe_write): ENOSPC becomes the SaveError a
+  run ends with in one line; other errors pass as they are. (The tmpfs test
+  in faults_test.py fills a real disk where the runner may mount one.)"""
+  import errno
+  from r1jax import loop
+  mesh = shd.make_mesh(8, 1, 1)
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(1, _state(mesh, P(), 1.0), {'step': 1})
+  ckpt.finish()
+
+  class Writer:
+    def __init__(self, error):
+      self.error = error
+
+    def write(self, step, m):
+      raise self.error
+
+  full = loop.safe_write(Writer(OSError(errno.ENOSPC, 'No space left on device')), tmp_path, ckpt)
+  with pytest.raises(SaveError) as e:
+    full(3, {'loss': 1.0})
+  assert str(e.value) == (f'no space left on {tmp_path} while writing the metrics of step 3; '
+                          'checkpoint 1 is intact')
+  denied = loop.safe_write(Writer(PermissionError(errno.EACCES, 'denied')), tmp_path, ckpt)
+  with pytest.raises(PermissionError):
+    denied(3, {'loss': 1.0})
+  ckpt.close()

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 
 import pytest
 from absl import flags
@@ -46,7 +47,7 @@ def test_config_file_with_arg_and_dotted_overrides():
 
 
 def test_unknown_override_is_refused():
-  with pytest.raises(Exception, match='fsdpp'):
+  with pytest.raises(AttributeError, match='Did you mean "fsdp" instead of "fsdpp"'):
     _load([f'--config={ZERO}', '--config.mesh.fsdpp=4'])
 
 
@@ -317,7 +318,9 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     finally:
       sys.argv = saved
       flags.FLAGS.unparse_flags()
-    assert error.__name__ in str(e.value) or isinstance(e.value, error), e.value
+    # The config file's own line is in the traceback the user sees.
+    assert isinstance(e.value, error) or error.__name__ in str(e.value), e.value
+    assert f'File "{path}", line 5' in ''.join(traceback.format_exception(e.value)), e.value
 
 
 @pytest.mark.parametrize('key,value,message', [

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import load_file
 
-from r1jax import base, config as rc, launch, models, pipeline
+from r1jax import base, config as rc, launch, metrics, models, pipeline
 from conftest import ROOT, config_file
 
 
@@ -211,7 +212,17 @@ def test_distill_smoke_trains_a_student_on_a_teachers_traces(tmp_path, tfds_dir)
     d[stage].data_dir = tfds_dir
   summary = launch.run(d)
   assert list(summary['stages']) == ['rs', 'student', 'rl_only']
-  assert (tmp_path / 'distill' / 'student' / 'hf' / 'model.safetensors').exists()
+  # The teacher's kept samples are the traces, and the student trained on
+  # them: its SFT loss lines, and weights moved from its shipped base.
+  kept = summary['stages']['rs']['metrics']['kept']
+  traces = (tmp_path / 'distill' / 'rs' / 'traces.jsonl').read_text().splitlines()
+  assert kept > 0 and len(traces) == kept
+  rows = metrics.read_jsonl(str(tmp_path / 'distill' / 'student' / 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'sft/loss' in r] == [1, 2]
+  student = load_file(str(tmp_path / 'distill' / 'student' / 'hf' / 'model.safetensors'))
+  shipped = load_file(os.path.join(base.SHIPPED_STUDENT, 'model.safetensors'))
+  assert student.keys() == shipped.keys()
+  assert any(np.abs(student[k] - shipped[k]).max() > 0 for k in shipped)
   assert 'eval/pass@1' in summary['stages']['student']['metrics']
   assert 'eval/pass@1' in summary['stages']['rl_only']['metrics']
 

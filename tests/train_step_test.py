@@ -182,7 +182,8 @@ def test_a_continuously_batched_sharded_step_equals_the_static_one(single_device
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-_MOVES = re.compile(r'= \S+ (all-gather|all-to-all|collective-permute|reduce-scatter)\(')
+# An op of these kinds, sync or async, whatever its result type.
+_MOVES = re.compile(r'\b(all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(')
 
 
 @pytest.mark.parametrize('kw', [
@@ -201,6 +202,14 @@ def test_nothing_moves_between_data_shards(kw):
     batch = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
   hlo = step.lower(state, batch).compile().as_text()
   assert not _MOVES.findall(hlo), collections.Counter(_MOVES.findall(hlo))
+
+
+def test_the_moves_pattern_finds_an_fsdp_steps_gathers():
+  """The control of the test above: on an fsdp mesh the weights are
+  gathered, and the pattern sees it in this backend's compiled text."""
+  step, state, batch, _ = _setup(mesh=shd.make_mesh(1, 8, 1), prompts=8)
+  hlo = step.lower(state, batch).compile().as_text()
+  assert 'all-gather' in collections.Counter(_MOVES.findall(hlo)), hlo[:2000]
 
 
 @pytest.mark.parametrize('loss,mesh', [(dict(), None), (dict(ratio='sequence', loss_agg='token_mean'), None),
