@@ -48,14 +48,19 @@ def test_splits_fixed_unique_and_disjoint(splits):
   assert splits['code', 'test'][0]['question'] == ('write a python program: read a line of '
                                                    'numbers and print the largest')
   assert splits['code', 'test'][0]['tests'].startswith('[{"input": "24\\n", "output": "24\\n"}')
-  keys = {
+  assert splits['general', 'test'][0]['question'] == 'sort 34 49 32 23'
+  assert splits['general', 'test'][0]['answer'] == '23 32 34 49'
+  keys = {  # what makes two examples the same question
       'arithmetic': lambda ex: ex['question'],
-      'countdown': lambda ex: (tuple(sorted(ex['numbers'].split(','))), ex['answer'])}
+      'countdown': lambda ex: (tuple(sorted(ex['numbers'].split(','))), ex['answer']),
+      'general': lambda ex: ex['question'],
+      'code': lambda ex: ex['tests']}
   for name, key in keys.items():
     train = {key(ex) for ex in _all(splits[name, 'train'])}
     test = {key(ex) for ex in _all(splits[name, 'test'])}
-    assert (len(train), len(test)) == (20_000, 500)  # no repeats
-    assert not train & test
+    assert (len(train), len(test)) == (len(splits[name, 'train']),
+                                       len(splits[name, 'test'])), name  # no repeats
+    assert not train & test, name
 
 
 def test_arithmetic_answers(splits):
