@@ -21,7 +21,9 @@ rl.grad_accum, and the timed update phase split alike); the baseline runs
 stay at 1. FLOPs are counted analytically (matmuls and attention over
 the causal context actually needed; nothing for masked cache slots), and the
 roofline is an f32 GEMM measured in the same run, so the ratios do not depend
-on how busy the machine is.
+on how busy the machine is (with `--dtype bfloat16`, bf16 matmuls on f32
+weights, the fractions are still of that f32 roofline; `--baseline dense`
+runs in that dtype too, the other baselines in f32).
 
 Printed: seconds per step and the split rollout / reference / update, each as
 a fraction of the roofline. The phases are timed as separately compiled
@@ -134,7 +136,8 @@ def compare(args):
          f'--dtype={args.dtype}']
   with tempfile.TemporaryDirectory() as tmp:
     if args.baseline == 'dense':
-      old = [sys.executable, __file__, '--json', *shape, '--attention=dense']
+      old = [sys.executable, __file__, '--json', *shape, '--attention=dense',
+             f'--dtype={args.dtype}']
       name = 'dense (this checkout, attention=dense)'
     elif args.baseline in ('trl', 'trl-no-ckpt'):
       ckpt = 'off' if args.baseline == 'trl-no-ckpt' else 'on'
@@ -156,7 +159,8 @@ def compare(args):
   best = {a: {k: min(r[k] for r in rs) for k in rs[0]} for a, rs in runs.items()}
   old, new = best['old'], best['new']
   print(f'{args.prompts} prompts x G {args.group} x {args.new_tokens} new tokens; {name} vs '
-        f'this checkout (grad_accum {args.grad_accum}), best of 2 interleaved runs each')
+        f'this checkout (grad_accum {args.grad_accum}, {args.dtype} matmuls), best of 2 '
+        'interleaved runs each')
   for k in ('rollout', 'reference', 'update', 'step'):
     print(f'{k:>9}: {old[k] * 1e3:8.1f} ms -> {new[k] * 1e3:8.1f} ms  {old[k] / new[k]:5.2f}x faster')
   print(f'{"peak RSS":>9}: {old["rss_mib"]:8.0f} MiB -> {new["rss_mib"]:8.0f} MiB  '
@@ -264,7 +268,8 @@ def main():
     print(json.dumps({**seconds, 'step': whole, 'rss_mib': rss}))
     return
 
-  print(f'matmul roofline (f32 2048^3 GEMM, best of both ends of the run): {peak / 1e9:.0f} GFLOP/s')
+  print(f'{args.dtype} matmuls; matmul roofline (f32 2048^3 GEMM, best of both ends of the run): '
+        f'{peak / 1e9:.0f} GFLOP/s')
   total = sum(flops.values())
   for name in ('rollout', 'reference', 'update'):
     s = seconds[name]

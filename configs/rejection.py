@@ -8,9 +8,11 @@ Default: the tiny base shipped with r1jax on 1,024 of the built-in
 arithmetic task's training questions x 4 samples (T 1.0); one correct,
 well-formed, unmixed sample kept per question (the shortest).
 
-Arg keys: ckpt, bench, r1, chat and k, as configs/eval.py's, and limit
-(the training questions sampled, default 1,024). Keys: configs/eval.py's
-(temperature, …; steps only 'latest': one checkpoint is sampled) plus: out ('' : <ckpt>/rejection), keep ('one' per prompt or 'all' that
+Arg keys: ckpt, bench, r1 and chat as configs/eval.py's; k (samples per
+question, default 4); limit (the built-in task's training questions
+sampled, default 1,024; a `bench` file sets its own limit). Keys:
+configs/eval.py's (temperature, …; steps only 'latest': one checkpoint is
+sampled) plus: out ('' : <ckpt>/rejection), keep ('one' per prompt or 'all' that
 pass, distinct), choose (which one: 'shortest' or 'first'), and filters:
 correct, format, complete (not truncated), min_language (share of
 target-language words in the chain; 0: off), language ('en' or 'zh', unless

@@ -162,16 +162,18 @@ def _train_tokenizer(texts: list[str], path: str, vocab_size: int, number_symbol
   corpus = path + '.corpus.txt'
   with open(corpus, 'w') as f:
     f.write('\n'.join(texts))
-  spm.SentencePieceTrainer.train(
-      input=corpus, model_prefix=path, vocab_size=vocab_size, model_type='bpe',
-      # Numbers below `number_symbols` are single tokens (one step's result is
-      # one prediction); longer ones split into those pieces.
-      user_defined_symbols=list(TAGS) + [str(i) for i in range(10, number_symbols)],
-      split_digits=True, character_coverage=1.0,
-      bos_id=-1, eos_id=1, pad_id=2, unk_id=0, max_sentencepiece_length=64,
-      split_by_whitespace=False, minloglevel=2,
-      num_threads=os.cpu_count() or 1)
-  os.remove(corpus)
+  try:
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=path, vocab_size=vocab_size, model_type='bpe',
+        # Numbers below `number_symbols` are single tokens (one step's result is
+        # one prediction); longer ones split into those pieces.
+        user_defined_symbols=list(TAGS) + [str(i) for i in range(10, number_symbols)],
+        split_digits=True, character_coverage=1.0,
+        bos_id=-1, eos_id=1, pad_id=2, unk_id=0, max_sentencepiece_length=64,
+        split_by_whitespace=False, minloglevel=2,
+        num_threads=os.cpu_count() or 1)
+  finally:
+    os.remove(corpus)
 
 
 def greedy_accuracy(graphdef, params, tokenizer, examples, max_new: int,
@@ -194,11 +196,12 @@ def greedy_accuracy(graphdef, params, tokenizer, examples, max_new: int,
 
 
 def build(c: ml_collections.ConfigDict, section: str = 'base') -> str:
-  """Builds the base into c.dir unless it is there; returns c.dir. Bad
-  settings raise config.ConfigError, their keys named under `section`."""
-  rc.check_base(c, section)
-  if os.path.exists(os.path.join(c.dir, 'base_report.json')):
+  """Builds the base into c.dir unless it is there (then a no-op, whatever
+  the settings); returns c.dir. Bad settings raise config.ConfigError before
+  any data is prepared, their keys named under `section`."""
+  if c.dir and os.path.exists(os.path.join(c.dir, 'base_report.json')):
     return c.dir
+  rc.check_base(c, section)
   t0 = time.time()
   print(f'[base] building the tiny base model into {c.dir} (once; up to {c.max_steps} steps '
         f'or {c.max_minutes} min, a progress line every {c.eval_every} steps): tokenizer and '

@@ -425,7 +425,8 @@ def check_base(c: ConfigDict, section: str = 'base') -> None:
     check_keys(ConfigDict({'base': c.to_dict()}))
   except ConfigError as e:
     raise error(e.key.removeprefix('base.'), e.message) from None
-  for key, what in (('dir', 'where the base is built'), ('data_dir', 'where TFDS prepares its task')):
+  for key, what in (('dir', 'where the base is built'),
+                    ('data_dir', 'where TFDS prepares its task')):
     if not c[key]:
       raise error(key, f'must be set: {what}')
   if c.task != 'arithmetic':
@@ -438,8 +439,12 @@ def check_base(c: ConfigDict, section: str = 'base') -> None:
     raise error('vocab_size', f'{c.vocab_size} leaves no room for the corpus: {reserved} pieces '
                 f'are reserved (3 special, {len(TAGS)} tags, the numbers 10..'
                 f'{c.number_symbols - 1}); raise it or lower number_symbols')
-  try:
-    ModelConfig(arch=c.arch, vocab_size=c.vocab_size, **c.model)
+  m = c.model
+  if m.num_heads % m.num_kv_heads:
+    raise error('model.num_heads', f'{m.num_heads} is not a multiple of model.num_kv_heads '
+                f'({m.num_kv_heads})')
+  try:  # what else the decoder's own config refuses
+    ModelConfig(arch=c.arch, vocab_size=c.vocab_size, **m)
   except (TypeError, ValueError) as e:
     raise error('model', str(e)) from None
 

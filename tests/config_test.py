@@ -329,18 +329,22 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     ('task', 'countdown', "task: only 'arithmetic'"),
     ('arch', 'gpt', "arch: must be 'qwen2' or 'llama'"),
     ('vocab_size', 96, 'vocab_size: 96 leaves no room for the corpus: 97 pieces'),
-    ('model.num_heads', 3, 'model: model.num_heads=3 is not a multiple of model.num_kv_heads=2'),
+    ('model.num_heads', 3, 'model.num_heads: 3 is not a multiple of model.num_kv_heads (2)'),
 ])
-def test_a_bad_base_build_setting_is_named_before_any_data_or_training(key, value, message):
+def test_a_bad_base_build_setting_is_named_before_any_data_or_training(key, value, message,
+                                                                        tmp_path):
   """The tiny base's build (python -m r1jax.base, or a run's base.rebuild)
   checks its settings before it prepares data: a negative learning rate
   trained for minutes, the others were tracebacks from sentencepiece, the
   model or the build."""
   from conftest import config_file, zero_config
+  from r1jax import base
   c = config_file('base_tiny', None)
+  c.dir, c.data_dir = str(tmp_path / 'base'), str(tmp_path / 'tfds')
   c.update_from_flattened_dict({key: value})
   with pytest.raises(rc.ConfigError, match=f'^config.{re.escape(message)}'):
-    rc.check_base(c, section='')
+    base.build(c, section='')
+  assert not (tmp_path / 'base').exists() and not (tmp_path / 'tfds').exists()
   run = zero_config(None)
   run.base.rebuild = True
   run.base.update_from_flattened_dict({key: value})

@@ -252,8 +252,8 @@ def test_workers_do_not_import_the_main_module():
 
 
 def test_format_reward_and_extraction_stay_fast_on_many_tags():
-  """A guard against quadratic (or worse) scans of hostile outputs: 16,000
-  tags and 20,000 unclosed openers in well under a second."""
+  """A guard against quadratic (or worse) scans of hostile outputs: 32,000
+  tags and 20,000 unclosed openers in under half a second (0.01 s here)."""
   text = '<think>a</think><answer>1</answer>' * 8000
   t0 = time.monotonic()
   assert rewards.format_reward('', text, {}) == 0.0

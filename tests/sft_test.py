@@ -206,10 +206,8 @@ def test_a_lora_step_trains_only_the_adapters_and_dropout_draws_from_the_step():
   diff = lambda x, y: max(np.abs(a - b).max() for a, b in zip(  # noqa: E731
       jax.tree.leaves(x), jax.tree.leaves(y)))
   assert diff(dropped, plain) > 0 and diff(dropped, again) == 0 and diff(dropped, other) > 0
-  # The state is the adapters only; the frozen base is an argument the
-  # steps neither donate (a donated array could not be read now) nor change.
-  names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(plain)]
-  assert names and all('_lora_' in n for n in names), names
+  # The frozen base is an argument the steps neither donate (a donated array
+  # could not be read now) nor change.
   jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.asarray, frozen))
 
 
